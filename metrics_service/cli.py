@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import Config, ConfigError
+from .sink import Sink
+
+PROG = "metrics-service"
+
+# CLI flag -> Config field; flags win over METRICS_* variables.
+SERVE_FLAGS = {
+    "--host": "host",
+    "--port": "port",
+    "--jsonl": "jsonl",
+    "--capacity": "ring_capacity",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="A small, fast behavior-analytics collector."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the collector")
+    serve.add_argument("--host", help="bind address (METRICS_HOST)")
+    serve.add_argument("--port", help="port (METRICS_PORT)")
+    serve.add_argument("--jsonl", help="append-only sink file (METRICS_JSONL)")
+    serve.add_argument(
+        "--capacity", help="events kept in memory (METRICS_RING_CAPACITY)"
+    )
+    serve.add_argument("--reload", action="store_true", help="restart on code changes")
+    serve.add_argument("--access-log", action="store_true", help="log every request")
+    serve.add_argument("--log-level", default="info")
+    return parser
+
+
+def fail(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def serve_config(args: argparse.Namespace) -> Config:
+    """The settings with flags applied, checked the way start-up would check them."""
+    env = dict(os.environ)
+    for flag, field in SERVE_FLAGS.items():
+        value = getattr(args, flag[2:])
+        if value is not None:
+            env[f"METRICS_{field.upper()}"] = value
+    try:
+        config = Config.from_env(env)
+    except ConfigError as exc:
+        raise ConfigError(_flag_name(exc.name, args), exc.message) from None
+    try:
+        sink = Sink(config.jsonl)
+        sink.open()
+        sink.close()
+    except OSError as exc:
+        raise ConfigError(
+            _flag_name("METRICS_JSONL", args),
+            f"cannot open {config.jsonl} for appending: {exc.strerror or exc}",
+        ) from None
+    # The app factory reads the same variables, also after --reload restarts it.
+    os.environ.update({k: v for k, v in env.items() if k.startswith("METRICS_")})
+    return config
+
+
+def _flag_name(var: str, args: argparse.Namespace) -> str:
+    for flag, field in SERVE_FLAGS.items():
+        if var == f"METRICS_{field.upper()}" and getattr(args, flag[2:]) is not None:
+            return flag
+    return var
+
+
+def serve(args: argparse.Namespace) -> int:
+    try:
+        config = serve_config(args)
+    except ConfigError as exc:
+        return fail(str(exc))
+    import uvicorn
+
+    options: dict[str, Any] = {
+        "host": config.host,
+        "port": config.port,
+        "factory": True,
+        "reload": args.reload,
+        "access_log": args.access_log,
+        "log_level": args.log_level,
+        "timeout_graceful_shutdown": 10,
+    }
+    logging.getLogger("metrics_service").setLevel(args.log_level.upper())
+    uvicorn.run("metrics_service.app:create_app", **options)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    parser.error(f"unknown command {args.command!r}")
+    return 2

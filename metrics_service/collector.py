@@ -1,0 +1,240 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import NamedTuple
+
+from .buffer import Entry, Ring
+from .config import FsyncPolicy
+from .sink import Sink, SinkError
+
+
+class Record(NamedTuple):
+    """A validated event waiting for its seq: the line is `{"seq":…,"received_at":…,` + body."""
+
+    ts: float
+    event: str
+    visitor_id: str
+    event_id: str | None
+    received: bytes  # received_at, ISO-8601 with Z
+    body: bytes  # the rest of the JSON object, from `"timestamp"` to the closing brace
+
+
+class Outcome(NamedTuple):
+    stored: int
+    duplicates: int
+    first_seq: int | None
+    last_seq: int | None
+
+
+Listener = Callable[[list[Entry]], None]
+
+
+class Collector:
+    """Gives accepted records their seqs and writes them: file first, then ring, then listeners.
+
+    Records submitted while the loop is busy share one write() (group commit); a
+    request's await returns only once the write holding its lines has returned.
+    """
+
+    def __init__(
+        self,
+        ring: Ring,
+        sink: Sink,
+        *,
+        fsync: FsyncPolicy = "interval",
+        fsync_interval: float = 1.0,
+        dedupe_window: int = 0,
+    ) -> None:
+        self.ring = ring
+        self.sink = sink
+        self.fsync_policy = fsync
+        self.fsync_interval = fsync_interval
+        self.last_seq = 0
+        self.error: str | None = None
+        self.write_errors = 0
+        self.duplicates = 0
+        self.fsync_seconds = 0.0
+        self._listeners: list[Listener] = []
+        self._pending: list[tuple[list[Record], asyncio.Future[Outcome]]] = []
+        self._scheduled = False
+        self._busy = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._fsync_timer: asyncio.TimerHandle | None = None
+        self._fsync_task: asyncio.Future[None] | None = None
+        self._dedupe_window = dedupe_window
+        self._seen_ids: set[str] = set()
+        self._seen_order: deque[str] = deque()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every group of entries added to the ring."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def seen(self, event_id: str) -> bool:
+        return event_id in self._seen_ids
+
+    def remember(self, event_ids: list[str]) -> None:
+        """Mark ids as accepted (also used by replay), forgetting the oldest past the window."""
+        if self._dedupe_window <= 0:
+            return
+        seen, order = self._seen_ids, self._seen_order
+        for event_id in event_ids:
+            if event_id not in seen:
+                seen.add(event_id)
+                order.append(event_id)
+        while len(order) > self._dedupe_window:
+            seen.discard(order.popleft())
+
+    async def submit(self, records: list[Record]) -> Outcome:
+        """Store `records` in order, all or nothing; raises SinkError when the write fails."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._pending.append((records, future))
+        self._idle.clear()
+        if not self._scheduled and not self._busy:
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        if not pending:
+            self._idle.set()
+            return
+        seq = self.last_seq
+        lines: list[bytes] = []
+        entries: list[Entry] = []
+        outcomes: list[Outcome] = []
+        ids: list[str] = []
+        group_ids: set[str] = set()
+        dedupe = self._dedupe_window > 0
+        for records, _ in pending:
+            first = seq + 1
+            duplicates = 0
+            for rec in records:
+                event_id = rec.event_id
+                if dedupe and event_id is not None:
+                    if event_id in self._seen_ids or event_id in group_ids:
+                        duplicates += 1
+                        continue
+                    group_ids.add(event_id)
+                    ids.append(event_id)
+                seq += 1
+                line = b'{"seq":%d,"received_at":"%s",%s' % (
+                    seq,
+                    rec.received,
+                    rec.body,
+                )
+                lines.append(line)
+                entries.append(
+                    Entry(seq, rec.ts, rec.event, rec.visitor_id, event_id, line)
+                )
+            stored = seq - first + 1
+            outcomes.append(
+                Outcome(
+                    stored,
+                    duplicates,
+                    first if stored else None,
+                    seq if stored else None,
+                )
+            )
+        if lines:
+            lines.append(b"")
+            try:
+                self.sink.write(b"\n".join(lines))
+            except SinkError as exc:
+                # Nothing reached the file: seqs are not burned, the ring is untouched.
+                self.write_errors += 1
+                self.error = str(exc)
+                for _, future in pending:
+                    if not future.done():
+                        future.set_exception(SinkError(exc.errno, str(exc)))
+                self._after_flush()
+                return
+            self.error = None
+            self.last_seq = seq
+            self.remember(ids)
+            self.ring.extend(entries)
+            for listener in list(self._listeners):
+                listener(entries)
+        self.duplicates += sum(o.duplicates for o in outcomes)
+        if lines and self.fsync_policy == "always":
+            self._busy = True
+            self._fsync_task = asyncio.ensure_future(
+                self._fsync_then_answer(pending, outcomes)
+            )
+            return
+        if lines and self.fsync_policy == "interval":
+            self._arm_fsync_timer()
+        _answer(pending, outcomes)
+        self._after_flush()
+
+    async def _fsync_then_answer(
+        self,
+        pending: list[tuple[list[Record], asyncio.Future[Outcome]]],
+        outcomes: list[Outcome],
+    ) -> None:
+        try:
+            await asyncio.to_thread(self._timed_fsync)
+        except OSError as exc:
+            self.error = f"fsync failed on {self.sink.path}: {exc.strerror or exc}"
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(SinkError(exc.errno, self.error))
+        else:
+            _answer(pending, outcomes)
+        finally:
+            self._busy = False
+            self._after_flush()
+
+    def _after_flush(self) -> None:
+        if self._pending:
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+        elif not self._busy:
+            self._idle.set()
+
+    def _timed_fsync(self) -> None:
+        start = time.perf_counter()
+        self.sink.fsync()
+        self.fsync_seconds += time.perf_counter() - start
+
+    def _arm_fsync_timer(self) -> None:
+        if self._fsync_timer is None:
+            loop = asyncio.get_running_loop()
+            self._fsync_timer = loop.call_later(
+                self.fsync_interval, self._interval_fsync
+            )
+
+    def _interval_fsync(self) -> None:
+        self._fsync_timer = None
+        try:
+            self._timed_fsync()
+        except OSError as exc:
+            self.error = f"fsync failed on {self.sink.path}: {exc.strerror or exc}"
+
+    async def drain(self) -> None:
+        """Wait until every submitted record has been written (or failed)."""
+        await self._idle.wait()
+
+    async def close(self) -> None:
+        await self.drain()
+        if self._fsync_timer is not None:
+            self._fsync_timer.cancel()
+            self._fsync_timer = None
+        self.sink.close()
+
+
+def _answer(
+    pending: list[tuple[list[Record], asyncio.Future[Outcome]]],
+    outcomes: list[Outcome],
+) -> None:
+    for (_, future), outcome in zip(pending, outcomes, strict=True):
+        if not future.done():
+            future.set_result(outcome)

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import ApiError
+
+
+async def openapi(request: Request) -> Response:
+    raise ApiError(501, "not built yet")
