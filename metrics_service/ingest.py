@@ -1,7 +1,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+import zlib
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError
@@ -10,6 +11,9 @@ from starlette.requests import Request
 from .collector import Record
 from .errors import ApiError
 from .models import BehaviorEvent
+
+if TYPE_CHECKING:
+    from .policy import Policy
 
 UTC = dt.UTC
 
@@ -21,6 +25,9 @@ ACCEPTED_TYPES = (
     "application/x-www-form-urlencoded",
     "",
 )
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
+BATCH_TYPES = ACCEPTED_TYPES[:-1] + NDJSON_TYPES + ("",)
+GZIP_WBITS = 16 + zlib.MAX_WBITS
 
 
 def iso(moment: dt.datetime) -> str:
@@ -34,8 +41,62 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
+def content_encoding(request: Request) -> str:
+    """ "gzip" or "" (none); anything else is refused before the body is read."""
+    raw = request.headers.get("content-encoding", "").strip().lower()
+    if raw in ("", "identity"):
+        return ""
+    if raw in ("gzip", "x-gzip"):
+        return "gzip"
+    raise ApiError(415, f"unsupported Content-Encoding {raw!r}; send gzip or none")
+
+
+class Gunzip:
+    """Inflates a gzip body piece by piece, never producing more than limit + 1 bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.fed = 0
+        self._inflater = zlib.decompressobj(GZIP_WBITS)
+
+    def feed(self, data: bytes) -> bytes:
+        self.fed += len(data)
+        parts: list[bytes] = []
+        while data:
+            room = self.limit - self.size + 1
+            try:
+                part = self._inflater.decompress(data, room)
+            except zlib.error as exc:
+                raise ApiError(400, f"body is not valid gzip: {exc}") from None
+            self.size += len(part)
+            if self.size > self.limit:
+                raise ApiError(
+                    413,
+                    f"decompressed body is more than {self.limit:,} bytes; "
+                    f"the limit is {self.limit:,} bytes",
+                )
+            parts.append(part)
+            if self._inflater.eof:
+                # Concatenated gzip members are one valid gzip body.
+                data = self._inflater.unused_data
+                if data:
+                    self._inflater = zlib.decompressobj(GZIP_WBITS)
+            else:
+                data = self._inflater.unconsumed_tail
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        if self.fed and not self._inflater.eof:
+            raise ApiError(400, "body is not valid gzip: the stream is truncated")
+
+
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it would pass `limit` bytes."""
+    """The request body, decompressed; 413 as soon as it would pass `limit` bytes.
+
+    For gzip the limit applies both to the bytes received and to the inflated body.
+    """
+    gunzip = Gunzip(limit) if content_encoding(request) == "gzip" else None
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -50,7 +111,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         received += len(chunk)
         if received > limit:
             raise ApiError(413, too_large(limit, received, at_least=True))
-        chunks.append(chunk)
+        chunks.append(chunk if gunzip is None else gunzip.feed(chunk))
+    if gunzip is not None:
+        gunzip.finish()
     return b"".join(chunks)
 
 
@@ -59,15 +122,54 @@ def too_large(limit: int, size: int, *, at_least: bool = False) -> str:
     return f"body is {actual} bytes; the limit is {limit:,} bytes"
 
 
-def parse_json(body: bytes) -> Any:
+def parse_json(body: bytes, where: str = "") -> Any:
     if not body.strip():
-        raise ApiError(400, "malformed JSON: the body is empty")
+        raise ApiError(400, f"{where}malformed JSON: the body is empty")
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "UTF-8" in str(exc):
-            raise ApiError(400, f"body is not valid UTF-8: {exc}") from None
-        raise ApiError(400, f"malformed JSON: {exc}") from None
+            raise ApiError(400, f"{where}body is not valid UTF-8: {exc}") from None
+        raise ApiError(400, f"{where}malformed JSON: {exc}") from None
+
+
+def parse_batch(body: bytes, kind: str, max_batch: int) -> list[Any]:
+    """A JSON array, `{"events": [...]}` or NDJSON (blank lines skipped) as a list."""
+    if kind in NDJSON_TYPES:
+        lines = [
+            (number, line)
+            for number, line in enumerate(body.split(b"\n"), 1)
+            if line.strip()
+        ]
+        check_count(len(lines), max_batch)
+        return [parse_json(line, f"line {number}: ") for number, line in lines]
+    data = parse_json(body)
+    if isinstance(data, dict) and "events" in data:
+        unknown = sorted(set(data) - {"events"})
+        if unknown:
+            raise ApiError(
+                422, f"unknown field {unknown[0]!r} next to 'events'; send only events"
+            )
+        data = data["events"]
+        if not isinstance(data, list):
+            raise ApiError(422, f"'events' must be an array, got {type_name(data)}")
+    elif not isinstance(data, list):
+        raise ApiError(
+            422,
+            f'expected a JSON array of events, {{"events": [...]}} or NDJSON '
+            f"(application/x-ndjson), got {type_name(data)}",
+        )
+    check_count(len(data), max_batch)
+    return data
+
+
+def check_count(count: int, max_batch: int) -> None:
+    if count == 0:
+        raise ApiError(422, "the batch is empty; send at least one event")
+    if count > max_batch:
+        raise ApiError(
+            422, f"batch has {count:,} events; the limit is {max_batch:,} events"
+        )
 
 
 def error_items(exc: ValidationError, index: int | None = None) -> list[dict[str, Any]]:
@@ -97,6 +199,74 @@ def validate(obj: Any, index: int | None = None) -> BehaviorEvent:
         raise ApiError(422, error_items(exc, index)) from None
 
 
+def check_events(
+    objs: list[Any], policy: Policy, max_event_bytes: int, *, batch: bool
+) -> list[BehaviorEvent]:
+    """Validate every event; all problems at once as one 422 (with `index` in a batch)."""
+    problems: list[dict[str, Any]] = []
+    events: list[BehaviorEvent] = []
+    for i, obj in enumerate(objs):
+        index = i if batch else None
+        if not isinstance(obj, dict):
+            msg = f"expected a JSON object, got {type_name(obj)}"
+            if not batch:
+                raise ApiError(422, msg)
+            problems.append({"index": i, "loc": [], "msg": msg, "type": "object_type"})
+            continue
+        try:
+            size = len(orjson.dumps(obj))
+        except orjson.JSONEncodeError as exc:
+            problems.append(_at(index, [], f"cannot be stored as JSON: {exc}", "json"))
+            continue
+        if size > max_event_bytes:
+            msg = (
+                f"event is {size:,} bytes serialized; "
+                f"the limit is {max_event_bytes:,} bytes"
+            )
+            problems.append(_at(index, [], msg, "event_too_large"))
+            continue
+        try:
+            event = BehaviorEvent.model_validate(obj)
+        except ValidationError as exc:
+            problems.extend(error_items(exc, index))
+            continue
+        refused = policy.problems(event)
+        if refused:
+            problems.extend(
+                item if index is None else {"index": index, **item} for item in refused
+            )
+            continue
+        events.append(event)
+    if problems:
+        raise ApiError(422, problems)
+    return events
+
+
+def _at(index: int | None, loc: list[str | int], msg: str, kind: str) -> dict[str, Any]:
+    item: dict[str, Any] = {"loc": loc, "msg": msg, "type": kind}
+    return item if index is None else {"index": index, **item}
+
+
+def to_records(
+    events: list[BehaviorEvent],
+    policy: Policy,
+    *,
+    received: dt.datetime,
+    header_user_agent: str | None,
+) -> tuple[list[Record], int]:
+    """Records for the events sampling keeps (redacted), and how many it dropped."""
+    records = [
+        to_record(
+            policy.redact(event),
+            received=received,
+            header_user_agent=header_user_agent,
+        )
+        for event in events
+        if policy.keep(event)
+    ]
+    return records, len(events) - len(records)
+
+
 def type_name(value: Any) -> str:
     if value is None:
         return "null"
@@ -115,7 +285,13 @@ def to_record(
     timestamp = event.timestamp or received
     if event.sent_at is not None:
         # Correct the client's clock as Segment does: shift by how far it was off.
-        timestamp = timestamp + (received - event.sent_at)
+        try:
+            timestamp = timestamp + (received - event.sent_at)
+        except OverflowError:
+            raise ApiError(
+                422,
+                [{"loc": ["sent_at"], "msg": "moves timestamp out of range"}],
+            ) from None
     if "user_agent" in event.model_fields_set:
         user_agent = event.user_agent
     else:

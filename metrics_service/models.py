@@ -31,7 +31,10 @@ def _iso_string(value: Any) -> Any:
 def _as_utc(value: dt.datetime) -> dt.datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-01:00 is past year 9999 in UTC
+        raise ValueError("is out of range once converted to UTC") from None
 
 
 VisitorId = Annotated[
