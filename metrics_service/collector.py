@@ -54,6 +54,7 @@ class Collector:
         self.fsync_interval = fsync_interval
         self.last_seq = 0
         self.error: str | None = None
+        self.accepted = 0
         self.write_errors = 0
         self.duplicates = 0
         self.fsync_seconds = 0.0
@@ -65,6 +66,7 @@ class Collector:
         self._idle.set()
         self._fsync_timer: asyncio.TimerHandle | None = None
         self._fsync_task: asyncio.Future[None] | None = None
+        self._interval_task: asyncio.Future[None] | None = None
         self._dedupe_window = dedupe_window
         self._seen_ids: set[str] = set()
         self._seen_order: deque[str] = deque()
@@ -158,6 +160,7 @@ class Collector:
                 return
             self.error = None
             self.last_seq = seq
+            self.accepted += len(entries)
             self.remember(ids)
             self.ring.extend(entries)
             for listener in list(self._listeners):
@@ -214,8 +217,15 @@ class Collector:
 
     def _interval_fsync(self) -> None:
         self._fsync_timer = None
+        if self._interval_task is not None and not self._interval_task.done():
+            self._arm_fsync_timer()  # a slow disk: the previous fsync still runs
+            return
+        # A thread, so a slow disk stalls neither requests nor the event loop.
+        self._interval_task = asyncio.ensure_future(self._background_fsync())
+
+    async def _background_fsync(self) -> None:
         try:
-            self._timed_fsync()
+            await asyncio.to_thread(self._timed_fsync)
         except OSError as exc:
             self.error = f"fsync failed on {self.sink.path}: {exc.strerror or exc}"
 
@@ -224,10 +234,13 @@ class Collector:
         await self._idle.wait()
 
     async def close(self) -> None:
+        """Finish in-flight writes, then fsync and close the sink."""
         await self.drain()
         if self._fsync_timer is not None:
             self._fsync_timer.cancel()
             self._fsync_timer = None
+        if self._interval_task is not None:
+            await self._interval_task
         self.sink.close()
 
 

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import PackageNotFoundError, version
 
+from . import recovery
 from .buffer import Ring
 from .collector import Collector
 from .config import Config
+from .policy import Policy
+from .rotation import Rotator
 from .sink import Sink
 
 try:
@@ -18,8 +22,10 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.policy = Policy.from_config(config)  # loads the taxonomy: fail at start-up
         self.ring = Ring(config.ring_capacity)
-        self.sink = Sink(config.jsonl)
+        self.rotator = Rotator(config.jsonl, config.rotate_bytes, config.rotate_keep)
+        self.sink = Sink(config.jsonl, rotator=self.rotator)
         self.collector = Collector(
             self.ring,
             self.sink,
@@ -27,10 +33,24 @@ class Service:
             fsync_interval=config.fsync_interval,
             dedupe_window=config.dedupe_window,
         )
+        # Rejections by HTTP status (errors.py counts them) and sampled-out events,
+        # both for GET /metrics.
+        self.rejected: dict[int, int] = {}
+        self.sampled_out = 0
 
     def start(self) -> None:
+        """Repair a torn tail, open the sink, and replay the newest events into the ring."""
+        config = self.config
+        recovery.repair_torn_tail(config.jsonl)
         self.sink.open()
-        self.collector.last_seq = self.sink.last_seq()
+        found = recovery.replay(
+            config.jsonl, config.ring_capacity if config.replay else 0
+        )
+        self.ring.extend(found.entries)
+        self.collector.remember([e.event_id for e in found.entries if e.event_id])
+        self.collector.last_seq = found.last_seq
+        self.rotator.resume()
 
     async def stop(self) -> None:
         await self.collector.close()
+        await asyncio.to_thread(self.rotator.wait, 30)

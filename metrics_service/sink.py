@@ -1,10 +1,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import stat
+import threading
 from pathlib import Path
 
 import orjson
+
+from .rotation import Rotator
+
+logger = logging.getLogger("metrics_service")
 
 
 class SinkError(OSError):
@@ -12,12 +19,22 @@ class SinkError(OSError):
 
 
 class Sink:
-    """The append-only JSONL file. Every write is whole lines or nothing."""
+    """The append-only JSONL file. Every write is whole lines or nothing.
 
-    def __init__(self, path: Path) -> None:
+    Before each write the configured path is checked against the open file, so a
+    sink renamed, deleted or truncated from outside (logrotate, a person) is
+    reopened or recreated instead of feeding an unlinked file.
+    """
+
+    def __init__(self, path: Path, *, rotator: Rotator | None = None) -> None:
         self.path = path
+        self.rotator = rotator
         self._fd: int | None = None
         self._size = 0
+        self._identity: tuple[int, int] | None = None
+        self._regular = True
+        # Guards swapping the descriptor against a background fsync dup()-ing it.
+        self._fd_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -27,25 +44,36 @@ class Sink:
     def is_open(self) -> bool:
         return self._fd is not None
 
+    @property
+    def regular(self) -> bool:
+        """False for a character device such as /dev/full or /dev/null."""
+        return self._regular
+
     def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        info = os.fstat(fd)
+        with self._fd_lock:
+            old, self._fd = self._fd, fd
+        self._size = info.st_size
+        self._identity = (info.st_dev, info.st_ino)
+        self._regular = stat.S_ISREG(info.st_mode)
+        if old is not None:
+            _close(old, sync=True)
 
     def close(self) -> None:
-        if self._fd is not None:
+        with self._fd_lock:
             fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                os.fsync(fd)
-            os.close(fd)
+        if fd is not None:
+            _close(fd, sync=self._regular)
 
     def write(self, data: bytes) -> None:
         """Append `data` (whole lines) or raise SinkError leaving the file as it was."""
-        if self._fd is None:
-            try:
-                self.open()
-            except OSError as exc:
-                raise SinkError(exc.errno, _describe(exc, self.path)) from exc
+        try:
+            self._prepare(len(data))
+        except OSError as exc:
+            self.close()
+            raise SinkError(exc.errno, _describe(exc, self.path)) from exc
         fd = self._fd
         assert fd is not None
         before = self._size
@@ -55,16 +83,50 @@ class Sink:
             while written < len(data):
                 written += os.write(fd, view[written:])
         except OSError as exc:
-            if written:
+            if written and self._regular:
                 # Never leave half a line behind for `tail -f | jq`.
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, before)
+            # Reopen on the next write: the cause (a full disk, a lost mount) may clear.
+            self.close()
             raise SinkError(exc.errno, _describe(exc, self.path)) from exc
         self._size = before + written
 
+    def _prepare(self, incoming: int) -> None:
+        """Make sure the descriptor is the file at `path` now, rotating if it is full."""
+        if self._fd is None:
+            self.open()
+        elif self._regular:
+            try:
+                info = os.stat(self.path)
+            except FileNotFoundError:
+                info = None
+            if info is None or (info.st_dev, info.st_ino) != self._identity:
+                logger.warning("%s was moved or deleted; reopening it", self.path)
+                self.open()
+            elif info.st_size < self._size:
+                logger.warning("%s was truncated; appending at its new end", self.path)
+                self._size = info.st_size
+        rotator = self.rotator
+        if rotator is not None and self._regular and rotator.due(self._size, incoming):
+            try:
+                segment = rotator.rotate()
+            except OSError as exc:
+                logger.warning("could not rotate %s: %s", self.path, exc)
+            else:
+                logger.info("rotated %s to %s", self.path, segment.name)
+                self.open()
+
     def fsync(self) -> None:
-        if self._fd is not None:
-            os.fsync(self._fd)
+        """Flush to disk; safe to call from another thread while writes go on."""
+        with self._fd_lock:
+            if self._fd is None or not self._regular:
+                return
+            fd = os.dup(self._fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def last_seq(self) -> int:
         """The highest seq in the file's last complete line, or 0."""
@@ -76,19 +138,30 @@ class Sink:
         return 0
 
 
+def _close(fd: int, *, sync: bool) -> None:
+    if sync:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
 def read_tail_lines(path: Path, count: int, chunk: int = 64 * 1024) -> list[bytes]:
     """The last `count` complete lines of `path`, oldest first, read from the end."""
     if not path.exists():
         return []
     with open(path, "rb") as fh:
-        end = fh.seek(0, os.SEEK_END)
-        data = b""
-        pos = end
-        while pos > 0 and data.count(b"\n") <= count:
+        pos = fh.seek(0, os.SEEK_END)
+        chunks: list[bytes] = []
+        newlines = 0
+        while pos > 0 and newlines <= count:
             step = min(chunk, pos)
             pos -= step
             fh.seek(pos)
-            data = fh.read(step) + data
+            block = fh.read(step)
+            chunks.append(block)
+            newlines += block.count(b"\n")
+    data = b"".join(reversed(chunks))
     lines = data.split(b"\n")
     lines.pop()  # what follows the last newline: empty, or a torn fragment
     if pos > 0:
