@@ -7,15 +7,19 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .collector import Outcome
 from .errors import ApiError
 from .ingest import (
     ACCEPTED_TYPES,
+    BATCH_TYPES,
+    check_events,
     media_type,
+    parse_batch,
     parse_json,
     read_body,
-    to_record,
-    validate,
+    to_records,
 )
+from .models import BehaviorEvent
 from .responses import JSONResponse
 from .service import VERSION, Service
 from .sink import SinkError
@@ -40,15 +44,10 @@ async def ingest_event(request: Request) -> Response:
     config = service.config
     check_media_type(request, ACCEPTED_TYPES)
     body = await read_body(request, config.max_body_bytes)
-    event = validate(parse_json(body))
-    received = dt.datetime.now(UTC)
-    record = to_record(
-        event, received=received, header_user_agent=request.headers.get("user-agent")
+    events = check_events(
+        [parse_json(body)], service.policy, config.max_event_bytes, batch=False
     )
-    try:
-        outcome = await service.collector.submit([record])
-    except SinkError as exc:
-        raise ApiError(503, str(exc)) from None
+    outcome, sampled_out = await store(request, events, batch=False)
     return JSONResponse(
         {
             "ok": True,
@@ -56,13 +55,54 @@ async def ingest_event(request: Request) -> Response:
             "file": str(config.jsonl),
             "seq": outcome.first_seq,
             "duplicates": outcome.duplicates,
+            "sampled_out": sampled_out,
         },
         202,
     )
 
 
 async def ingest_batch(request: Request) -> Response:
-    raise ApiError(501, "batch ingestion is not built yet")
+    service = service_of(request)
+    config = service.config
+    check_media_type(request, BATCH_TYPES)
+    body = await read_body(request, config.max_body_bytes)
+    objs = parse_batch(body, media_type(request), config.max_batch)
+    events = check_events(objs, service.policy, config.max_event_bytes, batch=True)
+    outcome, sampled_out = await store(request, events, batch=True)
+    return JSONResponse(
+        {
+            "ok": True,
+            "stored": outcome.stored,
+            "duplicates": outcome.duplicates,
+            "sampled_out": sampled_out,
+            "file": str(config.jsonl),
+            "first_seq": outcome.first_seq,
+            "last_seq": outcome.last_seq,
+        },
+        202,
+    )
+
+
+async def store(
+    request: Request, events: list[BehaviorEvent], *, batch: bool
+) -> tuple[Outcome, int]:
+    """Redact, sample and submit valid events in one write; (outcome, sampled out)."""
+    service = service_of(request)
+    records, sampled_out = to_records(
+        events,
+        service.policy,
+        received=dt.datetime.now(UTC),
+        header_user_agent=request.headers.get("user-agent"),
+        batch=batch,
+    )
+    service.sampled_out += sampled_out
+    if not records:
+        return Outcome(0, 0, None, None), sampled_out
+    try:
+        outcome = await service.collector.submit(records)
+    except SinkError as exc:
+        raise ApiError(503, str(exc)) from None
+    return outcome, sampled_out
 
 
 def parse_limit(request: Request, capacity: int) -> int:

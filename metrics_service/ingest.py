@@ -71,10 +71,10 @@ class Gunzip:
                 raise ApiError(400, f"body is not valid gzip: {exc}") from None
             self.size += len(part)
             if self.size > self.limit:
+                # Inflating stops here, so a gzip bomb costs at most limit + 1 bytes.
                 raise ApiError(
                     413,
-                    f"decompressed body is more than {self.limit:,} bytes; "
-                    f"the limit is {self.limit:,} bytes",
+                    "decompressed " + too_large(self.limit, self.size, at_least=True),
                 )
             parts.append(part)
             if self._inflater.eof:
@@ -253,17 +253,30 @@ def to_records(
     *,
     received: dt.datetime,
     header_user_agent: str | None,
+    batch: bool,
 ) -> tuple[list[Record], int]:
     """Records for the events sampling keeps (redacted), and how many it dropped."""
-    records = [
-        to_record(
-            policy.redact(event),
-            received=received,
-            header_user_agent=header_user_agent,
-        )
-        for event in events
-        if policy.keep(event)
-    ]
+    records: list[Record] = []
+    problems: list[dict[str, Any]] = []
+    for i, event in enumerate(events):
+        try:
+            record = to_record(
+                policy.redact(event),
+                received=received,
+                header_user_agent=header_user_agent,
+            )
+        except ApiError as exc:
+            items = (
+                exc.detail
+                if isinstance(exc.detail, list)
+                else [_at(None, [], str(exc.detail), "json")]
+            )
+            problems.extend({"index": i, **item} if batch else item for item in items)
+            continue
+        if policy.keep(event):
+            records.append(record)
+    if problems:
+        raise ApiError(422, problems)
     return records, len(events) - len(records)
 
 
