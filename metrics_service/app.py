@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from . import dashboard, endpoints, observability, openapi, query, stream
@@ -33,7 +34,18 @@ def routes() -> list[Route]:
 
 
 def middleware(config: Config) -> list[Middleware]:
-    return []
+    # Outermost first. CORS must come before auth, so preflights are
+    # answered without a token and 401s still carry the CORS headers.
+    return [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            allow_credentials=False,
+            max_age=600,
+        ),
+    ]
 
 
 def create_app(config: Config | None = None) -> Starlette:

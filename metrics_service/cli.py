@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .config import Config, ConfigError
+from .policy import Policy
 from .sink import Sink
 
 PROG = "metrics-service"
@@ -53,6 +54,7 @@ def serve_config(args: argparse.Namespace) -> Config:
             env[f"METRICS_{field.upper()}"] = value
     try:
         config = Config.from_env(env)
+        Policy.from_config(config)  # a broken taxonomy file stops start-up here
     except ConfigError as exc:
         raise ConfigError(_flag_name(exc.name, args), exc.message) from None
     try:

@@ -8,6 +8,7 @@ from .buffer import Ring
 from .collector import Collector
 from .config import Config
 from .policy import Policy
+from .policy import Policy
 from .rotation import Rotator
 from .sink import Sink
 
@@ -22,6 +23,7 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.policy = Policy.from_config(config)  # loads the taxonomy: fail at start-up
         self.policy = Policy.from_config(config)  # loads the taxonomy: fail at start-up
         self.ring = Ring(config.ring_capacity)
         self.rotator = Rotator(config.jsonl, config.rotate_bytes, config.rotate_keep)
