@@ -8,7 +8,6 @@ from .buffer import Ring
 from .collector import Collector
 from .config import Config
 from .policy import Policy
-from .policy import Policy
 from .rotation import Rotator
 from .sink import Sink
 
@@ -23,7 +22,6 @@ class Service:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.policy = Policy.from_config(config)  # loads the taxonomy: fail at start-up
         self.policy = Policy.from_config(config)  # loads the taxonomy: fail at start-up
         self.ring = Ring(config.ring_capacity)
         self.rotator = Rotator(config.jsonl, config.rotate_bytes, config.rotate_keep)
