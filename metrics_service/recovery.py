@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import itertools
 import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -133,28 +134,27 @@ def newest_lines(path: Path, count: int) -> Iterator[bytes]:
             logger.warning("could not read %s for replay: %s", source, exc)
 
 
-def parse_entry(line: bytes) -> Entry | None:
+def parse_entry(line: bytes) -> tuple[int | None, Entry | None]:
+    """The line's seq (None when unreadable) and its ring entry (None when incomplete)."""
     try:
         obj = orjson.loads(line)
-        seq = obj["seq"]
-        event = obj["event"]
-        visitor_id = obj["visitor_id"]
-        event_id = obj.get("event_id")
-        ts = _timestamp(obj["timestamp"])
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
-        return None
-    if not (isinstance(seq, int) and isinstance(event, str)):
-        return None
-    if not isinstance(visitor_id, str):
-        return None
-    return Entry(
-        seq,
-        ts,
-        event,
-        visitor_id,
-        event_id if isinstance(event_id, str) else None,
-        line.rstrip(b"\r"),
+    except orjson.JSONDecodeError:
+        return None, None
+    seq = obj.get("seq") if isinstance(obj, dict) else None
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return None, None
+    event, visitor_id, event_id = (
+        obj.get(k) for k in ("event", "visitor_id", "event_id")
     )
+    if not (isinstance(event, str) and isinstance(visitor_id, str)):
+        return seq, None
+    try:
+        ts = _timestamp(obj.get("timestamp"))
+    except (TypeError, ValueError):
+        return seq, None
+    if not isinstance(event_id, str):
+        event_id = None
+    return seq, Entry(seq, ts, event, visitor_id, event_id, line)
 
 
 def _timestamp(raw: object) -> float:
@@ -174,21 +174,17 @@ def replay(path: Path, count: int) -> Replay:
     for line in newest_lines(path, count):
         if not line.strip():
             continue
-        entry = parse_entry(line)
+        seq, entry = parse_entry(line)
+        if seq is not None and seq > last_seq:
+            last_seq = seq
+        if len(found) >= count and last_seq:
+            break
         if entry is None:
             skipped += 1
-            continue
-        if entry.seq > last_seq:
-            last_seq = entry.seq
-        if len(found) >= count:
-            break
-        found.append(entry)
+        elif len(found) < count:
+            found.append(entry)
     found.reverse()
     # Seq order is ring order; a hand-edited file is the only way to be out of order.
-    if any(a.seq >= b.seq for a, b in _pairs(found)):
+    if any(a.seq >= b.seq for a, b in itertools.pairwise(found)):
         found.sort(key=lambda entry: entry.seq)
     return Replay(found, last_seq, skipped)
-
-
-def _pairs(entries: list[Entry]) -> Iterable[tuple[Entry, Entry]]:
-    return zip(entries, entries[1:], strict=False)
