@@ -9,8 +9,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from . import dashboard, endpoints, observability, openapi, query, stream
+from .auth import AuthMiddleware
 from .config import Config
 from .errors import EXCEPTION_HANDLERS
+from .limits import BodyTimeoutMiddleware
 from .service import Service
 
 API = "/api/metrics"
@@ -45,6 +47,12 @@ def middleware(config: Config) -> list[Middleware]:
             allow_credentials=False,
             max_age=600,
         ),
+        Middleware(
+            AuthMiddleware,
+            ingest_token=config.ingest_token,
+            read_token=config.read_token,
+        ),
+        Middleware(BodyTimeoutMiddleware, timeout=config.body_timeout),
     ]
 
 

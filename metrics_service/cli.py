@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import sys
@@ -78,11 +79,37 @@ def _flag_name(var: str, args: argparse.Namespace) -> str:
     return var
 
 
+def bind_warning(config: Config) -> str | None:
+    """What to warn about when the service is reachable from other machines."""
+    if is_loopback(config.host) or config.read_token:
+        return None
+    exposed = "read and reset"
+    if not config.ingest_token:
+        exposed = "write, read and reset"
+    return (
+        f"listening on {config.host}, which other machines can reach, without "
+        f"METRICS_READ_TOKEN{'' if config.ingest_token else ' or METRICS_INGEST_TOKEN'}"
+        f": anyone who can connect can {exposed} the events"
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def serve(args: argparse.Namespace) -> int:
     try:
         config = serve_config(args)
     except ConfigError as exc:
         return fail(str(exc))
+    warning = bind_warning(config)
+    if warning:
+        logging.getLogger("metrics_service").warning("%s", warning)
     import uvicorn
 
     options: dict[str, Any] = {

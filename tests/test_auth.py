@@ -1,0 +1,293 @@
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from metrics_service import cli
+from metrics_service.app import create_app
+from metrics_service.auth import guard_of, split_token
+from metrics_service.config import Config
+from metrics_service.testing import free_port
+
+INGEST = "ingest-secret-7f3a"
+READ = "read-secret-91bc"
+EVENT = {"visitor_id": "visitor-1", "event": "page_view"}
+
+READ_ROUTES = [
+    ("GET", "/api/metrics/behavior"),
+    ("DELETE", "/api/metrics/behavior"),
+    ("GET", "/api/metrics/behavior/wait?timeout=0"),
+    ("GET", "/api/metrics/behavior/timeseries"),
+    ("GET", "/api/metrics/behavior/stream"),
+    ("GET", "/metrics"),
+]
+INGEST_ROUTES = ["/api/metrics/event", "/api/metrics/events"]
+OPEN_ROUTES = ["/api/metrics/behavior/health", "/openapi.json", "/tracker.js", "/"]
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    config = Config(jsonl=tmp_path / "m.jsonl", ingest_token=INGEST, read_token=READ)
+    with TestClient(create_app(config)) as c:
+        yield c
+
+
+def assert_401(response: httpx.Response) -> None:
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith("Bearer")
+    detail = response.json()["detail"]
+    assert isinstance(detail, str)
+    assert INGEST not in response.text
+    assert READ not in response.text
+
+
+@pytest.mark.parametrize(("method", "path"), READ_ROUTES)
+def test_read_routes_refuse_a_missing_token(
+    client: TestClient, method: str, path: str
+) -> None:
+    response = client.request(method, path)
+    assert_401(response)
+    assert "required" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(("method", "path"), READ_ROUTES)
+def test_read_routes_refuse_the_ingest_token(
+    client: TestClient, method: str, path: str
+) -> None:
+    response = client.request(
+        method, path, headers={"Authorization": f"Bearer {INGEST}"}
+    )
+    assert_401(response)
+    assert 'error="invalid_token"' in response.headers["www-authenticate"]
+
+
+@pytest.mark.parametrize("path", INGEST_ROUTES)
+def test_ingest_refuses_a_missing_or_wrong_token(client: TestClient, path: str) -> None:
+    body = [EVENT] if path.endswith("events") else EVENT
+    assert_401(client.post(path, json=body))
+    assert_401(client.post(path, json=body, headers={"Authorization": "Bearer x"}))
+    assert_401(
+        client.post(path, json=body, headers={"Authorization": f"Basic {INGEST}"})
+    )
+    assert_401(
+        client.post(path, json=body, headers={"Authorization": f"Bearer {READ}"})
+    )
+    assert_401(client.post(f"{path}?token={INGEST}x", json=body))
+    assert (
+        client.get("/api/metrics/behavior", params={"token": READ}).json()["total"] == 0
+    )
+
+
+def test_ingest_accepts_the_bearer_header(client: TestClient) -> None:
+    response = client.post(
+        "/api/metrics/event", json=EVENT, headers={"Authorization": f"Bearer {INGEST}"}
+    )
+    assert response.status_code == 202
+    assert response.json()["seq"] == 1
+
+
+def test_ingest_accepts_the_query_token_as_sendbeacon_sends_it(
+    client: TestClient,
+) -> None:
+    response = client.post(
+        f"/api/metrics/event?token={INGEST}",
+        content=b'{"visitor_id": "visitor-1", "event": "page_view"}',
+        headers={"Content-Type": "text/plain;charset=UTF-8"},
+    )
+    assert response.status_code == 202
+    snapshot = client.get(
+        "/api/metrics/behavior", headers={"Authorization": f"bearer {READ}"}
+    )
+    assert snapshot.status_code == 200
+    assert snapshot.json()["total"] == 1
+
+
+def test_the_token_param_is_not_an_unknown_filter(client: TestClient) -> None:
+    response = client.get(f"/api/metrics/behavior?token={READ}&limit=5")
+    assert response.status_code == 200
+    assert response.json()["total"] == 0
+    typo = client.get(f"/api/metrics/behavior?token={READ}&limt=5")
+    assert typo.status_code == 422
+    assert READ not in typo.text
+
+
+def test_reset_needs_the_read_token(client: TestClient) -> None:
+    auth = {"Authorization": f"Bearer {INGEST}"}
+    assert (
+        client.post("/api/metrics/event", json=EVENT, headers=auth).status_code == 202
+    )
+    assert_401(client.delete("/api/metrics/behavior", headers=auth))
+    response = client.delete(
+        "/api/metrics/behavior", headers={"Authorization": f"Bearer {READ}"}
+    )
+    assert response.status_code == 200
+    assert response.json()["cleared"] == 1
+
+
+@pytest.mark.parametrize("path", OPEN_ROUTES)
+def test_open_routes_need_no_token(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code != 401
+
+
+def test_health_stays_open(client: TestClient) -> None:
+    response = client.get("/api/metrics/behavior/health")
+    assert response.status_code == 200
+    assert response.json()["ok"] is True
+
+
+def test_a_preflight_is_not_asked_for_a_token(client: TestClient) -> None:
+    response = client.options(
+        "/api/metrics/event",
+        headers={
+            "Origin": "https://shop.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert response.status_code != 401
+
+
+def test_without_tokens_everything_is_open(tmp_path: Path) -> None:
+    with TestClient(create_app(Config(jsonl=tmp_path / "m.jsonl"))) as c:
+        assert c.post("/api/metrics/event", json=EVENT).status_code == 202
+        response = c.get("/api/metrics/behavior?token=anything")
+        assert response.status_code == 200
+        assert response.json()["total"] == 1
+
+
+def test_only_the_ingest_token_leaves_reading_open(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", ingest_token=INGEST)
+    with TestClient(create_app(config)) as c:
+        assert_401(c.post("/api/metrics/event", json=EVENT))
+        assert c.get("/api/metrics/behavior").status_code == 200
+
+
+def test_only_the_read_token_leaves_ingest_open(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", read_token=READ)
+    with TestClient(create_app(config)) as c:
+        assert c.post("/api/metrics/event", json=EVENT).status_code == 202
+        assert_401(c.get("/api/metrics/behavior"))
+
+
+def test_unknown_paths_do_not_reveal_themselves_without_a_token(
+    client: TestClient,
+) -> None:
+    assert_401(client.get("/api/metrics/secret"))
+
+
+def test_guard_of_paths() -> None:
+    assert guard_of("/api/metrics/event") == "ingest"
+    assert guard_of("/api/metrics/events") == "ingest"
+    assert guard_of("/api/metrics/behavior") == "read"
+    assert guard_of("/api/metrics/behavior/stream") == "read"
+    assert guard_of("/api/metrics/behavior/health") is None
+    assert guard_of("/static/dashboard.js") is None
+
+
+def test_split_token_keeps_other_params_byte_for_byte() -> None:
+    assert split_token(b"") == (None, b"")
+    assert split_token(b"a=1&meta.x=%C3%A9") == (None, b"a=1&meta.x=%C3%A9")
+    assert split_token(b"token=s%2Bx+y&a=%20&b") == (b"s+x y", b"a=%20&b")
+    assert split_token(b"a=1&token=") == (b"", b"a=1")
+
+
+@contextlib.contextmanager
+def access_logged_server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
+    """A real server with uvicorn's access log on; its output goes to `out.log`."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "out.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "metrics_service", "serve", "--access-log"],
+            env={
+                **os.environ,
+                **env,
+                "METRICS_PORT": str(port),
+                "METRICS_JSONL": str(tmp_path / "m.jsonl"),
+            },
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and process.poll() is None:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/api/metrics/behavior/health").is_success:
+                        break
+                time.sleep(0.05)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(15)
+
+
+def test_tokens_never_reach_the_access_log(tmp_path: Path) -> None:
+    env = {"METRICS_INGEST_TOKEN": INGEST, "METRICS_READ_TOKEN": READ}
+    with access_logged_server(tmp_path, env) as url:
+        beacon = httpx.post(
+            f"{url}/api/metrics/event?token={INGEST}",
+            content=b'{"visitor_id": "visitor-1", "event": "page_view"}',
+            headers={"Content-Type": "text/plain"},
+        )
+        assert beacon.status_code == 202
+        read = httpx.get(f"{url}/api/metrics/behavior?limit=1&token={READ}")
+        assert read.status_code == 200
+        assert read.json()["total"] == 1
+        wrong = httpx.get(f"{url}/api/metrics/behavior?token=guess-{READ}")
+        assert wrong.status_code == 401
+    output = (tmp_path / "out.log").read_text()
+    assert "/api/metrics/behavior?limit=1" in output
+    assert INGEST not in output
+    assert READ not in output
+
+
+def test_binding_a_public_address_without_tokens_warns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uvicorn
+
+    calls: list[dict[str, object]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    for name in ("METRICS_INGEST_TOKEN", "METRICS_READ_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    jsonl = str(tmp_path / "m.jsonl")
+    with caplog.at_level(logging.WARNING, logger="metrics_service"):
+        assert cli.main(["serve", "--host", "0.0.0.0", "--jsonl", jsonl]) == 0
+    assert calls
+    assert "0.0.0.0" in caplog.text
+    assert "METRICS_READ_TOKEN" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("host", "ingest", "read", "warns"),
+    [
+        ("127.0.0.1", None, None, False),
+        ("localhost", None, None, False),
+        ("::1", None, None, False),
+        ("0.0.0.0", None, None, True),
+        ("::", None, None, True),
+        ("192.168.1.10", INGEST, None, True),
+        ("0.0.0.0", None, READ, False),
+        ("0.0.0.0", INGEST, READ, False),
+    ],
+)
+def test_bind_warning(
+    host: str, ingest: str | None, read: str | None, warns: bool
+) -> None:
+    config = Config(host=host, ingest_token=ingest, read_token=read)
+    warning = cli.bind_warning(config)
+    assert (warning is not None) == warns
+    if warning:
+        assert host in warning
+        assert INGEST not in warning
