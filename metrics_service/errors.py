@@ -28,13 +28,22 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+def count_rejection(request: Request, status: int) -> None:
+    """Feed `rejected` on the app's Service (read by GET /metrics)."""
+    rejected = getattr(getattr(request.app.state, "service", None), "rejected", None)
+    if status >= 400 and isinstance(rejected, dict):
+        rejected[status] = rejected.get(status, 0) + 1
+
+
 async def api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
+    count_rejection(request, exc.status_code)
     return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    count_rejection(request, exc.status_code)
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
     return JSONResponse(
