@@ -32,6 +32,7 @@ def routes() -> list[Route]:
         Route("/metrics", observability.metrics, methods=["GET"]),
         Route("/", dashboard.dashboard, methods=["GET"]),
         Route("/tracker.js", dashboard.tracker, methods=["GET"]),
+        Route("/static/{name}", dashboard.asset, methods=["GET"]),
     ]
 
 

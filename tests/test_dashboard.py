@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from starlette.testclient import TestClient
+
+from metrics_service.app import create_app
+from metrics_service.config import Config
+
+STATIC = Path(__file__).resolve().parent.parent / "metrics_service" / "static"
+
+
+def test_dashboard_is_html_with_a_strict_policy(tmp_path: Path) -> None:
+    with TestClient(create_app(Config(jsonl=tmp_path / "m.jsonl"))) as c:
+        r = c.get("/")
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/html; charset=utf-8"
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert r.headers["x-content-type-options"] == "nosniff"
+    assert '<script src="/static/dashboard.js"' in r.text
+
+
+def test_dashboard_assets_are_served(tmp_path: Path) -> None:
+    with TestClient(create_app(Config(jsonl=tmp_path / "m.jsonl"))) as c:
+        js = c.get("/static/dashboard.js")
+        css = c.get("/static/dashboard.css")
+    assert js.status_code == 200
+    assert js.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert "EventSource" in js.text
+    assert css.status_code == 200
+    assert css.headers["content-type"] == "text/css; charset=utf-8"
+
+
+def test_only_listed_assets_are_served(tmp_path: Path) -> None:
+    with TestClient(create_app(Config(jsonl=tmp_path / "m.jsonl"))) as c:
+        r = c.get("/static/dashboard.html")
+        traversal = c.get("/static/..%2Fapp.py")
+    assert r.status_code == 404
+    assert r.json() == {"detail": "no such asset 'dashboard.html'"}
+    assert traversal.status_code == 404
+
+
+def test_tracker_loads_from_any_origin(tmp_path: Path) -> None:
+    with TestClient(create_app(Config(jsonl=tmp_path / "m.jsonl"))) as c:
+        r = c.get("/tracker.js", headers={"Origin": "http://shop.example"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert r.headers["cross-origin-resource-policy"] == "cross-origin"
+    assert "sendBeacon" in r.text
+
+
+def test_unchanged_assets_answer_304(tmp_path: Path) -> None:
+    with TestClient(create_app(Config(jsonl=tmp_path / "m.jsonl"))) as c:
+        first = c.get("/tracker.js")
+        again = c.get("/tracker.js", headers={"If-None-Match": first.headers["etag"]})
+    assert first.status_code == 200
+    assert again.status_code == 304
+    assert again.content == b""
+
+
+def test_static_files_never_use_html_sinks() -> None:
+    # Event text must reach the page as text; these APIs would parse it as HTML.
+    for path in STATIC.glob("*.js"):
+        source = path.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write"):
+            assert sink not in source, f"{path.name} uses {sink}"
