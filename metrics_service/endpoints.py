@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from .collector import Outcome
 from .errors import ApiError
+from .filters import parse_filters
 from .ingest import (
     ACCEPTED_TYPES,
     BATCH_TYPES,
@@ -145,14 +146,21 @@ def sink_bytes(service: Service) -> int:
 async def snapshot(request: Request) -> Response:
     service = service_of(request)
     ring = service.ring
-    reject_unknown_params(request, {"limit"})
+    filters = parse_filters(request.query_params, extra={"limit"})
     limit = parse_limit(request, ring.capacity)
-    counts = ring.counts()
+    if filters.empty:
+        total, counts = len(ring), ring.counts()
+        newest = ring.newest(limit)
+    else:
+        matching = filters.scan(ring)
+        total, counts = len(matching), {}
+        for entry in matching:
+            counts[entry.event] = counts.get(entry.event, 0) + 1
+        newest = matching[: -limit - 1 : -1] if limit else []
     by_event = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
-    newest = ring.newest(limit)
     return JSONResponse(
         {
-            "total": len(ring),
+            "total": total,
             "by_event": [{"event": name, "count": n} for name, n in by_event],
             "last_events": [orjson.Fragment(entry.line) for entry in newest],
             "file_size_bytes": sink_bytes(service),
