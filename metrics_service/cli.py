@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from . import stats
 from .config import Config, ConfigError
 from .policy import Policy
 from .sink import Sink
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--reload", action="store_true", help="restart on code changes")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument("--log-level", default="info")
+    stats.add_parser(commands)
     return parser
 
 
@@ -131,5 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "stats":
+        return stats.run(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
