@@ -38,7 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--reload", action="store_true", help="restart on code changes")
     serve.add_argument("--access-log", action="store_true", help="log every request")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=["critical", "error", "warning", "info", "debug", "trace"],
+    )
     stats.add_parser(commands)
     return parser
 
@@ -67,11 +72,21 @@ def serve_config(args: argparse.Namespace) -> Config:
     except OSError as exc:
         raise ConfigError(
             _flag_name("METRICS_JSONL", args),
-            f"cannot open {config.jsonl} for appending: {exc.strerror or exc}",
+            f"cannot open {config.jsonl} for appending: {_open_reason(config, exc)}",
         ) from None
     # The app factory reads the same variables, also after --reload restarts it.
     os.environ.update({k: v for k, v in env.items() if k.startswith("METRICS_")})
     return config
+
+
+def _open_reason(config: Config, exc: OSError) -> str:
+    # mkdir says "File exists" when a parent is a file; name that file instead.
+    for parent in config.jsonl.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, not a folder"
+            break
+    return exc.strerror or str(exc)
 
 
 def _flag_name(var: str, args: argparse.Namespace) -> str:
