@@ -204,7 +204,7 @@ def ring_section(work: Path) -> list[Row]:
     rows: list[Row] = []
     try:
         full_time = full.start(ring_size=0)
-        status, body = request(full.port, "GET", "/api/metrics/behavior/health")
+        _, body = request(full.port, "GET", "/api/metrics/behavior/health")
         ring_size = json.loads(body).get("ring_size", 0)
         log(f"full start-up {full_time:.3f} s, ring_size {ring_size:,}")
         if ring_size >= EVENTS:
@@ -223,7 +223,7 @@ def ring_section(work: Path) -> list[Row]:
             rows.append(
                 Row(
                     f"5. RSS per buffered event at {EVENTS:,} events",
-                    f"**{per_event:,.0f}** bytes ({full.rss() / 2**20:,.0f} MiB − "
+                    f"**{per_event:,.0f}** bytes ({full.rss() / 2**20:,.0f} MiB - "
                     f"{median(empty_rss) / 2**20:,.0f} MiB empty)",
                     "≤ 350 bytes",
                     per_event <= 350,
@@ -233,7 +233,7 @@ def ring_section(work: Path) -> list[Row]:
         else:
             rows.append(
                 Row(
-                    "4–6. ring figures",
+                    "4-6. ring figures",
                     f"n/a (replay filled {ring_size:,} of {EVENTS:,})",
                     "",
                     None,
@@ -386,7 +386,7 @@ def machine() -> str:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    return f"{os.cpu_count()} × {model}, Linux {platform.release()}, Python {platform.python_version()}"
+    return f"{os.cpu_count()} x {model}, Linux {platform.release()}, Python {platform.python_version()}"
 
 
 def table(rows: list[Row]) -> str:
