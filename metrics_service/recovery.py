@@ -89,11 +89,15 @@ def reverse_lines(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         pos = _last_newline_end(fh, fh.seek(0, os.SEEK_END))
         rest = b""
+        first = True
         while pos > 0:
             step = min(CHUNK, pos)
             pos -= step
             fh.seek(pos)
             parts = (fh.read(step) + rest).split(b"\n")
+            if first:
+                parts.pop()  # the nothing after the final newline
+                first = False
             rest = parts[0]
             yield from reversed(parts[1:])
         if rest:

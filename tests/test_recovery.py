@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
+from starlette.testclient import TestClient
+
+from metrics_service import Config, create_app
+from metrics_service.recovery import repair_torn_tail, replay, reverse_lines
+
+
+def stored(seq: int, name: str = "page_view", **extra: object) -> bytes:
+    line = {
+        "seq": seq,
+        "received_at": "2026-01-01T00:00:00.000Z",
+        "timestamp": f"2026-01-01T00:00:{seq % 60:02d}.000Z",
+        "event": name,
+        "visitor_id": f"visitor-{seq % 7}",
+        **extra,
+        "metadata": {},
+        "user_agent": None,
+    }
+    return orjson.dumps(line) + b"\n"
+
+
+def test_torn_tail_moves_to_torn_file_and_truncates(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    good = stored(1) + stored(2)
+    sink.write_bytes(good + b'{"seq":3,"recei')
+    with caplog.at_level(logging.WARNING, logger="metrics_service"):
+        moved = repair_torn_tail(sink)
+    assert moved == len(b'{"seq":3,"recei')
+    assert sink.read_bytes() == good
+    assert (tmp_path / "m.jsonl.torn").read_bytes() == b'{"seq":3,"recei\n'
+    assert "15 bytes" in caplog.text
+
+
+def test_torn_tail_appends_to_an_existing_torn_file(tmp_path: Path) -> None:
+    sink = tmp_path / "m.jsonl"
+    (tmp_path / "m.jsonl.torn").write_bytes(b"older\n")
+    sink.write_bytes(b"no newline at all")
+    assert repair_torn_tail(sink) == len(b"no newline at all")
+    assert sink.read_bytes() == b""
+    assert (tmp_path / "m.jsonl.torn").read_bytes() == b"older\nno newline at all\n"
+
+
+def test_clean_file_is_left_alone(tmp_path: Path) -> None:
+    sink = tmp_path / "m.jsonl"
+    sink.write_bytes(stored(1))
+    assert repair_torn_tail(sink) == 0
+    assert repair_torn_tail(tmp_path / "missing.jsonl") == 0
+    assert not (tmp_path / "m.jsonl.torn").exists()
+
+
+def test_start_up_repairs_and_continues_seq(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl")
+    config.jsonl.write_bytes(stored(1) + stored(2) + b'{"seq":3,"ev')
+    with TestClient(create_app(config)) as c:
+        r = c.post(EVENT_URL, json=event())
+        assert r.status_code == 202
+        assert r.json()["seq"] == 3
+    assert [line["seq"] for line in read_lines(config.jsonl)] == [1, 2, 3]
+
+
+def test_reverse_lines_reads_across_chunks(tmp_path: Path) -> None:
+    sink = tmp_path / "m.jsonl"
+    # Lines far longer than the read chunk, and a torn tail that must not show up.
+    data = [stored(i, pad="x" * 100_000 * (i % 3)) for i in range(1, 8)]
+    sink.write_bytes(b"".join(data) + b'{"torn')
+    assert list(reverse_lines(sink)) == [line[:-1] for line in reversed(data)]
+
+
+def test_replay_restores_ring_counts_and_seq(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", ring_capacity=5)
+    names = ["a", "b", "a", "c", "a", "b", "b"]
+    config.jsonl.write_bytes(
+        b"".join(stored(i, name) for i, name in enumerate(names, 1))
+    )
+    with TestClient(create_app(config)) as c:
+        r = c.get(SNAPSHOT_URL)
+        assert r.status_code == 200
+        body = r.json()
+        assert body["total"] == 5
+        assert body["last_seq"] == 7
+        assert body["by_event"] == [
+            {"event": "a", "count": 2},
+            {"event": "b", "count": 2},
+            {"event": "c", "count": 1},
+        ]
+        assert [e["seq"] for e in body["last_events"]] == [7, 6, 5, 4, 3]
+        assert body["last_events"][0] == orjson.loads(stored(7, "b"))
+        r = c.post(EVENT_URL, json=event())
+        assert r.status_code == 202
+        assert r.json()["seq"] == 8
+
+
+def test_replay_off_keeps_ring_empty_but_continues_seq(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", replay=False)
+    config.jsonl.write_bytes(stored(1) + stored(2))
+    with TestClient(create_app(config)) as c:
+        body = c.get(SNAPSHOT_URL).json()
+        assert body["total"] == 0
+        assert body["last_seq"] == 2
+
+
+def test_replay_skips_malformed_lines(tmp_path: Path) -> None:
+    sink = tmp_path / "m.jsonl"
+    sink.write_bytes(stored(1) + b"not json\n" + b"[1,2]\n" + stored(2) + b"\n")
+    found = replay(sink, 10)
+    assert [e.seq for e in found.entries] == [1, 2]
+    assert found.last_seq == 2
+    assert found.skipped == 2
+
+
+def test_replay_reads_rotated_segments_when_the_sink_is_short(tmp_path: Path) -> None:
+    sink = tmp_path / "m.jsonl"
+    old = tmp_path / "m-20260101T000000-1.jsonl.gz"
+    with gzip.open(old, "wb") as fh:
+        fh.write(b"".join(stored(i) for i in range(1, 5)))
+    (tmp_path / "m-20260101T000100-5.jsonl").write_bytes(
+        b"".join(stored(i) for i in range(5, 8))
+    )
+    sink.write_bytes(stored(8) + stored(9))
+    found = replay(sink, 6)
+    assert [e.seq for e in found.entries] == [4, 5, 6, 7, 8, 9]
+    assert found.last_seq == 9
+    everything = replay(sink, 100)
+    assert [e.seq for e in everything.entries] == list(range(1, 10))
+
+
+def test_seq_continues_from_segments_after_rotation_left_an_empty_sink(
+    tmp_path: Path,
+) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", replay=False)
+    (tmp_path / "m-20260101T000000-1.jsonl").write_bytes(stored(1) + stored(2))
+    config.jsonl.write_bytes(b"")
+    with TestClient(create_app(config)) as c:
+        r = c.post(EVENT_URL, json=event())
+        assert r.status_code == 202
+        assert r.json()["seq"] == 3
+
+
+def test_replayed_event_ids_are_deduplicated(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl")
+    config.jsonl.write_bytes(stored(1, event_id="abc-1"))
+    with TestClient(create_app(config)) as c:
+        r = c.post(EVENT_URL, json=event(event_id="abc-1"))
+        assert r.status_code == 202
+        assert r.json()["stored"] == 0
+        assert r.json()["duplicates"] == 1
+    assert len(read_lines(config.jsonl)) == 1
