@@ -1,0 +1,1 @@
+"""A package, so that e2e/conftest.py does not replace tests/conftest.py as `conftest`."""
