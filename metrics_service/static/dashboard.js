@@ -13,13 +13,14 @@
   // parameter for EventSource, which cannot send headers).
   var auth = {
     token: readToken(),
-    url: function (path, params) {
+    // The query parameter only where headers cannot be sent (EventSource).
+    url: function (path, params, inQuery) {
       var query = new URLSearchParams();
       Object.keys(params || {}).forEach(function (key) {
         var value = params[key];
         if (value !== undefined && value !== null && value !== "") query.append(key, String(value));
       });
-      if (auth.token) query.set("token", auth.token);
+      if (inQuery && auth.token) query.set("token", auth.token);
       var text = query.toString();
       return path + (text ? "?" + text : "");
     },
@@ -224,7 +225,7 @@
     clearTimeout(state.retryTimer);
     setConnection("connecting");
     // EventSource resends Last-Event-ID by itself when it reconnects after an error.
-    var source = new EventSource(auth.url(API + "/behavior/stream", { after: state.lastSeen }));
+    var source = new EventSource(auth.url(API + "/behavior/stream", { after: state.lastSeen }, true));
     state.source = source;
     var opened = false;
     source.onopen = function () {

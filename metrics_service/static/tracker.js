@@ -64,7 +64,9 @@
   }
 
   function url() {
-    return config.endpoint + "/api/metrics/events";
+    // The ingest token (if the collector wants one) goes in the query: beacons cannot set headers.
+    var query = config.token ? "?token=" + encodeURIComponent(config.token) : "";
+    return config.endpoint + "/api/metrics/events" + query;
   }
 
   function body(events) {
@@ -130,7 +132,8 @@
   }
 
   var metrics = {
-    /** options: endpoint (collector base URL), visitorId (optional), flushInterval (ms, default 1000). */
+    /** options: endpoint (collector base URL); optional visitorId, flushInterval (ms, default 1000),
+     *  token (METRICS_INGEST_TOKEN, when the collector requires one). */
     init: function (options) {
       options = options || {};
       if (!options.endpoint) throw new Error("metrics.init: endpoint is required");
@@ -138,6 +141,7 @@
         endpoint: String(options.endpoint).replace(/\/+$/, ""),
         visitorId: options.visitorId ? String(options.visitorId) : storedVisitorId(),
         flushInterval: options.flushInterval > 0 ? options.flushInterval : 1000,
+        token: options.token ? String(options.token) : null,
       };
       // Events tracked before init were queued without a visitor.
       for (var i = 0; i < queue.length; i++) {

@@ -1,0 +1,122 @@
+"""The browser tracker in a real Chromium, loaded by a page on another origin."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from playwright.sync_api import Page, Request, Route, expect
+
+if TYPE_CHECKING:
+    from conftest import Collector, DemoSite
+
+UUID = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+)
+EVENTS_PATH = "/api/metrics/events"
+
+
+def test_a_click_on_another_origin_is_seen_through_the_wait_api(
+    page: Page, demo_site: DemoSite, collector: Collector
+) -> None:
+    assert demo_site.url != collector.url  # a different port: a different origin
+    page.goto(f"{demo_site.url}/?visitor=visitor-click")
+
+    page.click("#buy")
+
+    (event,) = collector.wait_for(
+        event="checkout_clicked", visitor_id="visitor-click", timeout=10
+    )
+    assert event["metadata"] == {"plan": "pro"}
+    assert UUID.match(event["event_id"])
+    assert "Chrome" in event["user_agent"]
+    assert event["seq"] >= 1
+    (view,) = collector.wait_for(event="page_view", visitor_id="visitor-click")
+    assert view["metadata"] == {"path": "/"}
+    assert view["event_id"] != event["event_id"]
+
+
+def test_the_visitor_id_is_kept_in_local_storage(
+    page: Page, demo_site: DemoSite, collector: Collector
+) -> None:
+    page.goto(demo_site.url)
+    stored = page.evaluate("localStorage.getItem('metrics_visitor_id')")
+    assert UUID.match(stored)
+    page.reload()
+    assert page.evaluate("metrics.visitorId()") == stored
+
+    views = collector.wait_for(event="page_view", visitor_id=stored, count=2)
+    assert len(views) == 2
+
+
+def test_navigating_away_delivers_the_queue_by_beacon(
+    page: Page, demo_site: DemoSite, collector: Collector
+) -> None:
+    fetched: list[Request] = []
+    page.on("request", lambda r: fetched.append(r) if EVENTS_PATH in r.url else None)
+    # Count beacons where the next page (same origin) can read them back.
+    page.add_init_script(
+        """
+        const send = navigator.sendBeacon.bind(navigator);
+        navigator.sendBeacon = (url, data) => {
+          sessionStorage.setItem("beacons", String(Number(sessionStorage.getItem("beacons")) + 1));
+          return send(url, data);
+        };
+        """
+    )
+    # A flush interval of ten minutes: only the page leaving can send these.
+    page.goto(f"{demo_site.url}/?visitor=visitor-beacon&flush=600000")
+    for _ in range(3):
+        page.click("#buy")
+    assert page.evaluate("metrics.pending()") == 4
+    assert fetched == []
+
+    page.click("#next")
+    expect(page.locator("h1")).to_have_text("Thanks")
+
+    events = collector.wait_for(visitor_id="visitor-beacon", count=4)
+    assert sorted(e["event"] for e in events) == ["checkout_clicked"] * 3 + [
+        "page_view"
+    ]
+    assert len({e["event_id"] for e in events}) == 4
+    assert page.evaluate("sessionStorage.getItem('beacons')") == "1"
+    assert fetched == []
+
+
+def test_a_retried_flush_is_not_double_counted(
+    page: Page, demo_site: DemoSite, collector: Collector
+) -> None:
+    answers: list[dict[str, Any]] = []
+    bodies: list[Any] = []
+
+    def lose_the_first_response(route: Route) -> None:
+        # The collector stores the batch, but the page never hears back: it must retry.
+        bodies.append(route.request.post_data_json)
+        response = route.fetch()
+        answers.append(response.json())
+        if len(answers) == 1:
+            route.abort("connectionreset")
+        else:
+            route.fulfill(response=response)
+
+    page.route(f"{collector.url}{EVENTS_PATH}", lose_the_first_response)
+    # No timer flush: the test decides when the tracker sends.
+    page.goto(f"{demo_site.url}/?visitor=visitor-retry&flush=600000")
+    page.click("#buy")
+    with page.expect_event("requestfailed"):
+        page.evaluate("metrics.flush()")
+    page.wait_for_function("metrics.pending() === 2")
+    with page.expect_response(lambda r: EVENTS_PATH in r.url):
+        page.evaluate("metrics.flush()")
+    page.wait_for_function("metrics.pending() === 0")
+
+    assert len(answers) == 2
+    first_ids = [e["event_id"] for e in bodies[0]["events"]]
+    assert [e["event_id"] for e in bodies[1]["events"]] == first_ids
+    assert answers[0]["stored"] == 2
+    assert answers[1]["stored"] == 0
+    assert answers[1]["duplicates"] == 2
+    snapshot = collector.snapshot(visitor_id="visitor-retry")
+    assert snapshot["total"] == 2
+    lines = collector.server.jsonl_path.read_text().splitlines()
+    assert sum(event_id in line for line in lines for event_id in first_ids) == 2
