@@ -189,16 +189,6 @@ def error_items(exc: ValidationError, index: int | None = None) -> list[dict[str
     return items
 
 
-def validate(obj: Any, index: int | None = None) -> BehaviorEvent:
-    if not isinstance(obj, dict):
-        where = "" if index is None else f"event {index}: "
-        raise ApiError(422, f"{where}expected a JSON object, got {type_name(obj)}")
-    try:
-        return BehaviorEvent.model_validate(obj)
-    except ValidationError as exc:
-        raise ApiError(422, error_items(exc, index)) from None
-
-
 def check_events(
     objs: list[Any], policy: Policy, max_event_bytes: int, *, batch: bool
 ) -> list[BehaviorEvent]:
