@@ -136,14 +136,15 @@ def parse_json(body: bytes, where: str = "") -> Any:
 def parse_batch(body: bytes, kind: str, max_batch: int) -> list[Any]:
     """A JSON array, `{"events": [...]}` or NDJSON (blank lines skipped) as a list."""
     if kind in NDJSON_TYPES:
-        lines = [
-            (number, line)
-            for number, line in enumerate(body.split(b"\n"), 1)
-            if line.strip()
-        ]
-        check_count(len(lines), max_batch)
-        return [parse_json(line, f"line {number}: ") for number, line in lines]
-    data = parse_json(body)
+        return parse_ndjson(body, max_batch)
+    try:
+        data = parse_json(body)
+    except ApiError:
+        # sendBeacon cannot set an NDJSON type without a preflight, so NDJSON
+        # often arrives as text/plain: several lines that are not one JSON value.
+        if kind in ("text/plain", "") and len(body.strip().splitlines()) > 1:
+            return parse_ndjson(body, max_batch)
+        raise
     if isinstance(data, dict) and "events" in data:
         unknown = sorted(set(data) - {"events"})
         if unknown:
@@ -161,6 +162,16 @@ def parse_batch(body: bytes, kind: str, max_batch: int) -> list[Any]:
         )
     check_count(len(data), max_batch)
     return data
+
+
+def parse_ndjson(body: bytes, max_batch: int) -> list[Any]:
+    lines = [
+        (number, line)
+        for number, line in enumerate(body.split(b"\n"), 1)
+        if line.strip()
+    ]
+    check_count(len(lines), max_batch)
+    return [parse_json(line, f"line {number}: ") for number, line in lines]
 
 
 def check_count(count: int, max_batch: int) -> None:

@@ -97,6 +97,30 @@ def test_text_plain_beacon_batch(client: TestClient, config: Config) -> None:
     assert r.json()["stored"] == 2
 
 
+def test_ndjson_sent_as_text_plain_beacon(client: TestClient, config: Config) -> None:
+    r = client.post(
+        BATCH_URL,
+        content=ndjson(events(3)) + b"\n",
+        headers={"content-type": "text/plain;charset=UTF-8"},
+    )
+    assert r.status_code == 202
+    assert r.json()["stored"] == 3
+    bad = client.post(
+        BATCH_URL,
+        content=ndjson(events(1)) + b"{oops\n",
+        headers={"content-type": "text/plain"},
+    )
+    assert bad.status_code == 400
+    assert bad.json()["detail"].startswith("line 2: malformed JSON")
+    assert len(read_lines(config.jsonl)) == 3
+
+
+def test_malformed_json_array_400(client: TestClient) -> None:
+    r = client.post(BATCH_URL, content=b'[{"visitor_id": "visitor-1",}]')
+    assert r.status_code == 400
+    assert r.json()["detail"].startswith("malformed JSON")
+
+
 def test_gzip_batch(client: TestClient, config: Config) -> None:
     r = client.post(
         BATCH_URL,
