@@ -534,3 +534,17 @@ def test_200_concurrent_posts(config: Config) -> None:
     assert {e["event"]: e["count"] for e in snap["by_event"]} == dict.fromkeys(
         names, 50
     )
+
+
+def test_sink_failure_503_and_nothing_half_done() -> None:
+    config = Config(jsonl=Path("/dev/full"))  # every write fails with ENOSPC
+    with TestClient(create_app(config)) as c:
+        r = c.post(EVENT_URL, json=event())
+        assert r.status_code == 503
+        assert "/dev/full" in r.json()["detail"]
+        snap = c.get(SNAPSHOT_URL).json()
+        assert (snap["total"], snap["last_seq"]) == (0, 0)
+        r = c.get(HEALTH_URL)
+        assert r.status_code == 503  # so the container healthcheck fails too
+        assert r.json()["ok"] is False
+        assert "/dev/full" in r.json()["error"]
