@@ -288,3 +288,12 @@ def test_redaction_keeps_required_keys_present(tmp_path: Path, config: Config) -
 def test_no_redact_keys_leaves_the_event_alone() -> None:
     original = model(metadata={"email": "a@b"})
     assert Policy().redact(original) is original
+
+
+def test_taxonomy_is_read_once_at_start_up(tmp_path: Path, config: Config) -> None:
+    path = taxonomy_file(tmp_path, TAXONOMY)
+    cfg = dataclasses.replace(config, taxonomy=path)
+    with TestClient(create_app(cfg)) as c:
+        path.write_bytes(b"broken now")
+        assert c.post(EVENT_URL, json=event("signup")).status_code == 202
+        assert c.post(EVENT_URL, json=event("other")).status_code == 422
