@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from conftest import EVENT_URL, HEALTH_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
+from metrics_service.testing import MetricsServer
 
 MiB = 1024 * 1024
 KEYS = [
@@ -548,3 +550,50 @@ def test_sink_failure_503_and_nothing_half_done() -> None:
         assert r.status_code == 503  # so the container healthcheck fails too
         assert r.json()["ok"] is False
         assert "/dev/full" in r.json()["error"]
+
+
+# --- against a real server process ----------------------------------------------
+
+
+def test_real_server_413_for_a_chunked_body(metrics_server: MetricsServer) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b'{"visitor_id": "visitor-1", "event": "e", "metadata": {"pad": "'
+        for _ in range(32):
+            yield b"x" * (64 * 1024)
+        yield b'"}}'
+
+    with httpx.Client(base_url=metrics_server.url, timeout=30) as c:
+        r = c.post(EVENT_URL, content=chunks())
+        assert r.status_code == 413
+        assert "1,048,576" in r.json()["detail"]
+        # The server is fine afterwards.
+        assert c.post(EVENT_URL, json=event()).status_code == 202
+    assert [line["seq"] for line in read_lines(metrics_server.jsonl_path)] == [1]
+
+
+def test_real_server_concurrent_posts_from_threads(
+    metrics_server: MetricsServer,
+) -> None:
+    names = ["page_view", "link_click"]
+    with httpx.Client(base_url=metrics_server.url, timeout=30) as c:
+
+        def post(i: int) -> int:
+            r = c.post(EVENT_URL, json=event(names[i % 2], metadata={"i": i}))
+            assert r.status_code == 202
+            seq: int = r.json()["seq"]
+            return seq
+
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            seqs = list(pool.map(post, range(200)))
+        snap = c.get(SNAPSHOT_URL, params={"limit": 500}).json()
+    assert sorted(seqs) == list(range(1, 201))
+    lines = read_lines(metrics_server.jsonl_path)
+    assert [line["seq"] for line in lines] == list(range(1, 201))
+    assert {line["metadata"]["i"]: line["seq"] for line in lines} == dict(
+        enumerate(seqs)
+    )
+    assert snap["last_events"][::-1] == lines
+    assert snap["by_event"] == [
+        {"event": "link_click", "count": 100},
+        {"event": "page_view", "count": 100},
+    ]
