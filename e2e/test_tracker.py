@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from playwright.sync_api import Page, Request, Route, expect
 
 if TYPE_CHECKING:
-    from conftest import Collector, DemoSite
+    from .conftest import Collector, DemoSite
 
 UUID = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
