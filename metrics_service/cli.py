@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -74,9 +76,35 @@ def serve_config(args: argparse.Namespace) -> Config:
             _flag_name("METRICS_JSONL", args),
             f"cannot open {config.jsonl} for appending: {_open_reason(config, exc)}",
         ) from None
+    check_listen(config, args)
     # The app factory reads the same variables, also after --reload restarts it.
     os.environ.update({k: v for k, v in env.items() if k.startswith("METRICS_")})
     return config
+
+
+def check_listen(config: Config, args: argparse.Namespace) -> None:
+    """Fail with one line, before uvicorn starts, when the address cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(
+            config.host, config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(
+            _flag_name("METRICS_HOST", args),
+            f"cannot resolve {config.host!r}: {exc.strerror}",
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        # As uvicorn does, so a port left in TIME_WAIT by a restart is not refused.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            name = "METRICS_PORT" if exc.errno == errno.EADDRINUSE else "METRICS_HOST"
+            raise ConfigError(
+                _flag_name(name, args),
+                f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
+            ) from None
 
 
 def _open_reason(config: Config, exc: OSError) -> str:

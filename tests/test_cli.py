@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -102,6 +103,24 @@ def test_unwritable_sink_variable(
     line = one_error_line(capsys)
     assert "error: METRICS_JSONL: " in line
     assert str(tmp_path) in line
+
+
+def test_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 2
+    line = one_error_line(capsys)
+    assert f"error: --port: cannot listen on 127.0.0.1:{port}" in line
+
+
+def test_host_that_is_not_ours(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRICS_HOST", "192.0.2.1")  # TEST-NET-1: never local
+    assert main(["serve", "--port", str(free_port())]) == 2
+    assert "error: METRICS_HOST: cannot listen on 192.0.2.1" in one_error_line(capsys)
 
 
 def test_config_error_in_a_real_process(tmp_path: Path) -> None:
