@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import bisect
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from array import array
+from collections import Counter, deque
+from collections.abc import Callable, Collection, Iterable, Iterator
+from itertools import accumulate
 from typing import NamedTuple
 
 import orjson
@@ -25,49 +27,241 @@ class Entry(NamedTuple):
 
 Predicate = Callable[[Entry], bool]
 
+CHUNK = 4096
+_HAS_ID = 1
+_ODD = 2  # visitor_id / event_id cannot be read back from the line: kept aside
+_VISITOR_KEY = b'"visitor_id":"'  # 14 bytes
+_EVENT_ID_KEY = b'"event_id":"'  # 12 bytes
+_STEP = 256  # entries rebuilt at a time when walking backwards
+_new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
+
+
+def _text(line: bytes, key: bytes) -> str:
+    start = line.find(key) + len(key)
+    return line[start : line.index(b'"', start)].decode()
+
+
+def _readable(line: bytes, key: bytes, value: str) -> bool:
+    try:
+        return line.find(key) >= 0 and _text(line, key) == value
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+class _Chunk:
+    """CHUNK entries packed into a few flat buffers (~25 bytes each plus the line).
+
+    Entry tuples, seq ints, ts floats and string objects would cost ~200 bytes per
+    event; visitor_id and event_id are read back from the line on demand instead.
+    """
+
+    __slots__ = (
+        "codes",
+        "ends",
+        "events",
+        "flags",
+        "index",
+        "lines",
+        "names",
+        "odd",
+        "seqs",
+        "ts",
+    )
+
+    def __init__(self, entries: list[Entry]) -> None:
+        index: dict[str, int] = {}
+        names: list[str] = []
+        codes = array("H")
+        flags = bytearray(len(entries))
+        odd: dict[int, tuple[str, str | None]] = {}
+        for i, entry in enumerate(entries):
+            code = index.get(entry.event)
+            if code is None:
+                code = index[entry.event] = len(names)
+                names.append(entry.event)
+            codes.append(code)
+            line, event_id = entry.line, entry.event_id
+            if event_id is not None:
+                flags[i] = _HAS_ID
+                ok = _readable(line, _EVENT_ID_KEY, event_id)
+            else:
+                ok = True
+            if not (ok and _readable(line, _VISITOR_KEY, entry.visitor_id)):
+                flags[i] |= _ODD
+                odd[i] = (entry.visitor_id, event_id)
+        lines = [entry.line for entry in entries]
+        self.seqs = array("q", [entry.seq for entry in entries])
+        self.ts = array("d", [entry.ts for entry in entries])
+        ends = list(accumulate(map(len, lines)))
+        self.ends = array("I" if ends[-1] < 2**32 else "Q", ends)
+        self.lines = b"".join(lines)
+        self.events = codes.tobytes()  # searched with rfind for `event=` filters
+        self.codes = memoryview(self.events).cast("H")
+        self.names = names
+        self.index = index
+        self.flags = bytes(flags)
+        self.odd = odd
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def entry(self, i: int) -> Entry:
+        return self.slice(i, i + 1)[0]
+
+    def slice(self, lo: int, hi: int) -> list[Entry]:
+        """Entries lo..hi-1 as tuples again, oldest first."""
+        lines, names, odd = self.lines, self.names, self.odd
+        start = self.ends[lo - 1] if lo else 0
+        out: list[Entry] = []
+        append = out.append
+        for i, end, seq, ts, code, flag in zip(
+            range(lo, hi),
+            self.ends[lo:hi],
+            self.seqs[lo:hi],
+            self.ts[lo:hi],
+            self.codes[lo:hi],
+            self.flags[lo:hi],
+            strict=True,
+        ):
+            line = lines[start:end]
+            start = end
+            if flag & _ODD:
+                visitor_id, event_id = odd[i]
+            else:
+                at = line.find(_VISITOR_KEY) + 14
+                visitor_id = line[at : line.index(b'"', at)].decode()
+                if flag:
+                    at = line.find(_EVENT_ID_KEY) + 12
+                    event_id = line[at : line.index(b'"', at)].decode()
+                else:
+                    event_id = None
+            append(_new(Entry, (seq, ts, names[code], visitor_id, event_id, line)))
+        return out
+
+    def positions(self, names: Collection[str], lower: int) -> Iterator[int]:
+        """Indexes (>= lower) of entries named in `names`, newest first."""
+        codes = [self.index[name] for name in names if name in self.index]
+        if not codes:
+            return
+        buf = self.events
+        patterns = [array("H", [code]).tobytes() for code in codes]
+        found = [_rfind(buf, p, 2 * lower, len(buf)) for p in patterns]
+        while True:
+            best = max(found)
+            if best < 0:
+                return
+            yield best // 2
+            k = found.index(best)
+            found[k] = _rfind(buf, patterns[k], 2 * lower, best)
+
+
+def _rfind(buf: bytes, pattern: bytes, lo: int, hi: int) -> int:
+    """The last 2-byte-aligned occurrence of `pattern` in buf[lo:hi], or -1."""
+    while True:
+        pos = buf.rfind(pattern, lo, hi)
+        if pos < 0 or pos % 2 == 0:
+            return pos
+        hi = pos + 1
+
 
 class Ring:
-    """The newest `capacity` entries in seq order, with per-event counts kept on the way in and out."""
+    """The newest `capacity` entries in seq order, with per-event counts kept on the way in and out.
 
-    def __init__(self, capacity: int) -> None:
+    New entries wait in a small deque of tuples; every `chunk` of them is packed into
+    a _Chunk, and eviction drops packed chunks from the front a whole chunk at a time.
+    """
+
+    def __init__(self, capacity: int, *, chunk: int = CHUNK) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
         self.evicted = 0
-        self._entries: deque[Entry] = deque()
+        self._chunk = chunk
+        self._packed: deque[_Chunk] = deque()
+        self._skip = 0  # entries at the front of _packed[0] already evicted
+        self._packed_len = 0
+        self._hot: deque[Entry] = deque()
         self._counts: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._packed_len + len(self._hot)
 
     def __iter__(self) -> Iterator[Entry]:
-        return iter(self._entries)
+        for n, chunk in enumerate(list(self._packed)):
+            for lo in range(self._skip if n == 0 else 0, len(chunk), _STEP):
+                yield from chunk.slice(lo, min(lo + _STEP, len(chunk)))
+        yield from list(self._hot)
 
     def __reversed__(self) -> Iterator[Entry]:
-        return reversed(self._entries)
+        yield from reversed(list(self._hot))
+        chunks = list(self._packed)
+        for n in range(len(chunks) - 1, -1, -1):
+            chunk = chunks[n]
+            lower = self._skip if n == 0 else 0
+            for hi in range(len(chunk), lower, -_STEP):
+                yield from reversed(chunk.slice(max(lower, hi - _STEP), hi))
 
     def extend(self, entries: Iterable[Entry]) -> None:
-        items = self._entries
+        hot = self._hot
         counts = self._counts
-        capacity = self.capacity
+        chunk = self._chunk
         for entry in entries:
-            if len(items) >= capacity:
-                self._drop(items.popleft())
-                self.evicted += 1
-            items.append(entry)
+            hot.append(entry)
             name = entry.event
             counts[name] = counts.get(name, 0) + 1
+            if len(hot) >= chunk:
+                self._pack()
+        excess = len(self) - self.capacity
+        if excess > 0:
+            self._evict(excess)
 
-    def _drop(self, old: Entry) -> None:
-        left = self._counts[old.event] - 1
+    def _pack(self) -> None:
+        packed = _Chunk(list(self._hot))
+        self._hot.clear()
+        self._packed.append(packed)
+        self._packed_len += len(packed)
+        # Keep memory bounded while a long extend() (replay) runs.
+        excess = len(self) - self.capacity
+        if excess > 0:
+            self._evict(excess)
+
+    def _evict(self, count: int) -> None:
+        self.evicted += count
+        counts = self._counts
+        while count > 0 and self._packed:
+            first = self._packed[0]
+            start = self._skip
+            take = min(count, len(first) - start)
+            for code, n in Counter(first.codes[start : start + take]).items():
+                self._forget(first.names[code], n)
+            self._skip += take
+            self._packed_len -= take
+            count -= take
+            if self._skip == len(first):
+                self._packed.popleft()
+                self._skip = 0
+        hot = self._hot
+        for _ in range(count):
+            name = hot.popleft().event
+            left = counts[name] - 1
+            if left:
+                counts[name] = left
+            else:
+                del counts[name]
+
+    def _forget(self, name: str, n: int) -> None:
+        left = self._counts[name] - n
         if left:
-            self._counts[old.event] = left
+            self._counts[name] = left
         else:
-            del self._counts[old.event]
+            del self._counts[name]
 
     def clear(self) -> int:
-        cleared = len(self._entries)
-        self._entries.clear()
+        cleared = len(self)
+        self._packed.clear()
+        self._packed_len = 0
+        self._skip = 0
+        self._hot.clear()
         self._counts.clear()
         return cleared
 
@@ -75,38 +269,60 @@ class Ring:
         """Events per name now in the ring; the dict is live, copy before mutating."""
         return self._counts
 
-    def newest(self, limit: int, predicate: Predicate | None = None) -> list[Entry]:
-        """Up to `limit` entries, newest first."""
+    def newest(
+        self,
+        limit: int,
+        predicate: Predicate | None = None,
+        *,
+        events: Collection[str] | None = None,
+    ) -> list[Entry]:
+        """Up to `limit` entries, newest first.
+
+        `events` (names, any of) is served from a per-chunk index without looking at
+        other entries; `predicate`, if also given, is checked on those only.
+        """
         out: list[Entry] = []
         if limit <= 0:
             return out
-        for entry in reversed(self._entries):
+        source = reversed(self) if events is None else self._reversed_named(events)
+        for entry in source:
             if predicate is None or predicate(entry):
                 out.append(entry)
                 if len(out) >= limit:
                     break
         return out
 
+    def _reversed_named(self, names: Collection[str]) -> Iterator[Entry]:
+        if not any(name in self._counts for name in names):
+            return
+        for entry in reversed(list(self._hot)):
+            if entry.event in names:
+                yield entry
+        chunks = list(self._packed)
+        for n in range(len(chunks) - 1, -1, -1):
+            chunk = chunks[n]
+            for i in chunk.positions(names, self._skip if n == 0 else 0):
+                yield chunk.entry(i)
+
     def after(self, seq: int) -> list[Entry]:
         """Entries with a seq greater than `seq`, oldest first."""
-        items = self._entries
-        if not items or items[-1].seq <= seq:
-            return []
-        if items[0].seq > seq:
-            return list(items)
-        # Seqs are strictly increasing, so only the tail needs walking.
-        start = bisect.bisect_right(_SeqView(items), seq)
-        return [items[i] for i in range(start, len(items))]
-
-
-class _SeqView:
-    """Lets bisect search the deque by seq without copying it."""
-
-    def __init__(self, items: deque[Entry]) -> None:
-        self._items = items
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __getitem__(self, index: int) -> int:
-        return self._items[index].seq
+        hot = list(self._hot)
+        if not hot or hot[0].seq > seq:
+            # The answer may start in the packed chunks: find the oldest one needed.
+            chunks = list(self._packed)
+            out: list[Entry] = []
+            start_chunk = len(chunks)
+            while start_chunk > 0:
+                chunk = chunks[start_chunk - 1]
+                if chunk.seqs[-1] <= seq:
+                    break
+                start_chunk -= 1
+            for n in range(start_chunk, len(chunks)):
+                chunk = chunks[n]
+                lower = self._skip if n == 0 else 0
+                first = bisect.bisect_right(chunk.seqs, seq, lower)
+                out.extend(chunk.slice(first, len(chunk)))
+            out.extend(hot)
+            return out
+        start = bisect.bisect_right([entry.seq for entry in hot], seq)
+        return hot[start:]

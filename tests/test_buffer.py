@@ -98,3 +98,60 @@ def test_clear_empties_counts_but_keeps_evicted() -> None:
 
 def test_entry_as_dict_parses_the_line() -> None:
     assert entry(9, "a").as_dict() == {"seq": 9, "event": "a"}
+
+
+def stored(seq: int, name: str, visitor_id: str, event_id: str | None) -> Entry:
+    """An entry whose line is shaped like the collector's (visitor_id, event_id inside)."""
+    body: dict[str, object] = {"seq": seq, "event": name, "visitor_id": visitor_id}
+    if event_id is not None:
+        body["event_id"] = event_id
+    body["metadata"] = {"visitor_id": "nested", "event_id": "nested"}
+    return Entry(seq, seq + 0.25, name, visitor_id, event_id, orjson.dumps(body))
+
+
+def test_packed_chunks_give_back_the_same_entries() -> None:
+    odd_visitors = ["visitor-123", 'has "quotes" \\ and slashes', "vïsitor-ü-ß"]
+    entries = [
+        stored(seq, "ab"[seq % 2], odd_visitors[seq % 3], [None, f"id-{seq}"][seq % 2])
+        for seq in range(1, 40)
+    ]
+    # An entry whose line lacks the fields (as in old files) keeps them aside.
+    entries.append(Entry(40, 1.5, "c", "visitor-9", "id-40", b'{"seq":40}'))
+    ring = Ring(30, chunk=4)
+    ring.extend(entries[:17])
+    ring.extend(entries[17:])
+    kept = entries[-30:]
+    assert list(ring) == kept
+    assert list(reversed(ring)) == kept[::-1]
+    assert ring.newest(7) == kept[::-1][:7]
+    assert ring.after(25) == [e for e in kept if e.seq > 25]
+    assert ring.evicted == 10
+    assert ring.counts() == {"a": 14, "b": 15, "c": 1}
+
+
+def test_newest_by_event_name_uses_the_index_and_matches_a_scan() -> None:
+    ring = Ring(1000, chunk=16)
+    names = ["page_view"] * 40 + ["click"] * 9 + ["purchase"]
+    ring.extend(
+        stored(seq, names[seq % len(names)], "visitor-1", None)
+        for seq in range(1, 1500)
+    )
+    everything = list(reversed(ring))
+    for wanted in ({"purchase"}, {"click", "purchase"}, {"nothing"}, set()):
+        expected = [e for e in everything if e.event in wanted][:25]
+        assert ring.newest(25, events=wanted) == expected
+    odd_seq = ring.newest(3, lambda e: e.seq % 2 == 1, events={"click"})
+    assert odd_seq == [e for e in everything if e.event == "click" and e.seq % 2][:3]
+
+
+def test_eviction_drops_packed_chunks_and_keeps_counts() -> None:
+    ring = Ring(10, chunk=4)
+    for seq in range(1, 101):
+        ring.extend([stored(seq, "ab"[seq % 3 == 0], "visitor-1", None)])
+        kept = list(ring)
+        assert [e.seq for e in kept] == list(range(max(1, seq - 9), seq + 1))
+        expected: dict[str, int] = {}
+        for e in kept:
+            expected[e.event] = expected.get(e.event, 0) + 1
+        assert ring.counts() == expected
+    assert ring.evicted == 90
