@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Any
 
 from pydantic import (
@@ -22,10 +23,16 @@ def _no_control_chars(value: str) -> str:
 
 
 def _iso_string(value: Any) -> Any:
-    # pydantic would take a bare number as a Unix time; the contract says ISO-8601.
-    if not isinstance(value, (str, dt.datetime)):
+    # pydantic would take a number, even in a string, as a Unix time; the contract says
+    # ISO-8601, and a guessed seconds-or-milliseconds value would corrupt the data.
+    if not isinstance(value, (str, dt.datetime)) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value)
+    ):
         raise ValueError("must be an ISO-8601 date-time string")
     return value
+
+
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
 
 
 def _as_utc(value: dt.datetime) -> dt.datetime:

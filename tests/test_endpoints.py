@@ -226,6 +226,8 @@ def test_non_object_422(client: TestClient, body: bytes, kind: str) -> None:
         (event(timestamp="yesterday"), ["timestamp"]),
         (event(timestamp="2026-13-01T00:00:00Z"), ["timestamp"]),
         (event(timestamp=1700000000), ["timestamp"]),
+        (event(timestamp="1700000000"), ["timestamp"]),  # not a Unix time either
+        (event(timestamp="2026"), ["timestamp"]),
         (event(timestamp="9999-12-31T23:59:59-01:00"), ["timestamp"]),
         (event(metadata=[1, 2]), ["metadata"]),
         (event(metadata="x"), ["metadata"]),
