@@ -18,12 +18,15 @@
   var BATCH_SIZE = 20;
   var MAX_QUEUE = 1000; // drop the oldest beyond this while the collector is unreachable
   var KEEPALIVE_LIMIT = 60000; // browsers cap in-flight keepalive bodies at 64 KiB
+  var MAX_BACKOFF = 60000;
 
   var config = null;
   var queue = [];
   var inflight = false;
   var timer = null;
   var listening = false;
+  var failures = 0; // consecutive failed sends: retries back off up to MAX_BACKOFF
+  var retryAt = 0;
 
   function uuid() {
     var c = global.crypto;
@@ -78,6 +81,12 @@
   function requeue(events) {
     queue = events.concat(queue);
     if (queue.length > MAX_QUEUE) queue.splice(0, queue.length - MAX_QUEUE);
+    failures += 1;
+    retryAt = Date.now() + Math.min(MAX_BACKOFF, config.flushInterval * Math.pow(2, failures - 1));
+  }
+
+  function tick() {
+    if (Date.now() >= retryAt) flush();
   }
 
   function flush() {
@@ -96,18 +105,20 @@
       .then(function (response) {
         // 4xx other than 408/429 means the batch itself is wrong: retrying cannot help.
         var retry = response.status >= 500 || response.status === 408 || response.status === 429;
-        if (retry) requeue(events);
-        else if (!response.ok && global.console) {
+        if (retry) return requeue(events);
+        failures = 0;
+        if (!response.ok && global.console) {
           global.console.warn("metrics: batch rejected with " + response.status);
         }
       })
       .catch(function () {
-        // Network error or lost response: send the same events (same event_ids) again.
+        // Network error, lost response or an origin METRICS_CORS_ORIGINS does not allow:
+        // send the same events (same event_ids) again; the collector drops repeats.
         requeue(events);
       })
       .then(function () {
         inflight = false;
-        if (queue.length >= BATCH_SIZE) flush();
+        if (queue.length >= BATCH_SIZE && failures === 0) flush();
       });
   }
 
@@ -148,7 +159,7 @@
         if (!queue[i].visitor_id) queue[i].visitor_id = config.visitorId;
       }
       if (timer) global.clearInterval(timer);
-      timer = global.setInterval(flush, config.flushInterval);
+      timer = global.setInterval(tick, config.flushInterval);
       listen();
       return metrics;
     },
@@ -161,7 +172,7 @@
         metadata: metadata || {},
       });
       if (queue.length > MAX_QUEUE) queue.shift();
-      if (queue.length >= BATCH_SIZE) flush();
+      if (queue.length >= BATCH_SIZE) tick();
     },
     flush: flush,
     visitorId: function () {
