@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from playwright.sync_api import Dialog, Page, expect
 
 from metrics_service.testing import MetricsServer
 
-if TYPE_CHECKING:
-    from .conftest import Collector
+from .conftest import Collector
 
 XSS = "<img src=x onerror=alert(1)>"
 
@@ -202,3 +201,53 @@ def test_the_stream_resumes_after_the_collector_restarts(
         expect(rows(page).first.locator("td.event")).to_have_text("live_again")
         expect(rows(page)).to_have_count(4)
         assert page.evaluate("window.notReloaded") is True
+
+
+def test_a_read_token_is_asked_for_and_then_used(
+    page: Page, tmp_path: Path, artifacts: Path
+) -> None:
+    token = "read-token-for-the-dashboard"
+    with MetricsServer(
+        tmp_path / "m.jsonl", env={"METRICS_READ_TOKEN": token}
+    ) as server:
+        page.goto(server.url + "/")
+        expect(page.locator("#token-form")).to_be_visible()
+        expect(page.locator("#error")).to_contain_text("token")
+
+        page.fill("#token", token)
+        page.click("#token-form button")
+
+        expect(page.locator("#token-form")).to_be_hidden()
+        expect(page.locator("#connection-text")).to_have_text("live")
+        Collector(server).post([event("signup")])
+        expect(rows(page)).to_have_count(1)
+        expect(bar(page, "signup").locator(".count")).to_have_text("1")
+        assert page.evaluate("sessionStorage.getItem('metrics_read_token')") == token
+
+
+def test_ring_fill_and_evictions_follow_the_server(
+    page: Page, tmp_path: Path, artifacts: Path
+) -> None:
+    with MetricsServer(
+        tmp_path / "m.jsonl", env={"METRICS_RING_CAPACITY": "3"}
+    ) as server:
+        collector = Collector(server)
+        open_live(page, collector)
+        collector.post([event("signup"), event("signup"), event("page_view")])
+        expect(page.locator("#ring-size")).to_have_text("3")
+        expect(page.locator("#ring-capacity")).to_have_text("3")
+
+        collector.post([event("search"), event("search")])
+
+        expect(page.locator("#evicted")).to_have_text("2")
+        expect(page.locator("#ring-size")).to_have_text("3")
+        # The evicted signups leave the bars once the dashboard recounts.
+        expect(bar(page, "signup")).to_have_count(0)
+        expect(bar(page, "search").locator(".count")).to_have_text("2")
+        expect(bar(page, "page_view").locator(".count")).to_have_text("1")
+        snapshot = collector.snapshot()
+        assert snapshot["evicted"] == 2
+        expect(page.locator("#sink-size")).to_have_text(
+            f"{server.jsonl_path.stat().st_size} B"
+        )
+        page.screenshot(path=artifacts / "dashboard-evicted.png", full_page=True)
