@@ -36,16 +36,17 @@ _STEP = 256  # entries rebuilt at a time when walking backwards
 _new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
 
 
-def _text(line: bytes, key: bytes) -> str:
-    start = line.find(key) + len(key)
-    return line[start : line.index(b'"', start)].decode()
-
-
 def _readable(line: bytes, key: bytes, value: str) -> bool:
-    try:
-        return line.find(key) >= 0 and _text(line, key) == value
-    except (ValueError, UnicodeDecodeError):
+    """Whether reading up to the first quote after `key` gives back `value` exactly."""
+    if '"' in value:
         return False
+    try:
+        expected = value.encode() + b'"'
+    except UnicodeEncodeError:
+        return False
+    at = line.find(key)
+    # A value JSON had to escape differs from its raw bytes, so it fails here too.
+    return at >= 0 and line.startswith(expected, at + len(key))
 
 
 class _Chunk:
@@ -174,6 +175,8 @@ class Ring:
     def __init__(self, capacity: int, *, chunk: int = CHUNK) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        if not 1 <= chunk <= 65536:  # names are 2-byte codes within a chunk
+            raise ValueError("chunk must be between 1 and 65536")
         self.capacity = capacity
         self.evicted = 0
         self._chunk = chunk
