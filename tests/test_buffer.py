@@ -155,3 +155,31 @@ def test_eviction_drops_packed_chunks_and_keeps_counts() -> None:
             expected[e.event] = expected.get(e.event, 0) + 1
         assert ring.counts() == expected
     assert ring.evicted == 90
+
+
+def test_a_large_ring_stays_consistent_across_batches() -> None:
+    ring = Ring(1000)
+    names = ["page_view", "link_click", "signup"]
+    seq = 0
+    for size in [1, 7, 300, 999, 1000, 1001, 2, 190]:  # 3500 in all
+        batch = []
+        for _ in range(size):
+            seq += 1
+            batch.append(entry(seq, names[seq % 3]))
+        ring.extend(batch)
+        held = list(ring)
+        assert seqs(held) == list(range(max(1, seq - 999), seq + 1))
+        assert len(ring) == len(held)
+        assert ring.evicted == seq - len(held)
+        expected: dict[str, int] = {}
+        for e in held:
+            expected[e.event] = expected.get(e.event, 0) + 1
+        assert ring.counts() == expected
+    assert seqs(list(reversed(ring))) == list(range(3500, 2500, -1))
+    assert seqs(ring.newest(3)) == [3500, 3499, 3498]
+    assert seqs(ring.after(3497)) == [3498, 3499, 3500]
+    assert seqs(ring.after(2000)) == list(range(2501, 3501))
+    assert seqs(ring.after(2750))[:2] == [2751, 2752]
+    assert [e.as_dict() for e in ring.newest(1)] == [{"seq": 3500, "event": "signup"}]
+    signups = ring.newest(4, lambda e: e.event == "signup")
+    assert seqs(signups) == [3500, 3497, 3494, 3491]
