@@ -36,10 +36,10 @@ chromium:
 	@test -x $(CHROMIUM) || { echo "Chromium is still missing at $(CHROMIUM)" >&2; exit 1; }
 
 test: $(STAMP) chromium lint
-	$(BIN)/pytest
+	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest
 
 e2e: $(STAMP) chromium
-	$(BIN)/pytest e2e
+	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest e2e
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.perf
