@@ -120,3 +120,29 @@ def test_a_retried_flush_is_not_double_counted(
     assert snapshot["total"] == 2
     lines = collector.server.jsonl_path.read_text().splitlines()
     assert sum(event_id in line for line in lines for event_id in first_ids) == 2
+
+
+def test_an_event_the_collector_would_refuse_is_dropped_alone(
+    page: Page, demo_site: DemoSite, collector: Collector
+) -> None:
+    # One bad event would make the collector refuse the whole batch (all or nothing).
+    warnings: list[str] = []
+    page.on(
+        "console", lambda m: warnings.append(m.text) if m.type == "warning" else None
+    )
+    page.goto(f"{demo_site.url}/?visitor=visitor-bad&flush=600000")
+
+    page.evaluate(
+        """() => {
+        metrics.track("");
+        metrics.track("x".repeat(65));
+        metrics.track("bad_metadata", "not an object");
+        metrics.track("good", { n: 1 });
+        metrics.flush();
+        }"""
+    )
+
+    events = collector.wait_for(visitor_id="visitor-bad", count=2)
+    assert sorted(e["event"] for e in events) == ["good", "page_view"]
+    assert len(warnings) == 3, warnings
+    assert collector.snapshot(visitor_id="visitor-bad")["total"] == 2

@@ -107,9 +107,7 @@
         var retry = response.status >= 500 || response.status === 408 || response.status === 429;
         if (retry) return requeue(events);
         failures = 0;
-        if (!response.ok && global.console) {
-          global.console.warn("metrics: batch rejected with " + response.status);
-        }
+        if (!response.ok) warn("the collector refused a batch with " + response.status);
       })
       .catch(function () {
         // Network error, lost response or an origin METRICS_CORS_ORIGINS does not allow:
@@ -142,6 +140,15 @@
     });
   }
 
+  function warn(message) {
+    if (global.console) global.console.warn("metrics: " + message);
+  }
+
+  // The collector refuses a whole batch for one bad event: catch what it would refuse here.
+  function badName(event) {
+    return typeof event !== "string" || !event.trim() || event.length > 64 || /[\u0000-\u001f\u007f-\u009f]/.test(event);
+  }
+
   var metrics = {
     /** options: endpoint (collector base URL); optional visitorId, flushInterval (ms, default 1000),
      *  token (METRICS_INGEST_TOKEN, when the collector requires one). */
@@ -150,10 +157,13 @@
       if (!options.endpoint) throw new Error("metrics.init: endpoint is required");
       config = {
         endpoint: String(options.endpoint).replace(/\/+$/, ""),
-        visitorId: options.visitorId ? String(options.visitorId) : storedVisitorId(),
+        visitorId: options.visitorId ? String(options.visitorId).trim() : storedVisitorId(),
         flushInterval: options.flushInterval > 0 ? options.flushInterval : 1000,
         token: options.token ? String(options.token) : null,
       };
+      if (config.visitorId.length < 6 || config.visitorId.length > 64) {
+        throw new Error("metrics.init: visitorId must be 6 to 64 characters");
+      }
       // Events tracked before init were queued without a visitor.
       for (var i = 0; i < queue.length; i++) {
         if (!queue[i].visitor_id) queue[i].visitor_id = config.visitorId;
@@ -164,12 +174,21 @@
       return metrics;
     },
     track: function (event, metadata) {
+      if (badName(event)) {
+        warn("event names are 1 to 64 characters without control characters; dropped " + JSON.stringify(event));
+        return;
+      }
+      if (metadata === undefined || metadata === null) metadata = {};
+      if (typeof metadata !== "object" || Array.isArray(metadata)) {
+        warn("metadata must be an object; dropped the " + event + " event");
+        return;
+      }
       queue.push({
         event_id: uuid(),
         visitor_id: config ? config.visitorId : null,
-        event: String(event),
+        event: event,
         timestamp: new Date().toISOString(),
-        metadata: metadata || {},
+        metadata: metadata,
       });
       if (queue.length > MAX_QUEUE) queue.shift();
       if (queue.length >= BATCH_SIZE) tick();
