@@ -138,7 +138,7 @@ def demo_site(metrics_server: MetricsServer) -> Iterator[DemoSite]:
 
 
 class Collector:
-    """The API calls the browser tests make against a running `metrics_server`."""
+    """A running `metrics_server` and the API calls the browser tests make on it."""
 
     def __init__(self, server: MetricsServer) -> None:
         self.server = server
@@ -148,18 +148,7 @@ class Collector:
         self, *, count: int = 1, timeout: float = 10, **filters: str
     ) -> list[dict[str, Any]]:
         """Events through the wait-for API; fails showing what did arrive on a timeout."""
-        response = httpx.get(
-            f"{self.url}/api/metrics/behavior/wait",
-            params={"count": count, "timeout": timeout, **filters},
-            timeout=timeout + 5,
-        )
-        body = response.json()
-        assert response.status_code == 200, (
-            f"waited {timeout}s for {count} events matching {filters}, "
-            f"got {response.status_code}: {body}"
-        )
-        events: list[dict[str, Any]] = body["events"]
-        return events
+        return self.server.client.wait_for(count=count, timeout=timeout, **filters)
 
     def post(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         response = httpx.post(f"{self.url}/api/metrics/events", json={"events": events})
@@ -167,11 +156,8 @@ class Collector:
         body: dict[str, Any] = response.json()
         return body
 
-    def snapshot(self, **params: str) -> dict[str, Any]:
-        response = httpx.get(f"{self.url}/api/metrics/behavior", params=params)
-        assert response.status_code == 200, response.text
-        body: dict[str, Any] = response.json()
-        return body
+    def snapshot(self, **filters: str) -> dict[str, Any]:
+        return self.server.client.snapshot(**filters)
 
 
 @pytest.fixture
