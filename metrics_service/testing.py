@@ -89,7 +89,7 @@ class MetricsClient:
         Raises AssertionError listing what matched and what else arrived on timeout.
         """
         if event is not None:
-            filters["event"] = event
+            filters = {"event": event, **filters}
         params = flat_params(filters)
         params += [("count", str(count)), ("timeout", str(timeout))]
         response = self._http.get(
