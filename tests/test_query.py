@@ -86,6 +86,7 @@ def seqs(client: TestClient, params: Any) -> list[int]:
         ({"until": "2026-01-01T10:05:00Z"}, [1, 2]),
         ({"since": "2026-01-01T12:01:00+02:00"}, [2, 3, 4]),
         ({"since": "2026-01-01T11:00:00"}, [3, 4]),
+        ({"since": "2026-01-01T12:01:00 02:00"}, [2, 3, 4]),  # an unescaped +
         ({"after": "2"}, [3, 4]),
         ({"meta.plan": "pro"}, [2]),
         ({"meta.step": "2"}, [1, 2]),
