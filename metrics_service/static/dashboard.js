@@ -78,6 +78,7 @@
     paused: false,
     source: null,
     retryTimer: null,
+    reconnecting: false,
     loading: null, // events that arrive while a snapshot is in flight, replayed after it
     loadAgain: false,
     loadTimer: null,
@@ -224,14 +225,12 @@
     if (state.source) state.source.close();
     clearTimeout(state.retryTimer);
     setConnection("connecting");
-    // EventSource resends Last-Event-ID by itself when it reconnects after an error.
     var source = new EventSource(auth.url(API + "/behavior/stream", { after: state.lastSeen }, true));
     state.source = source;
-    var opened = false;
     source.onopen = function () {
       setConnection("live");
-      if (opened) scheduleLoad(0); // back after an outage: the counters may have moved on
-      opened = true;
+      if (state.reconnecting) scheduleLoad(0); // back after an outage: counters may have moved on
+      state.reconnecting = false;
     };
     source.addEventListener("behavior", function (message) {
       var seq = Number(message.lastEventId);
@@ -258,16 +257,16 @@
     });
     source.onerror = function () {
       if (state.source !== source) return;
-      if (source.readyState === EventSource.CLOSED) {
-        // An HTTP error ends EventSource for good: try again ourselves.
-        state.source = null;
-        setConnection("disconnected");
-        state.retryTimer = setTimeout(function () {
-          if (!state.paused) connect();
-        }, 3000);
-      } else {
-        setConnection("reconnecting");
-      }
+      // EventSource would reconnect by itself, but to its first URL, whose ?after= the
+      // server prefers to Last-Event-ID: reconnect from the last seen seq instead.
+      var refused = source.readyState === EventSource.CLOSED; // an HTTP error, not a drop
+      source.close();
+      state.source = null;
+      state.reconnecting = true;
+      setConnection(refused ? "disconnected" : "reconnecting");
+      state.retryTimer = setTimeout(function () {
+        if (!state.paused && !state.source) connect();
+      }, refused ? 3000 : 1000);
     };
   }
 
