@@ -12,7 +12,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from metrics_service.app import create_app
+from metrics_service.buffer import Entry
 from metrics_service.config import Config
+from metrics_service.filters import Filters
+from metrics_service.hub import Hub
 from metrics_service.testing import MetricsServer
 
 SNAPSHOT = "/api/metrics/behavior"
@@ -267,24 +270,65 @@ def test_wait_woken_by_event_posted_later(tmp_path: Path) -> None:
 
 
 def test_many_waiters_all_released(tmp_path: Path) -> None:
-    async def run(url: str) -> list[int]:
+    async def run(url: str) -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=300)
-        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as http:
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
             waits = [
                 asyncio.create_task(
-                    http.get(WAIT, params={"visitor_id": f"visitor-{i:03d}"})
+                    http.get(
+                        WAIT, params={"visitor_id": f"visitor-{i:03d}", "timeout": 30}
+                    )
                 )
                 for i in range(200)
             ]
-            await asyncio.sleep(0.5)
-            for i in range(200):
-                await http.post(
-                    "/api/metrics/event", json=event("x", f"visitor-{i:03d}")
-                )
-            return [r.status_code for r in await asyncio.gather(*waits)]
+            batch = [event("x", f"visitor-{i:03d}") for i in range(200)]
+            posted = await http.post("/api/metrics/events", json=batch)
+            assert posted.status_code == 202, posted.text
+            return list(await asyncio.gather(*waits))
 
     with MetricsServer(tmp_path / "m.jsonl") as server:
-        assert asyncio.run(run(server.url)) == [200] * 200
+        answers = asyncio.run(run(server.url))
+    assert [r.status_code for r in answers] == [200] * 200
+    assert [r.json()["events"][0]["visitor_id"] for r in answers] == [
+        f"visitor-{i:03d}" for i in range(200)
+    ]
+
+
+def test_hub_releases_a_thousand_waiters_from_the_listener() -> None:
+    class FakeCollector:
+        listeners: list[Any] = []
+
+        def subscribe(self, listener: Any) -> Any:
+            self.listeners.append(listener)
+
+    async def run() -> tuple[list[tuple[bool, list[Entry]]], tuple[int, int]]:
+        collector = FakeCollector()
+        hub = Hub(collector)  # type: ignore[arg-type]
+        waits = [
+            asyncio.ensure_future(
+                hub.wait(Filters(visitor_id=f"visitor-{i}"), 2, [], timeout=30)
+            )
+            for i in range(1000)
+        ]
+        await asyncio.sleep(0)  # let every waiter register
+        registered = hub.counts
+        seq = 0
+        for _ in range(2):
+            batch = []
+            for i in range(1000):
+                seq += 1
+                batch.append(Entry(seq, 0.0, "x", f"visitor-{i}", None, b"{}"))
+            for listener in collector.listeners:
+                listener(batch)
+        return list(await asyncio.gather(*waits)), registered
+
+    results, registered = asyncio.run(run())
+    assert registered == (1000, 0)
+    assert all(done for done, _ in results)
+    assert [[e.visitor_id for e in events] for _, events in results][7] == [
+        "visitor-7",
+        "visitor-7",
+    ]
 
 
 def test_timeseries_buckets_across_an_empty_gap(client: TestClient) -> None:
