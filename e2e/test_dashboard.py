@@ -68,6 +68,10 @@ def test_bars_and_rows_follow_the_stream_without_a_reload(
     expect(detail).to_contain_text('"event": "signup"')
     expect(detail).to_contain_text('"plan": "pro"')
     expect(detail).to_contain_text('"seq": 1')
+    # And from the keyboard.
+    rows(page).first.press("Enter")
+    expect(detail).to_have_count(2)
+    expect(detail.first).to_contain_text('"visitor_id": "visitor-other"')
     assert page.evaluate("window.notReloaded") is True
     page.screenshot(path=artifacts / "dashboard-live.png", full_page=True)
 

@@ -208,6 +208,7 @@
     api("/behavior/health").then(
       function (health) {
         state.sinkPath = health.sink_path;
+        $("version").textContent = health.version ? "v" + health.version : "";
         render();
       },
       function () {
@@ -381,6 +382,7 @@
       var tr = el("tr", "event-row");
       tr.setAttribute("data-seq", String(r.seq));
       tr.title = "Show the full event";
+      tr.tabIndex = 0;
       if (state.expanded.has(r.seq)) tr.classList.add("open");
       tr.appendChild(el("td", "seq", r.seq));
       var time = el("td", "time", clock(r.data.timestamp));
@@ -389,10 +391,19 @@
       tr.appendChild(el("td", "event", r.data.event));
       tr.appendChild(el("td", "visitor", r.data.visitor_id));
       tr.appendChild(el("td", "meta", JSON.stringify(r.data.metadata || {})));
-      tr.addEventListener("click", function () {
+      var toggle = function () {
         if (state.expanded.has(r.seq)) state.expanded.delete(r.seq);
         else state.expanded.add(r.seq);
         renderRows();
+        var again = $("events").querySelector('tr[data-seq="' + r.seq + '"]');
+        if (again) again.focus();
+      };
+      tr.addEventListener("click", toggle);
+      tr.addEventListener("keydown", function (event) {
+        if (event.key === "Enter" || event.key === " ") {
+          event.preventDefault();
+          toggle();
+        }
       });
       body.appendChild(tr);
       if (state.expanded.has(r.seq)) {
