@@ -106,6 +106,21 @@ class _Chunk:
     def __len__(self) -> int:
         return len(self.seqs)
 
+    def copy(self) -> _Chunk:
+        """The same chunk in freshly allocated objects (see Ring.compact)."""
+        new = _Chunk.__new__(_Chunk)
+        new.seqs = array(self.seqs.typecode, self.seqs)
+        new.ts = array("d", self.ts)
+        new.ends = array(self.ends.typecode, self.ends)
+        new.lines = self.lines  # large: malloc'd apart from small objects
+        new.events = self.events
+        new.codes = memoryview(self.events).cast("H")
+        new.names = [(name + ".")[:-1] for name in self.names]
+        new.index = {name: code for code, name in enumerate(new.names)}
+        new.flags = self.flags
+        new.odd = {i: ((v + ".")[:-1], e) for i, (v, e) in self.odd.items()}
+        return new
+
     def entry(self, i: int) -> Entry:
         return self.slice(i, i + 1)[0]
 
@@ -258,6 +273,16 @@ class Ring:
             self._counts[name] = left
         else:
             del self._counts[name]
+
+    def compact(self) -> None:
+        """Reallocate the packed chunks' small objects, after a bulk load's garbage is gone.
+
+        Replay builds ~1M tuples and strings, then frees them; the chunks' few small
+        objects allocated among them would keep most of those 1 MiB allocator arenas
+        (hundreds of MiB of RSS) alive. Fresh copies land in the arenas still in use.
+        """
+        self._packed = deque(chunk.copy() for chunk in self._packed)
+        self._counts = dict(self._counts)
 
     def clear(self) -> int:
         cleared = len(self)

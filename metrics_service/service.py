@@ -47,8 +47,12 @@ class Service:
             config.jsonl, config.ring_capacity if config.replay else 0
         )
         self.ring.extend(found.entries)
-        self.collector.remember([e.event_id for e in found.entries if e.event_id])
+        # Only the window's worth: a set never shrinks its table after discards.
+        recent = found.entries[-max(config.dedupe_window, 1) :]
+        self.collector.remember([e.event_id for e in recent if e.event_id])
         self.collector.last_seq = found.last_seq
+        del found, recent  # replay's tuples must be freed before the ring compacts
+        self.ring.compact()
         self.rotator.resume()
 
     async def stop(self) -> None:
