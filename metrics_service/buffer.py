@@ -320,6 +320,24 @@ class Ring:
                     break
         return out
 
+    def select(
+        self, events: Collection[str] | None = None, after: int | None = None
+    ) -> list[Entry]:
+        """Entries named in `events` (any of) with a seq above `after`, oldest first.
+
+        None means no condition. Served from the event index and the seq order, so
+        only the entries returned are rebuilt (what `Filters.scan` needs).
+        """
+        if events is None:
+            return list(self) if after is None else self.after(after)
+        out: list[Entry] = []
+        for entry in self._reversed_named(events):
+            if after is not None and entry.seq <= after:
+                break
+            out.append(entry)
+        out.reverse()
+        return out
+
     def _reversed_named(self, names: Collection[str]) -> Iterator[Entry]:
         if not any(name in self._counts for name in names):
             return

@@ -183,3 +183,35 @@ def test_a_large_ring_stays_consistent_across_batches() -> None:
     assert [e.as_dict() for e in ring.newest(1)] == [{"seq": 3500, "event": "signup"}]
     signups = ring.newest(4, lambda e: e.event == "signup")
     assert seqs(signups) == [3500, 3497, 3494, 3491]
+
+
+def test_select_by_event_and_after_matches_a_scan() -> None:
+    ring = Ring(500, chunk=8)
+    ring.extend(stored(seq, "abc"[seq % 3], "visitor-1", None) for seq in range(1, 700))
+    everything = list(ring)
+    for names in (None, {"a"}, {"b", "c"}, set()):
+        for after in (None, 0, 350, 650, 699):
+            expected = [
+                e
+                for e in everything
+                if (names is None or e.event in names)
+                and (after is None or e.seq > after)
+            ]
+            assert ring.select(names, after) == expected
+
+
+def test_compact_keeps_everything() -> None:
+    ring = Ring(50, chunk=8)
+    ring.extend(
+        stored(seq, "ab"[seq % 2], 'odd "visitor"', f"id-{seq}") for seq in range(1, 80)
+    )
+    before, counts = list(ring), dict(ring.counts())
+    ring.compact()
+    assert list(ring) == before
+    assert ring.counts() == counts
+    assert (
+        ring.newest(5, events={"a"})
+        == [e for e in reversed(before) if e.event == "a"][:5]
+    )
+    ring.extend([stored(80, "a", "visitor-1", None)])
+    assert [e.seq for e in ring.newest(2)] == [80, 79]
