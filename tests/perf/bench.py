@@ -265,27 +265,50 @@ def snapshot_rows(server: Server) -> list[Row]:
                     None,
                 )
             )
-    results: dict[str, list[WrkResult]] = {name: [] for name in usable}
+    # wrk cannot give percentiles for a request slower than its run: time those here.
+    slow = {}
+    for name, path in usable.items():
+        samples = timed_gets(server, path, 3)
+        if median(samples) > 200:
+            slow[name] = samples + timed_gets(server, path, 2)
+    results: dict[str, list[WrkResult]] = {
+        name: [] for name in usable if name not in slow
+    }
     seconds = max(2.0, SECONDS / 2)
     for round_no in range(ROUNDS):
-        for name, path in usable.items():
-            result = wrk(server.url(path), connections=1, seconds=seconds)
+        for name in results:
+            result = wrk(server.url(usable[name]), connections=1, seconds=seconds)
             results[name].append(result)
             log(
-                f"round {round_no + 1}/{ROUNDS} snapshot {name}: p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms"
+                f"round {round_no + 1}/{ROUNDS} snapshot {name}: "
+                f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms"
             )
-    for name, runs in results.items():
-        p50 = median([r.p50_ms for r in runs])
-        p99 = median([r.p99_ms for r in runs])
+    figures = {
+        name: (median([r.p50_ms for r in runs]), median([r.p99_ms for r in runs]), "")
+        for name, runs in results.items()
+    }
+    for name, samples in slow.items():
+        note = f" ({len(samples)} requests, too slow for wrk)"
+        figures[name] = (median(samples), max(samples), note)
+    for name, (p50, p99, note) in figures.items():
         rows.append(
             Row(
                 f"4. snapshot limit=50 at {EVENTS:,} events, {name}",
-                f"p50 **{p50:.2f}** ms, p99 {p99:.2f} ms",
+                f"p50 **{p50:.2f}** ms, p99 {p99:.2f} ms{note}",
                 "p50 ≤ 2 ms",
                 p50 <= 2,
             )
         )
     return rows
+
+
+def timed_gets(server: Server, path: str, count: int) -> list[float]:
+    samples = []
+    for _ in range(count):
+        began = time.perf_counter()
+        probe(server, "GET", path)
+        samples.append((time.perf_counter() - began) * 1000)
+    return samples
 
 
 # -- 8: wait-for wake-up --------------------------------------------------------------
