@@ -1,0 +1,194 @@
+"""Crash rounds under property-generated load (valid and invalid, single and batch).
+
+tests/test_crash.py (durability) kills a server under a steady valid load; this adds the
+mix: while hypothesis-generated bodies, many of them invalid, hit both endpoints from
+several threads, the server gets SIGKILL (or SIGTERM), restarts on the same file, and:
+- every acknowledged event is in the file with the seq it was given, exactly once;
+- no refused event is, and a request cut off by the crash is all there or not at all;
+- every line is valid, seqs run 1..N in file order, and replay restores the ring.
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from conftest import read_lines
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from test_properties import (
+    MAX_BATCH,
+    MAX_BODY,
+    MAX_EVENT,
+    valid_event,
+    valid_leaning_event,
+)
+
+from metrics_service.testing import MetricsServer
+
+ENV = {
+    "METRICS_MAX_BATCH": str(MAX_BATCH),
+    "METRICS_MAX_BODY_BYTES": str(MAX_BODY),
+    "METRICS_MAX_EVENT_BYTES": str(MAX_EVENT),
+    "METRICS_RING_CAPACITY": "100000",
+    "METRICS_FSYNC": "never",
+}
+WORKERS = 8
+# Hypothesis draws 20 requests per round (more overruns its buffer); each is sent 8 times
+# with fresh event_ids, for 160 requests in flight around the crash.
+DRAWN = 20
+COPIES = 8
+
+Request = tuple[str, bytes, list[str], bool]  # path, body, tagged event_ids, valid
+
+
+def tag(obj: Any, event_id: str) -> tuple[Any, str | None]:
+    """Give a dict event a unique event_id so it can be found in the file."""
+    if isinstance(obj, dict):
+        return {**obj, "event_id": event_id}, event_id
+    return obj, None
+
+
+def build(round_no: int, drawn: list[tuple[bool, list[Any]]]) -> list[Request]:
+    requests: list[Request] = []
+    for i, (batch, objs) in enumerate(drawn * COPIES):
+        if not batch:
+            objs = objs[:1]
+        tagged = [tag(obj, f"r{round_no}-{i}-{j}") for j, obj in enumerate(objs)]
+        items = [obj for obj, _ in tagged]
+        ids = [event_id for _, event_id in tagged if event_id is not None]
+        if batch:
+            body = orjson.dumps(items)
+            valid = 1 <= len(items) <= MAX_BATCH and all(map(valid_event, items))
+            requests.append(
+                ("/api/metrics/events", body, ids, valid and len(body) <= MAX_BODY)
+            )
+        else:
+            body = orjson.dumps(items[0])
+            valid = valid_event(items[0]) and len(body) <= MAX_BODY
+            requests.append(("/api/metrics/event", body, ids, valid))
+    return requests
+
+
+REQUEST = st.tuples(
+    st.booleans(),
+    st.lists(valid_leaning_event(), min_size=1, max_size=MAX_BATCH + 1),
+)
+
+
+class Round:
+    def __init__(self, server: MetricsServer, requests: list[Request]) -> None:
+        self.server = server
+        self.requests = requests
+        self.answers: list[httpx.Response | None] = [None] * len(requests)
+        self.done = 0
+        self.lock = threading.Lock()
+        self.half = threading.Event()
+        self.local = threading.local()
+
+    def send(self, index: int) -> None:
+        path, body, _, _ = self.requests[index]
+        client = getattr(self.local, "client", None)
+        if client is None:
+            client = self.local.client = httpx.Client(
+                base_url=self.server.url, timeout=10
+            )
+        try:
+            self.answers[index] = client.post(
+                path, content=body, headers={"Content-Type": "application/json"}
+            )
+        except httpx.HTTPError:
+            self.answers[index] = None  # cut off by the crash: outcome unknown
+        with self.lock:
+            self.done += 1
+            if self.done >= len(self.requests) // 2:
+                self.half.set()
+
+    def run(self, stop: str) -> None:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            for index in range(len(self.requests)):
+                pool.submit(self.send, index)
+            assert self.half.wait(60), "half the requests did not finish in 60 s"
+            process = self.server.process
+            assert process is not None
+            if stop == "kill":
+                process.kill()
+            else:
+                process.terminate()
+            process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chaos") / "m.jsonl"
+
+
+ROUNDS = iter(range(1_000))
+LEDGER: dict[str, int] = {}  # event_id -> the seq its 202 promised
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],  # no shrinking: each example is a crash
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+@given(
+    drawn=st.lists(REQUEST, min_size=DRAWN, max_size=DRAWN),
+    stop=st.sampled_from(["kill", "kill", "term"]),
+)
+def test_crash_rounds_under_property_load(
+    sink: Path, drawn: list[tuple[bool, list[Any]]], stop: str
+) -> None:
+    round_no = next(ROUNDS)
+    requests = build(round_no, drawn)
+    server = MetricsServer(sink, env=ENV).start()
+    try:
+        chaos = Round(server, requests)
+        chaos.run(stop)
+    finally:
+        server.stop()
+
+    acknowledged = sum(
+        1 for a in chaos.answers if a is not None and a.status_code == 202
+    )
+    assert acknowledged, "no request was acknowledged before the crash"
+    assert None in chaos.answers, "the crash cut off no request: nothing was tested"
+    lines = read_lines(sink)
+    assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
+    by_id = {line["event_id"]: line for line in lines if "event_id" in line}
+    ids_in_file = [line.get("event_id") for line in lines]
+    assert len(set(ids_in_file)) == len(ids_in_file), "an event was stored twice"
+
+    for (path, _, ids, valid), answer in zip(requests, chaos.answers, strict=True):
+        if answer is None:
+            present = [event_id in by_id for event_id in ids]
+            assert all(present) or not any(present), f"{path} half stored: {ids}"
+            continue
+        assert answer.status_code < 500, answer.text
+        assert (answer.status_code == 202) == valid, (answer.status_code, answer.text)
+        if answer.status_code != 202:
+            assert not any(event_id in by_id for event_id in ids)
+            continue
+        body = answer.json()
+        first = body["seq"] if path.endswith("/event") else body["first_seq"]
+        assert body["stored"] == len(ids)
+        for offset, event_id in enumerate(ids):
+            LEDGER[event_id] = first + offset
+    for event_id, seq in LEDGER.items():
+        assert event_id in by_id, f"acknowledged {event_id} (seq {seq}) was lost"
+        assert by_id[event_id]["seq"] == seq
+
+    # Restart on the same file: replay gives back the ring, and ingestion continues.
+    with MetricsServer(sink, env=ENV) as again:
+        snapshot = httpx.get(
+            f"{again.url}/api/metrics/behavior", params={"limit": 100_000}
+        ).json()
+        assert list(reversed(snapshot["last_events"])) == lines
+        assert snapshot["last_seq"] == len(lines)
