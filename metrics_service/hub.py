@@ -93,6 +93,7 @@ class Hub:
             return True, existing
         if self.closed:
             raise ShuttingDown
+        self._hook_exit_signals()
         waiter = Waiter(predicate, count, existing)
         self._waiters.add(waiter)
         try:
@@ -135,7 +136,7 @@ class Hub:
         self._subscribers.clear()
 
     def _hook_exit_signals(self) -> None:
-        """Close streams as soon as SIGTERM/SIGINT arrive.
+        """Close streams and release waiters as soon as SIGTERM/SIGINT arrive.
 
         The server waits for open responses before it runs the app's shutdown, and a
         stream never finishes by itself, so the lifespan would come too late.

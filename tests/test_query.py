@@ -15,7 +15,7 @@ from metrics_service.app import create_app
 from metrics_service.buffer import Entry
 from metrics_service.config import Config
 from metrics_service.filters import Filters
-from metrics_service.hub import Hub
+from metrics_service.hub import Hub, ShuttingDown
 from metrics_service.testing import MetricsServer
 
 SNAPSHOT = "/api/metrics/behavior"
@@ -383,3 +383,22 @@ def test_timeseries_refuses_too_many_buckets(client: TestClient) -> None:
     assert response.status_code == 422
     assert "10000" in response.json()["detail"][0]["msg"]
     assert client.get(SERIES, params={"interval": "1d"}).status_code == 200
+
+
+def test_closing_the_hub_releases_pending_waiters() -> None:
+    class FakeCollector:
+        def subscribe(self, listener: Any) -> None:
+            pass
+
+    async def run() -> None:
+        hub = Hub(FakeCollector())  # type: ignore[arg-type]
+        pending = asyncio.ensure_future(hub.wait(Filters(), 1, [], timeout=60))
+        await asyncio.sleep(0)
+        assert hub.counts == (1, 0)
+        hub.close()  # what SIGTERM triggers in a real server
+        with pytest.raises(ShuttingDown):
+            await asyncio.wait_for(pending, 10)
+        with pytest.raises(ShuttingDown):  # and new ones are refused
+            await hub.wait(Filters(), 1, [], timeout=60)
+
+    asyncio.run(run())
