@@ -146,3 +146,41 @@ def test_an_event_the_collector_would_refuse_is_dropped_alone(
     assert sorted(e["event"] for e in events) == ["good", "page_view"]
     assert len(warnings) == 3, warnings
     assert collector.snapshot(visitor_id="visitor-bad")["total"] == 2
+
+
+def test_hiding_the_page_sends_the_queue_by_beacon(
+    page: Page, demo_site: DemoSite, collector: Collector
+) -> None:
+    page.goto(f"{demo_site.url}/?visitor=visitor-hidden&flush=600000")
+    page.click("#buy")
+    assert page.evaluate("metrics.pending()") == 2
+
+    # What a switch to another tab looks like to the page.
+    page.evaluate(
+        """() => {
+        Object.defineProperty(document, "visibilityState", { value: "hidden" });
+        document.dispatchEvent(new Event("visibilitychange"));
+        }"""
+    )
+
+    assert page.evaluate("metrics.pending()") == 0
+    events = collector.wait_for(visitor_id="visitor-hidden", count=2)
+    assert sorted(e["event"] for e in events) == ["checkout_clicked", "page_view"]
+
+
+def test_event_ids_without_crypto_random_uuid(
+    page: Page, demo_site: DemoSite, collector: Collector
+) -> None:
+    # randomUUID exists only in secure contexts: a plain-http site on a LAN address lacks it.
+    page.add_init_script("delete Crypto.prototype.randomUUID")
+    page.goto(demo_site.url)
+    assert page.evaluate("typeof crypto.randomUUID") == "undefined"
+    visitor = page.evaluate("metrics.visitorId()")
+    assert UUID.match(visitor)
+
+    page.click("#buy")
+
+    events = collector.wait_for(visitor_id=visitor, count=2)
+    ids = {e["event_id"] for e in events}
+    assert len(ids) == 2
+    assert all(UUID.match(i) for i in ids)
