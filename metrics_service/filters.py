@@ -58,9 +58,13 @@ class Filters:
         return True
 
     def scan(self, ring: Ring) -> list[Entry]:
-        """Matching entries in the ring, oldest first; only the tail when `after` is set."""
-        source: Iterable[Entry] = ring if self.after is None else ring.after(self.after)
-        return [entry for entry in source if self(entry)]
+        """Matching entries in the ring, oldest first.
+
+        The ring serves `event` and `after` from its indexes; the rest is checked here.
+        """
+        candidates = ring.select(self.events, self.after)
+        rest = dataclasses.replace(self, events=None, after=None)
+        return candidates if rest.empty else [e for e in candidates if rest(e)]
 
 
 _NO_FILTERS = Filters()
