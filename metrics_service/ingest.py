@@ -129,6 +129,15 @@ def parse_json(body: bytes, where: str = "") -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "UTF-8" in str(exc):
+            # orjson says "surrogates not allowed" at char 0 for any bad byte: say where.
+            try:
+                body.decode()
+            except UnicodeDecodeError as bad:
+                raise ApiError(
+                    400,
+                    f"{where}body is not valid UTF-8: byte {bad.start:,} "
+                    f"(0x{body[bad.start]:02x}) cannot be decoded",
+                ) from None
             raise ApiError(400, f"{where}body is not valid UTF-8: {exc}") from None
         raise ApiError(400, f"{where}malformed JSON: {exc}") from None
 

@@ -91,6 +91,14 @@ def test_bad_text_and_numbers_get_a_clear_4xx(
     assert_nothing_stored(client, config)
 
 
+def test_invalid_utf8_names_the_first_bad_byte(client: TestClient) -> None:
+    body = event_body(b'"page\xff_view"')
+    for response in post_both(client, body):
+        assert response.status_code == 400
+        assert "surrogate" not in response.json()["detail"]
+    assert "byte 42 (0xff)" in post_both(client, body)[0].json()["detail"]
+
+
 def test_ten_thousand_levels_of_nesting(client: TestClient, config: Config) -> None:
     deep = b'{"a":' * 10_000 + b"1" + b"}" * 10_000
     started = time.monotonic()
