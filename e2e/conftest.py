@@ -115,11 +115,11 @@ class _DemoHandler(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def demo_site(metrics_server: MetricsServer) -> Iterator[DemoSite]:
+def demo_site(collector: Collector) -> Iterator[DemoSite]:
     """A page on its own port (so its own origin) that loads the tracker from the collector."""
     page = DEMO_PAGE.format(
-        collector=html.escape(metrics_server.url),
-        endpoint=json.dumps(metrics_server.url),
+        collector=html.escape(collector.url),
+        endpoint=json.dumps(collector.url),
     )
     handler = type(
         "DemoHandler",
@@ -162,4 +162,13 @@ class Collector:
 
 @pytest.fixture
 def collector(metrics_server: MetricsServer) -> Collector:
+    """A fresh collector for each test."""
     return Collector(metrics_server)
+
+
+@pytest.fixture(scope="module")
+def shared_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
+    """One collector for a module whose tests isolate themselves (by visitor id)."""
+    path = tmp_path_factory.mktemp("shared") / "metrics.jsonl"
+    with MetricsServer(path) as server:
+        yield Collector(server)

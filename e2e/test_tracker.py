@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from playwright.sync_api import Page, Request, Route, expect
 
 if TYPE_CHECKING:
@@ -14,6 +15,12 @@ UUID = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 )
 EVENTS_PATH = "/api/metrics/events"
+
+
+@pytest.fixture
+def collector(shared_collector: Collector) -> Collector:
+    # Every test here filters by its own visitor id: one server for all is enough.
+    return shared_collector
 
 
 def test_a_click_on_another_origin_is_seen_through_the_wait_api(
@@ -39,7 +46,7 @@ def test_a_click_on_another_origin_is_seen_through_the_wait_api(
 def test_the_visitor_id_is_kept_in_local_storage(
     page: Page, demo_site: DemoSite, collector: Collector
 ) -> None:
-    page.goto(demo_site.url)
+    page.goto(f"{demo_site.url}/?flush=100")
     stored = page.evaluate("localStorage.getItem('metrics_visitor_id')")
     assert UUID.match(stored)
     page.reload()
@@ -173,7 +180,7 @@ def test_event_ids_without_crypto_random_uuid(
 ) -> None:
     # randomUUID exists only in secure contexts: a plain-http site on a LAN address lacks it.
     page.add_init_script("delete Crypto.prototype.randomUUID")
-    page.goto(demo_site.url)
+    page.goto(f"{demo_site.url}/?flush=100")
     assert page.evaluate("typeof crypto.randomUUID") == "undefined"
     visitor = page.evaluate("metrics.visitorId()")
     assert UUID.match(visitor)
