@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Dialog, Page, expect
+from playwright.sync_api import Dialog, Page, Route, expect
 
 from metrics_service.testing import MetricsServer
 
@@ -255,3 +255,33 @@ def test_ring_fill_and_evictions_follow_the_server(
             f"{server.jsonl_path.stat().st_size} B"
         )
         page.screenshot(path=artifacts / "dashboard-evicted.png", full_page=True)
+
+
+def test_a_reset_from_the_server_reconnects_from_the_last_seen_seq(
+    page: Page, collector: Collector
+) -> None:
+    collector.post([event("signup"), event("signup")])
+    streams: list[str] = []
+
+    def first_stream_falls_behind(route: Route) -> None:
+        streams.append(route.request.url)
+        if len(streams) == 1:
+            # What the server sends a client whose queue overflowed.
+            route.fulfill(
+                status=200,
+                headers={"Content-Type": "text/event-stream"},
+                body='event: reset\ndata: {"reason":"fell behind","last_seq":2}\n\n',
+            )
+        else:
+            route.continue_()
+
+    page.route("**/api/metrics/behavior/stream?*", first_stream_falls_behind)
+    open_live(page, collector)
+    expect(rows(page)).to_have_count(2)
+
+    collector.post([event("page_view")])
+
+    expect(rows(page)).to_have_count(3)
+    expect(bar(page, "signup").locator(".count")).to_have_text("2")
+    assert len(streams) == 2
+    assert all("after=2" in url for url in streams)
