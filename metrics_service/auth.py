@@ -35,9 +35,23 @@ def guard_of(path: str) -> Guard | None:
     """Which token a path needs; anything not listed as open needs the read token."""
     if path in INGEST_PATHS:
         return "ingest"
-    if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+    if path in OPEN_PATHS:
         return None
+    for prefix in OPEN_PREFIXES:
+        # One plain file name: `/static/../api/...` must not borrow the open prefix.
+        name = path[len(prefix) :]
+        if path.startswith(prefix) and name and "/" not in name and name != "..":
+            return None
     return "read"
+
+
+def route_path(scope: Scope) -> str:
+    """The path the router matches: without the root path when mounted below one."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        return path[len(root) :] or "/"
+    return path
 
 
 def split_token(query_string: bytes) -> tuple[bytes | None, bytes]:
@@ -96,7 +110,7 @@ class AuthMiddleware:
         # line, an error message or a filter parser ("unknown parameter 'token'").
         query_token, query_string = split_token(scope.get("query_string", b""))
         scope["query_string"] = query_string
-        guard = guard_of(scope["path"])
+        guard = guard_of(route_path(scope))
         expected = None if guard is None else self.tokens[guard]
         if guard is None or expected is None or scope["method"] == "OPTIONS":
             await self.app(scope, receive, send)

@@ -17,7 +17,7 @@ from metrics_service import cli
 from metrics_service.app import create_app
 from metrics_service.auth import guard_of, split_token
 from metrics_service.config import Config
-from metrics_service.testing import free_port
+from metrics_service.testing import MetricsServer, free_port
 
 INGEST = "ingest-secret-7f3a"
 READ = "read-secret-91bc"
@@ -193,6 +193,21 @@ def test_guard_of_paths() -> None:
     assert guard_of("/api/metrics/behavior/stream") == "read"
     assert guard_of("/api/metrics/behavior/health") is None
     assert guard_of("/static/dashboard.js") is None
+    assert guard_of("/static/../api/metrics/behavior") == "read"
+    assert guard_of("/static/") == "read"
+    assert guard_of("/api/metrics/behavior/health/") == "read"
+
+
+def test_a_root_path_does_not_change_what_is_guarded(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", read_token=READ)
+    with TestClient(create_app(config), root_path="/collector") as c:
+        assert_401(c.get("/collector/api/metrics/behavior"))
+        assert c.get("/collector/api/metrics/behavior/health").status_code == 200
+        ok = c.get(
+            "/collector/api/metrics/behavior",
+            headers={"Authorization": f"Bearer {READ}"},
+        )
+        assert ok.status_code == 200
 
 
 def test_split_token_keeps_other_params_byte_for_byte() -> None:
@@ -291,3 +306,30 @@ def test_bind_warning(
     if warning:
         assert host in warning
         assert INGEST not in warning
+
+
+def test_stream_and_wait_take_the_query_token_as_eventsource_sends_it(
+    tmp_path: Path,
+) -> None:
+    env = {"METRICS_INGEST_TOKEN": INGEST, "METRICS_READ_TOKEN": READ}
+    with MetricsServer(tmp_path / "m.jsonl", env=env) as server:
+        url = server.url + "/api/metrics/behavior"
+        posted = httpx.post(
+            f"{server.url}/api/metrics/event",
+            json=EVENT,
+            headers={"Authorization": f"Bearer {INGEST}"},
+        )
+        assert posted.status_code == 202
+        with httpx.stream(
+            "GET", f"{url}/stream", params={"token": READ, "after": 0}, timeout=10
+        ) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            assert next(line for line in lines if line.startswith("id:")) == "id: 1"
+        waited = httpx.get(
+            f"{url}/wait", params={"token": READ, "count": 1, "timeout": 5}, timeout=10
+        )
+        assert waited.status_code == 200
+        assert waited.json()["matched"] == 1
+        refused = httpx.get(f"{url}/stream", params={"token": INGEST}, timeout=10)
+        assert refused.status_code == 401
