@@ -49,6 +49,20 @@ def _readable(line: bytes, key: bytes, value: str) -> bool:
     return at >= 0 and line.startswith(expected, at + len(key))
 
 
+def repacked(strings: list[str]) -> list[str]:
+    """Equal strings allocated side by side; empties `strings`, which must hold the
+    only references, so the originals are freed first (see Ring.compact)."""
+    lengths = [len(text) for text in strings]
+    joined = "".join(strings)
+    strings.clear()
+    out: list[str] = []
+    at = 0
+    for n in lengths:
+        out.append(joined[at : at + n])
+        at += n
+    return out
+
+
 class _Chunk:
     """CHUNK entries packed into a few flat buffers (~25 bytes each plus the line).
 

@@ -4,7 +4,7 @@ import asyncio
 from importlib.metadata import PackageNotFoundError, version
 
 from . import recovery
-from .buffer import Ring
+from .buffer import Ring, repacked
 from .collector import Collector
 from .config import Config
 from .policy import Policy
@@ -49,10 +49,14 @@ class Service:
         self.ring.extend(found.entries)
         # Only the window's worth: a set never shrinks its table after discards.
         recent = found.entries[-max(config.dedupe_window, 1) :]
-        self.collector.remember([e.event_id for e in recent if e.event_id])
+        ids = [e.event_id for e in recent if e.event_id]
         self.collector.last_seq = found.last_seq
-        del found, recent  # replay's tuples must be freed before the ring compacts
+        # Replay's ~1M tuples and strings are freed before the ring compacts and the
+        # ids are copied, or the survivors would pin the freed memory (RSS).
+        del found, recent
+        ids = repacked(ids)
         self.ring.compact()
+        self.collector.remember(ids)
         self.rotator.resume()
 
     async def stop(self) -> None:

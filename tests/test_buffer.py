@@ -3,7 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from metrics_service.buffer import Entry, Ring
+from metrics_service.buffer import Entry, Ring, repacked
 
 
 def entry(seq: int, name: str = "page_view") -> Entry:
@@ -215,3 +215,11 @@ def test_compact_keeps_everything() -> None:
     )
     ring.extend([stored(80, "a", "visitor-1", None)])
     assert [e.seq for e in ring.newest(2)] == [80, 79]
+
+
+def test_repacked_copies_and_empties_the_input() -> None:
+    originals = ["abc", "", "é-ü", "x" * 100]
+    given = list(originals)
+    copies = repacked(given)
+    assert copies == originals
+    assert given == []
