@@ -13,7 +13,10 @@ from typing import Literal
 from urllib.parse import unquote_to_bytes
 
 import orjson
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .errors import count_rejection
 
 Guard = Literal["ingest", "read"]
 
@@ -121,6 +124,8 @@ class AuthMiddleware:
         if presented is not None and hmac.compare_digest(presented, expected):
             await self.app(scope, receive, send)
             return
+        if "app" in scope:  # counted in GET /metrics like every other refusal
+            count_rejection(Request(scope), 401)
         await unauthorized(send, guard, missing=not presented)
 
 

@@ -121,6 +121,19 @@ def test_the_token_param_is_not_an_unknown_filter(client: TestClient) -> None:
     assert READ not in typo.text
 
 
+def test_refusals_are_counted_in_metrics(client: TestClient) -> None:
+    assert_401(client.get("/api/metrics/behavior"))
+    assert_401(client.post("/api/metrics/event", json=EVENT))
+    metrics = client.get("/metrics", headers={"Authorization": f"Bearer {READ}"})
+    assert metrics.status_code == 200
+    line = next(
+        line
+        for line in metrics.text.splitlines()
+        if line.startswith("metrics_requests_rejected") and 'status="401"' in line
+    )
+    assert line.endswith(" 2.0")
+
+
 def test_reset_needs_the_read_token(client: TestClient) -> None:
     auth = {"Authorization": f"Bearer {INGEST}"}
     assert (
