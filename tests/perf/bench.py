@@ -1,6 +1,6 @@
 """Runs every figure of the Performance table side by side and prints the table.
 
-Environment: BENCH_ROUNDS (3) interleaved rounds of BENCH_SECONDS (5) per wrk run,
+Environment: BENCH_ROUNDS (5) interleaved rounds of BENCH_SECONDS (5) per wrk run,
 BENCH_EVENTS (1,000,000) for the ring figures, BENCH_WAKEUPS (200) wait-for samples.
 Arguments pick sections: `ingest`, `ring`, `wait` (default: all).
 """
@@ -35,7 +35,7 @@ def setting(name: str, default: float) -> float:
     return float(os.environ.get(f"BENCH_{name}", default))
 
 
-ROUNDS = int(setting("ROUNDS", 3))
+ROUNDS = int(setting("ROUNDS", 5))
 SECONDS = setting("SECONDS", 5)
 EVENTS = int(setting("EVENTS", 1_000_000))
 WAKEUPS = int(setting("WAKEUPS", 200))
