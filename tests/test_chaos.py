@@ -10,25 +10,34 @@ several threads, the server gets SIGKILL (or SIGTERM), restarts on the same file
 
 from __future__ import annotations
 
+import errno
+import os
+import tempfile
 import threading
+import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import orjson
 import pytest
 from conftest import read_lines
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from starlette.testclient import TestClient
 from test_properties import (
     MAX_BATCH,
     MAX_BODY,
     MAX_EVENT,
     valid_event,
+    valid_events,
     valid_leaning_event,
 )
 
+from metrics_service import Config, create_app
+from metrics_service import sink as sink_module
 from metrics_service.testing import MetricsServer
 
 ENV = {
@@ -54,9 +63,11 @@ def tag(obj: Any, event_id: str) -> tuple[Any, str | None]:
     return obj, None
 
 
-def build(round_no: int, drawn: list[tuple[bool, list[Any]]]) -> list[Request]:
+def build(
+    round_no: int, drawn: list[tuple[bool, list[Any]]], copies: int = COPIES
+) -> list[Request]:
     requests: list[Request] = []
-    for i, (batch, objs) in enumerate(drawn * COPIES):
+    for i, (batch, objs) in enumerate(drawn * copies):
         if not batch:
             objs = objs[:1]
         tagged = [tag(obj, f"r{round_no}-{i}-{j}") for j, obj in enumerate(objs)]
@@ -192,3 +203,94 @@ def test_crash_rounds_under_property_load(
         ).json()
         assert list(reversed(snapshot["last_events"])) == lines
         assert snapshot["last_seq"] == len(lines)
+
+
+# Disk faults in-process: hypothesis picks the requests and when the disk fails.
+
+FAULTS = st.sampled_from([None, None, None, "full", "eio", "short"])
+# Mostly valid, so that most faults meet a write.
+MOSTLY_VALID = st.tuples(
+    st.booleans(),
+    st.lists(valid_events(), min_size=1, max_size=MAX_BATCH)
+    | st.lists(valid_leaning_event(), min_size=1, max_size=MAX_BATCH + 1),
+)
+
+
+class FlakyDisk:
+    """`os` as the sink module sees it, with write() failing while `fault` is set."""
+
+    def __init__(self) -> None:
+        self.fault: str | None = None
+        self.module = types.ModuleType("os")
+        self.module.__dict__.update(os.__dict__)
+        self.module.write = self.write
+
+    def write(self, fd: int, data: Any) -> int:
+        if self.fault == "eio":
+            raise OSError(errno.EIO, "Input/output error")
+        if self.fault == "full":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if self.fault == "short":
+            self.fault = "full"  # half a line reaches the disk, then it is full
+            return os.write(fd, bytes(data)[: max(1, len(data) // 2)])
+        return os.write(fd, data)
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch) -> FlakyDisk:
+    disk = FlakyDisk()
+    monkeypatch.setattr(sink_module, "os", disk.module)
+    return disk
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    database=None,
+)
+@given(steps=st.lists(st.tuples(MOSTLY_VALID, FAULTS), min_size=1, max_size=12))
+def test_disk_faults_under_property_load(
+    flaky: FlakyDisk, steps: list[tuple[tuple[bool, list[Any]], str | None]]
+) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        jsonl = Path(folder) / "m.jsonl"
+        config = Config(
+            jsonl=jsonl,
+            max_batch=MAX_BATCH,
+            max_body_bytes=MAX_BODY,
+            max_event_bytes=MAX_EVENT,
+            ring_capacity=10_000,
+        )
+        requests = build(0, [request for request, _ in steps], copies=1)
+        with TestClient(create_app(config)) as client:
+            for (path, body, ids, valid), (_, fault) in zip(
+                requests, steps, strict=True
+            ):
+                flaky.fault = fault
+                answer = client.post(
+                    path, content=body, headers={"Content-Type": "application/json"}
+                )
+                flaky.fault = None
+                hypothesis.event(f"fault {fault}: {answer.status_code}")
+                assert answer.status_code != 500, answer.text
+                if not valid:
+                    assert 400 <= answer.status_code < 500, answer.text
+                elif fault is None:
+                    assert answer.status_code == 202, answer.text
+                else:
+                    assert answer.status_code == 503, answer.text
+                    assert "detail" in answer.json()
+                    health = client.get("/api/metrics/behavior/health")
+                    assert health.status_code == 503
+                lines = read_lines(jsonl) if jsonl.exists() else []
+                assert [line["seq"] for line in lines] == list(range(1, len(lines) + 1))
+                stored = {line.get("event_id") for line in lines}
+                if answer.status_code != 202:
+                    assert not stored & set(ids)
+                else:
+                    assert set(ids) <= stored
+                snapshot = client.get(
+                    "/api/metrics/behavior", params={"limit": 10_000}
+                ).json()
+                assert list(reversed(snapshot["last_events"])) == lines
