@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+import gzip
+import io
+from pathlib import Path
+
+import orjson
+import pytest
+
+from metrics_service.cli import main
+from metrics_service.stats import DistinctCounter, Progress, collect, default_files
+
+
+def line(seq: int, name: str, visitor: str, second: int) -> bytes:
+    return (
+        orjson.dumps(
+            {
+                "seq": seq,
+                "received_at": "2026-03-01T10:00:00.000Z",
+                "timestamp": f"2026-03-01T10:00:{second:02d}.000Z",
+                "event": name,
+                "visitor_id": visitor,
+                "metadata": {},
+                "user_agent": None,
+            }
+        )
+        + b"\n"
+    )
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Path:
+    with gzip.open(tmp_path / "m-20260301T100000-1.jsonl.gz", "wb") as fh:
+        fh.write(
+            line(1, "page_view", "visitor-a", 5) + line(2, "signup", "visitor-b", 1)
+        )
+    (tmp_path / "m-20260301T100010-3.jsonl").write_bytes(
+        line(3, "page_view", "visitor-a", 9) + b"garbage\n"
+    )
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(line(4, "page_view", "visitor-c", 30) + b'{"seq":5,"ev')
+    return path
+
+
+def test_default_files_are_segments_then_sink(sink: Path) -> None:
+    assert [p.name for p in default_files(sink)] == [
+        "m-20260301T100000-1.jsonl.gz",
+        "m-20260301T100010-3.jsonl",
+        "m.jsonl",
+    ]
+
+
+def test_stats_json_over_sink_and_segments(
+    sink: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("METRICS_JSONL", str(sink))
+    assert main(["stats", "--json"]) == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert out["events"] == 4
+    assert out["malformed_lines"] == 2  # "garbage" and the torn last line
+    assert out["distinct_visitors"] == 3
+    assert out["distinct_visitors_exact"] is True
+    assert out["first_timestamp"] == "2026-03-01T10:00:01.000Z"
+    assert out["last_timestamp"] == "2026-03-01T10:00:30.000Z"
+    assert (out["first_seq"], out["last_seq"]) == (1, 4)
+    assert out["by_event"] == [
+        {"event": "page_view", "count": 3},
+        {"event": "signup", "count": 1},
+    ]
+    assert len(out["files"]) == 3
+
+
+def test_stats_table_for_named_files(
+    sink: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stats", str(sink)]) == 0
+    captured = capsys.readouterr()
+    assert "events             1" in captured.out
+    assert "malformed lines    1" in captured.out
+    assert "page_view" in captured.out
+    assert captured.err == ""  # no progress bar when stderr is not a terminal
+
+
+def test_stats_missing_file_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stats", str(tmp_path / "nope.jsonl")]) == 2
+    assert "nope.jsonl" in capsys.readouterr().err
+
+
+def test_truncated_gzip_is_reported_not_fatal(tmp_path: Path) -> None:
+    segment = tmp_path / "m-20260301T100000-1.jsonl.gz"
+    data = gzip.compress(b"".join(line(i, "e", "visitor-a", 1) for i in range(1, 500)))
+    segment.write_bytes(data[: len(data) // 2])
+    stats = collect([segment])
+    assert stats.errors and str(segment) in stats.errors[0]
+
+
+def test_distinct_counter_switches_to_an_estimate() -> None:
+    counter = DistinctCounter(limit=5_000, k=1024)
+    for i in range(40_000):
+        counter.add(f"visitor-{i}")
+        counter.add(f"visitor-{i // 2}")
+    assert not counter.exact
+    assert abs(counter.count() - 40_000) / 40_000 < 0.1
+    small = DistinctCounter()
+    for name in ["a", "b", "a"]:
+        small.add(name)
+    assert (small.exact, small.count()) == (True, 2)
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_draws_only_on_a_terminal(sink: Path) -> None:
+    terminal = FakeTerminal()
+    big = sink.with_name("big.jsonl")
+    big.write_bytes(b"".join(line(i, "e", "visitor-a", 1) for i in range(1, 20_000)))
+    stats = collect([big], stream=terminal)
+    assert stats.events == 19_999
+    assert "%" in terminal.getvalue()
+    assert not Progress(100, io.StringIO()).enabled
