@@ -43,6 +43,7 @@ e2e: $(STAMP) chromium
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.perf
+	$(BIN)/python -m tests.perf.soak
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache e2e/artifacts
