@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import gzip
 import logging
 import os
@@ -70,6 +71,9 @@ class Rotator:
         target = self.path.with_name(
             f"{self.path.stem}-{now}-{first_seq(self.path)}{self.path.suffix}"
         )
+        if target.exists() or target.with_name(target.name + ".gz").exists():
+            # Only a first line without a seq can repeat a name; never overwrite.
+            raise FileExistsError(errno.EEXIST, "segment exists", str(target))
         os.rename(self.path, target)
         self.compress_later(target)
         return target

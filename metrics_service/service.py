@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from . import recovery
@@ -10,6 +11,8 @@ from .config import Config
 from .policy import Policy
 from .rotation import Rotator
 from .sink import Sink
+
+logger = logging.getLogger("metrics_service")
 
 try:
     VERSION = version("metrics-service")
@@ -62,3 +65,6 @@ class Service:
     async def stop(self) -> None:
         await self.collector.close()
         await asyncio.to_thread(self.rotator.wait, 30)
+        logger.info(
+            "closed %s after seq %d", self.config.jsonl, self.collector.last_seq
+        )

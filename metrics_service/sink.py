@@ -96,7 +96,7 @@ class Sink:
         """Make sure the descriptor is the file at `path` now, rotating if it is full."""
         if self._fd is None:
             self.open()
-        elif self._regular:
+        else:
             try:
                 info = os.stat(self.path)
             except FileNotFoundError:
@@ -104,7 +104,7 @@ class Sink:
             if info is None or (info.st_dev, info.st_ino) != self._identity:
                 logger.warning("%s was moved or deleted; reopening it", self.path)
                 self.open()
-            elif info.st_size < self._size:
+            elif self._regular and info.st_size < self._size:
                 logger.warning("%s was truncated; appending at its new end", self.path)
                 self._size = info.st_size
         rotator = self.rotator
