@@ -92,6 +92,10 @@ class Rotator:
 
     def resume(self) -> None:
         """Compress segments a previous run renamed but did not finish gzipping."""
+        partial = f".{self.path.stem}-*{self.path.suffix}.gz.partial"
+        for leftover in self.path.parent.glob(partial):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
         for segment in segments(self.path):
             if segment.suffix != ".gz":
                 self.compress_later(segment)

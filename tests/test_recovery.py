@@ -155,3 +155,30 @@ def test_replayed_event_ids_are_deduplicated(tmp_path: Path) -> None:
         assert r.json()["stored"] == 0
         assert r.json()["duplicates"] == 1
     assert len(read_lines(config.jsonl)) == 1
+
+
+def test_replay_reads_only_the_end_of_a_huge_sink(tmp_path: Path) -> None:
+    sink = tmp_path / "m.jsonl"
+    with open(sink, "wb") as fh:
+        fh.write(stored(1))
+        fh.seek(4 * 1024**3)  # a sparse 4 GiB hole: reading it all would not fit
+        fh.write(b"\n" + b"".join(stored(i) for i in range(2, 12)))
+    found = replay(sink, 5)
+    assert [e.seq for e in found.entries] == [7, 8, 9, 10, 11]
+    assert found.last_seq == 11
+
+
+def test_interrupted_compression_is_finished_at_start_up(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", rotate_bytes=10_000)
+    segment = tmp_path / "m-20260101T000000-1.jsonl"
+    segment.write_bytes(stored(1) + stored(2))
+    (tmp_path / ".m-20260101T000000-1.jsonl.gz.partial").write_bytes(b"\x1f\x8b")
+    config.jsonl.write_bytes(stored(3))
+    with TestClient(create_app(config)) as c:
+        assert c.get(SNAPSHOT_URL).json()["total"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m-20260101T000000-1.jsonl.gz",
+        "m.jsonl",
+    ]
+    data = gzip.decompress((tmp_path / "m-20260101T000000-1.jsonl.gz").read_bytes())
+    assert data == stored(1) + stored(2)
