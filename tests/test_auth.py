@@ -168,7 +168,19 @@ def test_a_preflight_is_not_asked_for_a_token(client: TestClient) -> None:
             "Access-Control-Request-Headers": "authorization, content-type",
         },
     )
-    assert response.status_code != 401
+    assert response.status_code == 200
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+def test_a_cross_origin_401_is_readable_by_the_page(client: TestClient) -> None:
+    response = client.post(
+        "/api/metrics/event", json=EVENT, headers={"Origin": "https://shop.example"}
+    )
+    assert_401(response)
+    assert response.headers["access-control-allow-origin"] in (
+        "*",
+        "https://shop.example",
+    )
 
 
 def test_without_tokens_everything_is_open(tmp_path: Path) -> None:
