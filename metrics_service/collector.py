@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,6 +29,8 @@ class Outcome(NamedTuple):
     first_seq: int | None
     last_seq: int | None
 
+
+logger = logging.getLogger("metrics_service")
 
 Listener = Callable[[list[Entry]], None]
 
@@ -164,7 +167,11 @@ class Collector:
             self.remember(ids)
             self.ring.extend(entries)
             for listener in list(self._listeners):
-                listener(entries)
+                try:
+                    listener(entries)
+                except Exception:
+                    # The lines are stored; a broken subscriber must not hang the writers.
+                    logger.exception("a collector listener failed")
         self.duplicates += sum(o.duplicates for o in outcomes)
         if lines and self.fsync_policy == "always":
             self._busy = True

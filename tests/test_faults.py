@@ -246,3 +246,17 @@ def test_fsync_interval_runs_off_the_event_loop_thread(
         assert c.post(EVENT_URL, json=event()).status_code == 202
         assert synced.wait(10)
         assert threads[0] != loop_thread
+
+
+def test_a_failing_listener_does_not_hang_writers(config: Config) -> None:
+    app = create_app(config)
+    with TestClient(app) as c:
+
+        def broken(entries: object) -> None:
+            raise RuntimeError("subscriber bug")
+
+        app.state.service.collector.subscribe(broken)
+        r = c.post(EVENT_URL, json=event())
+        assert r.status_code == 202
+        assert r.json()["seq"] == 1
+    assert len(read_lines(config.jsonl)) == 1
