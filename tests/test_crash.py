@@ -96,6 +96,8 @@ def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
         assert set(acked) <= set(seqs)
         assert seqs == list(range(1, len(seqs) + 1))  # no gap, no repeat
     assert len(acked) >= 450
+    with MetricsServer(sink, env=env) as server:
+        check_replay(server, sink)
 
 
 def test_sigterm_mid_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
