@@ -362,3 +362,14 @@ def test_many_stalled_bodies_do_not_starve_the_service(server: MetricsServer) ->
         assert response.status_code == 202
         answers = [read_all(sock) for sock in sockets]
     assert all(statuses(answer) == [408] for answer in answers)
+
+
+def test_headers_that_never_finish_do_not_block_others(server: MetricsServer) -> None:
+    with contextlib.ExitStack() as stack:
+        for _ in range(30):
+            sock = stack.enter_context(raw(server))
+            sock.sendall(b"POST /api/metrics/event HTTP/1.1\r\nHost: x\r\nContent-")
+        response = httpx.post(
+            f"{server.url}{EVENT_URL}", content=event_body(), timeout=5
+        )
+        assert response.status_code == 202
