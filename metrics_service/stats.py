@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import heapq
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -272,9 +273,12 @@ def run(args: Any) -> int:
     for problem in stats.errors:
         print(f"metrics-service: warning: {problem}", file=sys.stderr)
     if args.json:
-        sys.stdout.write(
-            orjson.dumps(stats.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
-        )
+        text = orjson.dumps(stats.as_dict(), option=orjson.OPT_INDENT_2).decode()
     else:
-        print(render(stats))
+        text = render(stats)
+    try:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `metrics-service stats | head`: quiet, as Python advises
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
