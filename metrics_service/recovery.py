@@ -16,7 +16,7 @@ from typing import BinaryIO, NamedTuple
 import orjson
 
 from .buffer import Entry
-from .rotation import segments
+from .rotation import readable_segments
 
 logger = logging.getLogger("metrics_service")
 
@@ -127,7 +127,7 @@ def newest_lines(path: Path, count: int) -> Iterator[bytes]:
     sources: list[Path] = []
     if is_regular(path):
         sources.append(path)
-    sources.extend(reversed(segments(path)))
+    sources.extend(reversed(readable_segments(path)))
     for source in sources:
         try:
             if source == path:

@@ -35,6 +35,14 @@ def segments(path: Path) -> list[Path]:
     return [item[2] for item in found]
 
 
+def readable_segments(path: Path) -> list[Path]:
+    """Like segments(), but one file per segment: while a segment is being compressed
+    its plain file is the complete copy, so a `.gz` twin is left out."""
+    found = segments(path)
+    plain = {p.name for p in found if p.suffix != ".gz"}
+    return [p for p in found if p.suffix != ".gz" or p.name[:-3] not in plain]
+
+
 def first_seq(path: Path) -> int:
     """The seq on the first line of `path`, or 0 when there is none to read."""
     try:

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import orjson
 
-from .rotation import segments
+from .rotation import readable_segments
 
 EXACT_VISITORS = 1_000_000
 SKETCH_SIZE = 4096
@@ -28,7 +28,7 @@ SKETCH_SIZE = 4096
 
 def default_files(sink: Path) -> list[Path]:
     """The rotated segments of `sink`, oldest first, then the sink itself."""
-    files = segments(sink)
+    files = readable_segments(sink)
     if sink.is_file():
         files.append(sink)
     return files

@@ -13,7 +13,7 @@ from conftest import EVENT_URL, HEALTH_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
-from metrics_service.rotation import segments
+from metrics_service.rotation import readable_segments, segments
 from metrics_service.testing import MetricsServer
 
 SEGMENT = re.compile(r"^m-\d{8}T\d{6}-(\d+)\.jsonl\.gz$")
@@ -140,3 +140,14 @@ def test_duckdb_reads_rotated_and_live_files(tmp_path: Path) -> None:
     """
     rows = duckdb.sql(query).fetchall()
     assert rows == [("page_view", 40, 2, 50), ("signup", 10, 1, 46)]
+
+
+def test_a_segment_caught_mid_compression_is_read_once(tmp_path: Path) -> None:
+    sink = tmp_path / "m.jsonl"
+    plain = tmp_path / "m-20260101T000000-1.jsonl"
+    plain.write_bytes(b'{"seq":1,"event":"e","visitor_id":"visitor-1"}\n')
+    (tmp_path / "m-20260101T000000-1.jsonl.gz").write_bytes(
+        gzip.compress(plain.read_bytes())
+    )
+    assert readable_segments(sink) == [plain]
+    assert len(segments(sink)) == 2
