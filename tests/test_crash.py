@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import signal
 import threading
 from pathlib import Path
@@ -10,6 +11,7 @@ import httpx
 import orjson
 from conftest import EVENT_URL, SNAPSHOT_URL, event
 
+from metrics_service.rotation import readable_segments
 from metrics_service.testing import MetricsServer
 
 CAPACITY = 100
@@ -17,10 +19,17 @@ WORKERS = 6
 
 
 def file_seqs(path: Path) -> list[int]:
-    """Seqs of the sink's lines; every line must be whole, valid JSON."""
-    data = path.read_bytes()
-    assert data == b"" or data.endswith(b"\n")
-    return [orjson.loads(line)["seq"] for line in data.splitlines()]
+    """Seqs of the segments' and the sink's lines; every line whole, valid JSON."""
+    seqs: list[int] = []
+    for source in [*readable_segments(path), path]:
+        if not source.exists():
+            continue  # killed between renaming the full sink and recreating it
+        data = source.read_bytes()
+        if source.suffix == ".gz":
+            data = gzip.decompress(data)
+        assert data == b"" or data.endswith(b"\n")
+        seqs += [orjson.loads(line)["seq"] for line in data.splitlines()]
+    return seqs
 
 
 class Load:
@@ -65,8 +74,8 @@ class Load:
                         self.enough.set()
 
 
-def check_replay(server: MetricsServer, sink: Path) -> None:
-    seqs = file_seqs(sink)
+def check_replay(server: MetricsServer, seqs: list[int]) -> None:
+    """The ring after a restart holds the newest of `seqs` (read while no server ran)."""
     r = httpx.get(f"{server.url}{SNAPSHOT_URL}", params={"limit": CAPACITY})
     assert r.status_code == 200
     body = r.json()
@@ -78,12 +87,14 @@ def check_replay(server: MetricsServer, sink: Path) -> None:
 
 def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
     sink = tmp_path / "m.jsonl"
-    env = {"METRICS_RING_CAPACITY": str(CAPACITY)}
+    # Rotation on, so kills also land mid-rename and mid-gzip.
+    env = {"METRICS_RING_CAPACITY": str(CAPACITY), "METRICS_ROTATE_BYTES": "20000"}
     acked: list[int] = []
     for _ in range(3):
+        before = file_seqs(sink)
         server = MetricsServer(sink, env=env).start()
         try:
-            check_replay(server, sink)  # the restart succeeded and the ring is back
+            check_replay(server, before)  # the restart succeeded and the ring is back
             with Load(server.url) as load:
                 assert load.enough.wait(30)
                 assert server.process is not None
@@ -97,7 +108,7 @@ def test_kill_9_under_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
         assert seqs == list(range(1, len(seqs) + 1))  # no gap, no repeat
     assert len(acked) >= 450
     with MetricsServer(sink, env=env) as server:
-        check_replay(server, sink)
+        check_replay(server, seqs)
 
 
 def test_sigterm_mid_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
@@ -118,5 +129,5 @@ def test_sigterm_mid_load_loses_no_acknowledged_event(tmp_path: Path) -> None:
     assert seqs == list(range(1, len(seqs) + 1))
     # A clean stop leaves nothing to repair, and the next start replays the ring.
     with MetricsServer(sink, env={"METRICS_RING_CAPACITY": str(CAPACITY)}) as again:
-        check_replay(again, sink)
+        check_replay(again, seqs)
     assert not (tmp_path / "m.jsonl.torn").exists()
