@@ -36,19 +36,6 @@ _STEP = 256  # entries rebuilt at a time when walking backwards
 _new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
 
 
-def _readable(line: bytes, key: bytes, value: str) -> bool:
-    """Whether reading up to the first quote after `key` gives back `value` exactly."""
-    if '"' in value:
-        return False
-    try:
-        expected = value.encode() + b'"'
-    except UnicodeEncodeError:
-        return False
-    at = line.find(key)
-    # A value JSON had to escape differs from its raw bytes, so it fails here too.
-    return at >= 0 and line.startswith(expected, at + len(key))
-
-
 def repacked(strings: list[str]) -> list[str]:
     """Equal strings allocated side by side; empties `strings`, which must hold the
     only references, so the originals are freed first (see Ring.compact)."""
@@ -89,21 +76,35 @@ class _Chunk:
         codes = array("H")
         flags = bytearray(len(entries))
         odd: dict[int, tuple[str, str | None]] = {}
-        for i, entry in enumerate(entries):
-            code = index.get(entry.event)
+        for i, (_, _, event, visitor_id, event_id, line) in enumerate(entries):
+            code = index.get(event)
             if code is None:
-                code = index[entry.event] = len(names)
-                names.append(entry.event)
+                code = index[event] = len(names)
+                names.append(event)
             codes.append(code)
-            line, event_id = entry.line, entry.event_id
-            if event_id is not None:
-                flags[i] = _HAS_ID
-                ok = _readable(line, _EVENT_ID_KEY, event_id)
-            else:
-                ok = True
-            if not (ok and _readable(line, _VISITOR_KEY, entry.visitor_id)):
+            # Readable back: the first `key` is followed by the raw value and a quote
+            # (a value JSON had to escape differs from its raw bytes and fails here).
+            try:
+                at = line.find(_VISITOR_KEY)
+                ok = (
+                    at >= 0
+                    and '"' not in visitor_id
+                    and line.startswith(visitor_id.encode() + b'"', at + 14)
+                )
+                if event_id is not None:
+                    flags[i] = _HAS_ID
+                    at = line.find(_EVENT_ID_KEY)
+                    ok = (
+                        ok
+                        and at >= 0
+                        and '"' not in event_id
+                        and line.startswith(event_id.encode() + b'"', at + 12)
+                    )
+            except UnicodeEncodeError:
+                ok = False
+            if not ok:
                 flags[i] |= _ODD
-                odd[i] = (entry.visitor_id, event_id)
+                odd[i] = (visitor_id, event_id)
         lines = [entry.line for entry in entries]
         self.seqs = array("q", [entry.seq for entry in entries])
         self.ts = array("d", [entry.ts for entry in entries])
