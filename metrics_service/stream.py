@@ -74,8 +74,8 @@ async def events(
 
 
 def _resume_from(request: Request, filters: Filters) -> Filters:
-    if filters.after is not None:
-        return filters
+    # EventSource reconnects to the same URL, so a `?after=` there is only where the
+    # stream started; the Last-Event-ID header it adds says how far it really got.
     raw = request.headers.get("last-event-id")
     if raw is None or not raw.strip():
         return filters

@@ -110,6 +110,19 @@ def test_after_param_and_filters_apply(server: MetricsServer) -> None:
         assert [int(m["id"]) for m in got] == [mark + 2, live]
 
 
+def test_last_event_id_wins_over_the_urls_after(server: MetricsServer) -> None:
+    # A browser's EventSource reconnects to its original URL, ?after= included.
+    with httpx.Client(base_url=server.url, timeout=20) as http:
+        seqs = [post(http, "page_view") for _ in range(4)]
+        headers = {"Last-Event-ID": str(seqs[2])}
+        params = {"after": str(seqs[0])}
+        with http.stream("GET", STREAM, params=params, headers=headers) as response:
+            stream = messages(response.iter_lines())
+            connected(stream)
+            got = next_events(stream, 1)
+        assert [int(m["id"]) for m in got] == [seqs[3]]
+
+
 def test_bad_stream_params_are_422(server: MetricsServer) -> None:
     with httpx.Client(base_url=server.url, timeout=20) as http:
         response = http.get(STREAM, params={"evnt": "x"})
