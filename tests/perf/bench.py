@@ -438,7 +438,18 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="metrics-bench-") as tmp:
         for name in chosen:
             log(f"section {name}")
-            rows += SECTIONS[name](Path(tmp))
+            try:
+                rows += SECTIONS[name](Path(tmp))
+            except Exception as exc:  # report, never fail: the table is the output
+                log(f"section {name} failed: {exc!r}")
+                rows.append(
+                    Row(
+                        f"{name} section",
+                        f"n/a ({type(exc).__name__}: {exc})",
+                        "",
+                        None,
+                    )
+                )
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(
         f"Measured {when} on {machine()}; server on CPU 0 (taskset), wrk and client on CPU 1;"
