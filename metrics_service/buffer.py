@@ -169,6 +169,17 @@ class _Chunk:
             append(_new(Entry, (seq, ts, names[code], visitor_id, event_id, line)))
         return out
 
+    def containing(self, needle: bytes, lower: int) -> set[int]:
+        """Indexes (>= lower) whose line holds `needle`, plus every odd entry: a superset."""
+        lines, ends = self.lines, self.ends
+        found = {i for i in self.odd if i >= lower}
+        pos = lines.find(needle, ends[lower - 1] if lower else 0)
+        while pos >= 0:
+            i = bisect.bisect_right(ends, pos)
+            found.add(i)
+            pos = lines.find(needle, ends[i]) if i + 1 < len(ends) else -1
+        return found
+
     def positions(self, names: Collection[str], lower: int) -> Iterator[int]:
         """Indexes (>= lower) of entries named in `names`, newest first."""
         codes = [self.index[name] for name in names if name in self.index]
@@ -336,13 +347,30 @@ class Ring:
         return out
 
     def select(
-        self, events: Collection[str] | None = None, after: int | None = None
+        self,
+        events: Collection[str] | None = None,
+        after: int | None = None,
+        *,
+        visitor_id: str | None = None,
+        event_id: str | None = None,
     ) -> list[Entry]:
-        """Entries named in `events` (any of) with a seq above `after`, oldest first.
+        """Candidates for a filter, oldest first: every entry named in `events` (any of)
+        with a seq above `after`, visitor_id and event_id, and maybe a few more (the
+        caller still checks each one). None means no condition.
 
-        None means no condition. Served from the event index and the seq order, so
-        only the entries returned are rebuilt (what `Filters.scan` needs).
+        Served from the event index, the seq order and a byte search of the packed
+        lines, so only candidates are rebuilt (what `Filters.scan` needs).
         """
+        needles = []
+        try:
+            if visitor_id is not None:
+                needles.append(b'"visitor_id":' + orjson.dumps(visitor_id))
+            if event_id is not None:
+                needles.append(b'"event_id":' + orjson.dumps(event_id))
+        except orjson.JSONEncodeError:
+            needles = []  # cannot be stored either: the caller's check finds nothing
+        if needles:
+            return self._select_packed(events, after, needles, visitor_id, event_id)
         if events is None:
             return list(self) if after is None else self.after(after)
         out: list[Entry] = []
@@ -351,6 +379,37 @@ class Ring:
                 break
             out.append(entry)
         out.reverse()
+        return out
+
+    def _select_packed(
+        self,
+        events: Collection[str] | None,
+        after: int | None,
+        needles: list[bytes],
+        visitor_id: str | None,
+        event_id: str | None,
+    ) -> list[Entry]:
+        out: list[Entry] = []
+        for n, chunk in enumerate(list(self._packed)):
+            lower = self._skip if n == 0 else 0
+            if after is not None:
+                if chunk.seqs[-1] <= after:
+                    continue
+                lower = max(lower, bisect.bisect_right(chunk.seqs, after, lower))
+            hits = chunk.containing(needles[0], lower)
+            for needle in needles[1:]:
+                hits &= chunk.containing(needle, lower)
+            if events is not None and hits:
+                hits &= set(chunk.positions(events, lower))
+            out.extend(chunk.entry(i) for i in sorted(hits))
+        out.extend(
+            entry
+            for entry in list(self._hot)
+            if (after is None or entry.seq > after)
+            and (events is None or entry.event in events)
+            and visitor_id in (None, entry.visitor_id)
+            and event_id in (None, entry.event_id)
+        )
         return out
 
     def _reversed_named(self, names: Collection[str]) -> Iterator[Entry]:

@@ -223,3 +223,27 @@ def test_repacked_copies_and_empties_the_input() -> None:
     copies = repacked(given)
     assert copies == originals
     assert given == []
+
+
+def test_select_by_visitor_and_event_id_returns_every_match() -> None:
+    visitors = ["visitor-1", "visitor-10", 'has "quotes"']
+    ring = Ring(300, chunk=16)
+    ring.extend(
+        stored(seq, "ab"[seq % 2], visitors[seq % 3], f"id-{seq % 4}")
+        for seq in range(1, 400)
+    )
+    everything = list(ring)
+    for visitor_id in visitors:
+        for event_id in (None, "id-1", "id-9"):
+            got = ring.select({"a"}, 150, visitor_id=visitor_id, event_id=event_id)
+            exact = [
+                e
+                for e in everything
+                if e.event == "a"
+                and e.seq > 150
+                and e.visitor_id == visitor_id
+                and event_id in (None, e.event_id)
+            ]
+            # Candidates: every match, in seq order, maybe a few more for the caller.
+            assert [e for e in got if e in exact] == exact
+            assert all(e.event == "a" and e.seq > 150 for e in got)
