@@ -130,8 +130,13 @@ def ingest_section(work: Path) -> list[Row]:
     def p99(name: str) -> float:
         return median([r.p99_ms for r in results.get(name, [])])
 
-    ratio = rps("single") / rps("ceiling")
-    fsync_ratio = rps("always") / rps("never")
+    def paired(a: str, b: str) -> float:
+        # Each round runs the two back to back, so their ratio shares the same background.
+        pairs = zip(results.get(a, []), results.get(b, []), strict=False)
+        return median([x.rps / y.rps for x, y in pairs])
+
+    ratio = paired("single", "ceiling")
+    fsync_ratio = paired("always", "never")
     rows = [
         Row(
             "1. ceiling: empty Starlette POST, 32 connections",
@@ -455,7 +460,8 @@ def main(argv: list[str]) -> int:
         f"Measured {when} on {machine()}; server on CPU 0 (taskset), wrk and client on CPU 1;"
     )
     print(
-        f"{ROUNDS} interleaved rounds of {SECONDS:g} s per figure, medians; "
+        f"{ROUNDS} interleaved rounds of {SECONDS:g} s per figure, medians (ratios: median "
+        "of each round's ratio); "
         f"{time.monotonic() - began:.0f} s in all.\n"
     )
     print(table(rows))
