@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import bisect
+import math
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator
@@ -167,6 +168,19 @@ class _Chunk:
                 else:
                     event_id = None
             append(_new(Entry, (seq, ts, names[code], visitor_id, event_id, line)))
+        return out
+
+    def gather(self, indexes: list[int]) -> list[Entry]:
+        """The entries at these ascending indexes, rebuilt a run at a time."""
+        out: list[Entry] = []
+        k, count = 0, len(indexes)
+        while k < count:
+            first = last = indexes[k]
+            k += 1
+            while k < count and indexes[k] == last + 1:
+                last = indexes[k]
+                k += 1
+            out.extend(self.slice(first, last + 1))
         return out
 
     def containing(self, needle: bytes, lower: int) -> set[int]:
@@ -353,13 +367,15 @@ class Ring:
         *,
         visitor_id: str | None = None,
         event_id: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
     ) -> list[Entry]:
         """Candidates for a filter, oldest first: every entry named in `events` (any of)
-        with a seq above `after`, visitor_id and event_id, and maybe a few more (the
-        caller still checks each one). None means no condition.
+        with a seq above `after`, this visitor_id and event_id and since <= ts <= until,
+        and maybe a few more (the caller still checks each one). None: no condition.
 
-        Served from the event index, the seq order and a byte search of the packed
-        lines, so only candidates are rebuilt (what `Filters.scan` needs).
+        Served from the event index, the seq order, a byte search of the packed lines
+        and the ts column, so only candidates are rebuilt (what `Filters.scan` needs).
         """
         needles = []
         try:
@@ -368,9 +384,13 @@ class Ring:
             if event_id is not None:
                 needles.append(b'"event_id":' + orjson.dumps(event_id))
         except orjson.JSONEncodeError:
-            needles = []  # cannot be stored either: the caller's check finds nothing
-        if needles:
-            return self._select_packed(events, after, needles, visitor_id, event_id)
+            needles = []  # cannot have been stored: the caller's check finds nothing
+        if needles or since is not None or until is not None:
+            lo = -math.inf if since is None else since
+            hi = math.inf if until is None else until
+            return self._select_packed(
+                events, after, needles, (lo, hi), visitor_id, event_id
+            )
         if events is None:
             return list(self) if after is None else self.after(after)
         out: list[Entry] = []
@@ -386,9 +406,12 @@ class Ring:
         events: Collection[str] | None,
         after: int | None,
         needles: list[bytes],
+        window: tuple[float, float],
         visitor_id: str | None,
         event_id: str | None,
     ) -> list[Entry]:
+        lo, hi = window
+        timed = lo != -math.inf or hi != math.inf
         out: list[Entry] = []
         for n, chunk in enumerate(list(self._packed)):
             lower = self._skip if n == 0 else 0
@@ -396,12 +419,23 @@ class Ring:
                 if chunk.seqs[-1] <= after:
                     continue
                 lower = max(lower, bisect.bisect_right(chunk.seqs, after, lower))
-            hits = chunk.containing(needles[0], lower)
-            for needle in needles[1:]:
-                hits &= chunk.containing(needle, lower)
-            if events is not None and hits:
-                hits &= set(chunk.positions(events, lower))
-            out.extend(chunk.entry(i) for i in sorted(hits))
+            hits: set[int] | None = None
+            for needle in needles:
+                found = chunk.containing(needle, lower)
+                hits = found if hits is None else hits & found
+            if events is not None:
+                named = set(chunk.positions(events, lower))
+                hits = named if hits is None else hits & named
+            if timed:
+                ts = chunk.ts
+                if hits is None:
+                    hits = {i for i in range(lower, len(chunk)) if lo <= ts[i] <= hi}
+                else:
+                    hits = {i for i in hits if lo <= ts[i] <= hi}
+            if hits is None:
+                out.extend(chunk.slice(lower, len(chunk)))
+            else:
+                out.extend(chunk.gather(sorted(hits)))
         out.extend(
             entry
             for entry in list(self._hot)
@@ -409,6 +443,7 @@ class Ring:
             and (events is None or entry.event in events)
             and visitor_id in (None, entry.visitor_id)
             and event_id in (None, entry.event_id)
+            and lo <= entry.ts <= hi
         )
         return out
 

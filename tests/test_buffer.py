@@ -247,3 +247,13 @@ def test_select_by_visitor_and_event_id_returns_every_match() -> None:
             # Candidates: every match, in seq order, maybe a few more for the caller.
             assert [e for e in got if e in exact] == exact
             assert all(e.event == "a" and e.seq > 150 for e in got)
+
+
+def test_select_by_time_window_is_exact() -> None:
+    ring = Ring(200, chunk=8)
+    ring.extend(stored(seq, "ab"[seq % 2], "visitor-1", None) for seq in range(1, 300))
+    everything = list(ring)  # ts is seq + 0.25
+    got = ring.select({"b"}, 120, since=150.25, until=201.0)
+    assert got == [e for e in everything if e.event == "b" and 150.25 <= e.ts <= 201.0]
+    assert ring.select(since=1000.0) == []
+    assert ring.select(until=110.25) == [e for e in everything if e.ts <= 110.25]
