@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-import datetime as dt
 import os
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from .collector import Outcome
 from .errors import ApiError
@@ -18,6 +19,8 @@ from .ingest import (
     parse_batch,
     parse_json,
     read_body,
+    read_head,
+    received_now,
     to_records,
 )
 from .models import BehaviorEvent
@@ -25,75 +28,96 @@ from .responses import JSONResponse
 from .service import VERSION, Service
 from .sink import SinkError
 
-UTC = dt.UTC
-
 
 def service_of(request: Request) -> Service:
     service: Service = request.app.state.service
     return service
 
 
-def check_media_type(request: Request, allowed: tuple[str, ...]) -> None:
-    kind = media_type(request)
+def check_media_type(kind: str, allowed: tuple[str, ...]) -> None:
     if kind not in allowed:
         names = ", ".join(t for t in allowed if t) + " or none"
         raise ApiError(415, f"unsupported Content-Type {kind!r}; send {names}")
 
 
-async def ingest_event(request: Request) -> Response:
-    service = service_of(request)
-    config = service.config
-    check_media_type(request, ACCEPTED_TYPES)
-    body = await read_body(request, config.max_body_bytes)
-    events = check_events(
-        [parse_json(body)], service.policy, config.max_event_bytes, batch=False
-    )
-    outcome, sampled_out = await store(request, events, batch=False)
-    return JSONResponse(
-        {
-            "ok": True,
-            "stored": outcome.stored,
-            "file": str(config.jsonl),
-            "seq": outcome.first_seq,
-            "duplicates": outcome.duplicates,
-            "sampled_out": sampled_out,
-        },
-        202,
-    )
+JSON_HEADERS = (b"content-type", b"application/json")
 
 
-async def ingest_batch(request: Request) -> Response:
-    service = service_of(request)
-    config = service.config
-    check_media_type(request, BATCH_TYPES)
-    body = await read_body(request, config.max_body_bytes)
-    objs = parse_batch(body, media_type(request), config.max_batch)
-    events = check_events(objs, service.policy, config.max_event_bytes, batch=True)
-    outcome, sampled_out = await store(request, events, batch=True)
-    return JSONResponse(
+async def respond(send: Send, content: dict[str, Any], status: int = 202) -> None:
+    """What JSONResponse sends, without building a Response."""
+    body = orjson.dumps(content)
+    await send(
         {
-            "ok": True,
-            "stored": outcome.stored,
-            "duplicates": outcome.duplicates,
-            "sampled_out": sampled_out,
-            "file": str(config.jsonl),
-            "first_seq": outcome.first_seq,
-            "last_seq": outcome.last_seq,
-        },
-        202,
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-length", b"%d" % len(body)), JSON_HEADERS],
+        }
     )
+    await send({"type": "http.response.body", "body": body})
+
+
+class Ingest:
+    """POST /event and /events as a bare ASGI app: no Request or Response objects.
+
+    An ApiError raised here goes up to Starlette's ExceptionMiddleware, which
+    answers `{"detail": ...}` and counts the rejection as for any other route.
+    """
+
+    def __init__(self, *, batch: bool) -> None:
+        self.batch = batch
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        service: Service = scope["app"].state.service
+        config = service.config
+        head = read_head(scope["headers"])
+        kind = media_type(head)
+        batch = self.batch
+        check_media_type(kind, BATCH_TYPES if batch else ACCEPTED_TYPES)
+        body = await read_body(head, receive, config.max_body_bytes)
+        if batch:
+            objs = parse_batch(body, kind, config.max_batch)
+        else:
+            objs = [parse_json(body)]
+        events = check_events(objs, service.policy, config.max_event_bytes, batch=batch)
+        outcome, sampled_out = await store(service, events, head.user_agent, batch)
+        if batch:
+            content = {
+                "ok": True,
+                "stored": outcome.stored,
+                "duplicates": outcome.duplicates,
+                "sampled_out": sampled_out,
+                "file": str(config.jsonl),
+                "first_seq": outcome.first_seq,
+                "last_seq": outcome.last_seq,
+            }
+        else:
+            content = {
+                "ok": True,
+                "stored": outcome.stored,
+                "file": str(config.jsonl),
+                "seq": outcome.first_seq,
+                "duplicates": outcome.duplicates,
+                "sampled_out": sampled_out,
+            }
+        await respond(send, content)
+
+
+ingest_event = Ingest(batch=False)
+ingest_batch = Ingest(batch=True)
 
 
 async def store(
-    request: Request, events: list[BehaviorEvent], *, batch: bool
+    service: Service,
+    events: list[BehaviorEvent],
+    user_agent: str | None,
+    batch: bool,
 ) -> tuple[Outcome, int]:
     """Redact, sample and submit valid events in one write; (outcome, sampled out)."""
-    service = service_of(request)
     records, sampled_out = to_records(
         events,
         service.policy,
-        received=dt.datetime.now(UTC),
-        header_user_agent=request.headers.get("user-agent"),
+        received=received_now(),
+        header_user_agent=user_agent,
         batch=batch,
     )
     service.sampled_out += sampled_out

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from pydantic import ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
 
 from .collector import Record
 from .errors import ApiError
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
     from .policy import Policy
 
 UTC = dt.UTC
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
 # text/plain is what sendBeacon and keepalive fetch send; form-urlencoded is what
 # `curl -d` sends when the user forgets -H. The body is parsed as JSON either way.
@@ -37,13 +40,61 @@ def iso(moment: dt.datetime) -> str:
     )
 
 
-def media_type(request: Request) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+class Received(NamedTuple):
+    """The receive time: as a datetime, as Unix seconds, and as stored (ISO bytes)."""
+
+    moment: dt.datetime
+    ts: float
+    text: str
+    iso: bytes
 
 
-def content_encoding(request: Request) -> str:
+_last_iso: tuple[int, str, bytes] = (-1, "", b"")
+
+
+def received_now() -> Received:
+    """Now, with the ISO text formatted once per millisecond rather than per event."""
+    global _last_iso
+    # Integer microseconds, so the millisecond key agrees exactly with the datetime.
+    micros = time.time_ns() // 1000
+    moment = EPOCH + dt.timedelta(microseconds=micros)
+    millis = micros // 1000
+    if _last_iso[0] != millis:
+        text = iso(moment)
+        _last_iso = (millis, text, text.encode())
+    return Received(moment, micros / 1_000_000, _last_iso[1], _last_iso[2])
+
+
+class Head(NamedTuple):
+    """The request headers ingest needs, found in one pass (first occurrence wins)."""
+
+    content_type: str | None
+    content_encoding: str | None
+    content_length: str | None
+    user_agent: str | None
+
+
+def read_head(headers: list[tuple[bytes, bytes]]) -> Head:
+    content_type = encoding = length = user_agent = None
+    for name, value in headers:
+        if name == b"content-type" and content_type is None:
+            content_type = value.decode("latin-1")
+        elif name == b"content-length" and length is None:
+            length = value.decode("latin-1")
+        elif name == b"user-agent" and user_agent is None:
+            user_agent = value.decode("latin-1")
+        elif name == b"content-encoding" and encoding is None:
+            encoding = value.decode("latin-1")
+    return Head(content_type, encoding, length, user_agent)
+
+
+def media_type(head: Head) -> str:
+    return (head.content_type or "").split(";", 1)[0].strip().lower()
+
+
+def content_encoding(head: Head) -> str:
     """ "gzip" or "" (none); anything else is refused before the body is read."""
-    raw = request.headers.get("content-encoding", "").strip().lower()
+    raw = (head.content_encoding or "").strip().lower()
     if raw in ("", "identity"):
         return ""
     if raw in ("gzip", "x-gzip"):
@@ -91,13 +142,14 @@ class Gunzip:
             raise ApiError(400, "body is not valid gzip: the stream is truncated")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(head: Head, receive: Receive, limit: int) -> bytes:
     """The request body, decompressed; 413 as soon as it would pass `limit` bytes.
 
     For gzip the limit applies both to the bytes received and to the inflated body.
+    Raises ClientDisconnect when the client leaves mid-body, as Request.stream() does.
     """
-    gunzip = Gunzip(limit) if content_encoding(request) == "gzip" else None
-    declared = request.headers.get("content-length")
+    gunzip = Gunzip(limit) if content_encoding(head) == "gzip" else None
+    declared = head.content_length
     if declared is not None:
         try:
             size = int(declared)
@@ -107,13 +159,24 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, too_large(limit, size))
     chunks: list[bytes] = []
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise ApiError(413, too_large(limit, received, at_least=True))
-        chunks.append(chunk if gunzip is None else gunzip.feed(chunk))
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                received += len(chunk)
+                if received > limit:
+                    raise ApiError(413, too_large(limit, received, at_least=True))
+                chunks.append(chunk if gunzip is None else gunzip.feed(chunk))
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
     if gunzip is not None:
         gunzip.finish()
+    if len(chunks) == 1:
+        return chunks[0]
     return b"".join(chunks)
 
 
@@ -240,7 +303,7 @@ def check_events(
         except ValidationError as exc:
             problems.extend(error_items(exc, index))
             continue
-        refused = policy.problems(event)
+        refused = policy.problems(event) if policy.checks else None
         if refused:
             problems.extend(
                 item if index is None else {"index": index, **item} for item in refused
@@ -261,17 +324,18 @@ def to_records(
     events: list[BehaviorEvent],
     policy: Policy,
     *,
-    received: dt.datetime,
+    received: Received,
     header_user_agent: str | None,
     batch: bool,
 ) -> tuple[list[Record], int]:
     """Records for the events sampling keeps (redacted), and how many it dropped."""
     records: list[Record] = []
     problems: list[dict[str, Any]] = []
+    redacts, samples = policy.redacts, policy.samples
     for i, event in enumerate(events):
         try:
             record = to_record(
-                policy.redact(event),
+                policy.redact(event) if redacts else event,
                 received=received,
                 header_user_agent=header_user_agent,
             )
@@ -283,7 +347,7 @@ def to_records(
             )
             problems.extend({"index": i, **item} if batch else item for item in items)
             continue
-        if policy.keep(event):
+        if not samples or policy.keep(event):
             records.append(record)
     if problems:
         raise ApiError(422, problems)
@@ -303,24 +367,29 @@ def type_name(value: Any) -> str:
 
 
 def to_record(
-    event: BehaviorEvent, *, received: dt.datetime, header_user_agent: str | None
+    event: BehaviorEvent, *, received: Received, header_user_agent: str | None
 ) -> Record:
-    timestamp = event.timestamp or received
-    if event.sent_at is not None:
-        # Correct the client's clock as Segment does: shift by how far it was off.
-        try:
-            timestamp = timestamp + (received - event.sent_at)
-        except OverflowError:
-            raise ApiError(
-                422,
-                [{"loc": ["sent_at"], "msg": "moves timestamp out of range"}],
-            ) from None
+    if event.timestamp is None and event.sent_at is None:
+        # The common case: the receive time, already formatted for this request.
+        stamp, ts = received.text, received.ts
+    else:
+        timestamp = event.timestamp or received.moment
+        if event.sent_at is not None:
+            # Correct the client's clock as Segment does: shift by how far it was off.
+            try:
+                timestamp = timestamp + (received.moment - event.sent_at)
+            except OverflowError:
+                raise ApiError(
+                    422,
+                    [{"loc": ["sent_at"], "msg": "moves timestamp out of range"}],
+                ) from None
+        stamp, ts = iso(timestamp), timestamp.timestamp()
     if "user_agent" in event.model_fields_set:
         user_agent = event.user_agent
     else:
         user_agent = header_user_agent
     fields: dict[str, Any] = {
-        "timestamp": iso(timestamp),
+        "timestamp": stamp,
         "event": event.event,
         "visitor_id": event.visitor_id,
     }
@@ -333,10 +402,10 @@ def to_record(
     except orjson.JSONEncodeError as exc:
         raise ApiError(422, f"metadata cannot be stored as JSON: {exc}") from None
     return Record(
-        ts=timestamp.timestamp(),
+        ts=ts,
         event=event.event,
         visitor_id=event.visitor_id,
         event_id=event.event_id,
-        received=iso(received).encode(),
+        received=received.iso,
         body=body[1:],
     )

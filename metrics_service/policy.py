@@ -27,6 +27,16 @@ class Policy:
     required: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     sample: Mapping[str, float] = dataclasses.field(default_factory=dict)
     redact_keys: frozenset[str] = frozenset()
+    # What is configured, so the ingest path skips the rest with one attribute read.
+    checks: bool = dataclasses.field(init=False, repr=False, compare=False)
+    samples: bool = dataclasses.field(init=False, repr=False, compare=False)
+    redacts: bool = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        checks = self.allowed is not None or bool(self.required)
+        object.__setattr__(self, "checks", checks)
+        object.__setattr__(self, "samples", bool(self.sample))
+        object.__setattr__(self, "redacts", bool(self.redact_keys))
 
     @classmethod
     def from_config(cls, config: Config) -> Policy:
