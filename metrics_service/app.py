@@ -5,14 +5,12 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
 from . import dashboard, endpoints, observability, openapi, query, stream
-from .auth import AuthMiddleware
 from .config import Config
+from .edge import Edge
 from .errors import EXCEPTION_HANDLERS
-from .limits import BodyTimeoutMiddleware
 from .service import Service
 
 API = "/api/metrics"
@@ -37,24 +35,8 @@ def routes() -> list[Route]:
 
 
 def middleware(config: Config) -> list[Middleware]:
-    # Outermost first. CORS must come before auth, so preflights are
-    # answered without a token and 401s still carry the CORS headers.
-    return [
-        Middleware(
-            CORSMiddleware,
-            allow_origins=list(config.cors_origins),
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],
-            allow_credentials=False,
-            max_age=600,
-        ),
-        Middleware(
-            AuthMiddleware,
-            ingest_token=config.ingest_token,
-            read_token=config.read_token,
-        ),
-        Middleware(BodyTimeoutMiddleware, timeout=config.body_timeout),
-    ]
+    # CORS, auth and the body deadline, in that order, as one layer (see edge.py).
+    return [Middleware(Edge, config=config)]
 
 
 def create_app(config: Config | None = None) -> Starlette:
