@@ -36,7 +36,11 @@ def routes() -> list[Route]:
 
 def middleware(config: Config) -> list[Middleware]:
     # CORS, auth and the body deadline, in that order, as one layer (see edge.py).
-    return [Middleware(Edge, config=config)]
+    lanes = {
+        f"{API}/event": endpoints.ingest_event,
+        f"{API}/events": endpoints.ingest_batch,
+    }
+    return [Middleware(Edge, config=config, lanes=lanes)]
 
 
 def create_app(config: Config | None = None) -> Starlette:

@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import types
-from collections.abc import Awaitable, Generator
+from collections.abc import Awaitable, Generator, Mapping
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import ClientDisconnect
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .auth import AuthMiddleware, split_token
 from .config import Config
+from .errors import ApiError, api_error
 from .limits import BodyTimeout
 
 
@@ -29,11 +30,20 @@ class Edge:
     """Outermost first, as before: CORS, then auth, then the body deadline.
 
     BodyTimeout raised by `receive()` is answered by Starlette's exception handlers
-    inside this layer (408 `{"detail": ...}`), like any ApiError.
+    inside this layer (408 `{"detail": ...}`), like any ApiError. `lanes` maps a
+    path to the bare ASGI app that serves POSTs to it, skipping the router and its
+    exception middleware: ApiError is answered here with the same handler.
     """
 
-    def __init__(self, app: ASGIApp, *, config: Config) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        config: Config,
+        lanes: Mapping[str, ASGIApp] | None = None,
+    ) -> None:
         self.app = app
+        self.lanes = dict(lanes or {})
         self.timeout = config.body_timeout
         self.inner: ASGIApp = self.scrubbed
         if config.ingest_token or config.read_token:
@@ -113,7 +123,17 @@ class Edge:
 
         # The client left mid-body: nobody is there to read an answer.
         with contextlib.suppress(ClientDisconnect):
-            await self.app(scope, timed_receive, send)
+            lane = self.lanes.get(scope["path"])
+            if lane is None or scope["method"] != "POST" or scope.get("root_path"):
+                await self.app(scope, timed_receive, send)
+                return
+            try:
+                await lane(scope, timed_receive, send)
+            except ApiError as exc:
+                # What the app's exception handler answers (and counts) for the route.
+                request = Request(scope, timed_receive, send)
+                response = await api_error(request, exc)
+                await response(scope, timed_receive, send)
 
 
 class Resumed:

@@ -5,11 +5,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from metrics_service.config import Config
 from metrics_service.edge import Edge
+from metrics_service.errors import ApiError
 from metrics_service.limits import BodyTimeout
 
 
@@ -121,3 +123,21 @@ def test_a_token_parameter_is_scrubbed_without_tokens(tmp_path: Path) -> None:
     sent = run(edge(tmp_path), request, [{"type": "http.request", "body": b""}])
     assert sent[0]["status"] == 200
     assert dict(sent[0]["headers"])[b"x-query"] == b"limit=5"
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+    raise ApiError(415, "no")
+
+
+def test_a_lane_serves_posts_to_its_path(tmp_path: Path) -> None:
+    app = Edge(echo, config=Config(jsonl=tmp_path / "m.jsonl"), lanes={"/x": refuse})
+    request = scope()
+    request["path"], request["app"] = "/x", Starlette()
+    sent = run(app, request, [{"type": "http.request", "body": b""}])
+    assert sent[0]["status"] == 415
+    assert sent[1]["body"] == b'{"detail":"no"}'
+    request = scope()
+    request["path"], request["method"] = "/x", "GET"
+    sent = run(app, request, [{"type": "http.request", "body": b"y"}])
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == b"y"
