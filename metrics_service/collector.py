@@ -118,27 +118,22 @@ class Collector:
         ids: list[str] = []
         group_ids: set[str] = set()
         dedupe = self._dedupe_window > 0
+        seen = self._seen_ids
+        add_line, add_entry = lines.append, entries.append
         for records, _ in pending:
             first = seq + 1
             duplicates = 0
-            for rec in records:
-                event_id = rec.event_id
+            for ts, event, visitor_id, event_id, received, body in records:
                 if dedupe and event_id is not None:
-                    if event_id in self._seen_ids or event_id in group_ids:
+                    if event_id in seen or event_id in group_ids:
                         duplicates += 1
                         continue
                     group_ids.add(event_id)
                     ids.append(event_id)
                 seq += 1
-                line = b'{"seq":%d,"received_at":"%s",%s' % (
-                    seq,
-                    rec.received,
-                    rec.body,
-                )
-                lines.append(line)
-                entries.append(
-                    Entry(seq, rec.ts, rec.event, rec.visitor_id, event_id, line)
-                )
+                line = b'{"seq":%d,"received_at":"%s",%s' % (seq, received, body)
+                add_line(line)
+                add_entry(Entry(seq, ts, event, visitor_id, event_id, line))
             stored = seq - first + 1
             outcomes.append(
                 Outcome(

@@ -278,6 +278,10 @@ def check_events(
     """Validate every event; all problems at once as one 422 (with `index` in a batch)."""
     problems: list[dict[str, Any]] = []
     events: list[BehaviorEvent] = []
+    # BehaviorEvent.model_validate() is this plus ~0.5 us of argument checks per call.
+    validate = BehaviorEvent.__pydantic_validator__.validate_python
+    checks = policy.checks
+    dumps = orjson.dumps
     for i, obj in enumerate(objs):
         index = i if batch else None
         if not isinstance(obj, dict):
@@ -287,7 +291,7 @@ def check_events(
             problems.append({"index": i, "loc": [], "msg": msg, "type": "object_type"})
             continue
         try:
-            size = len(orjson.dumps(obj))
+            size = len(dumps(obj))
         except orjson.JSONEncodeError as exc:
             problems.append(_at(index, [], f"cannot be stored as JSON: {exc}", "json"))
             continue
@@ -299,11 +303,11 @@ def check_events(
             problems.append(_at(index, [], msg, "event_too_large"))
             continue
         try:
-            event = BehaviorEvent.model_validate(obj)
+            event: BehaviorEvent = validate(obj)
         except ValidationError as exc:
             problems.extend(error_items(exc, index))
             continue
-        refused = policy.problems(event) if policy.checks else None
+        refused = policy.problems(event) if checks else None
         if refused:
             problems.extend(
                 item if index is None else {"index": index, **item} for item in refused
@@ -401,11 +405,7 @@ def to_record(
         body = orjson.dumps(fields)
     except orjson.JSONEncodeError as exc:
         raise ApiError(422, f"metadata cannot be stored as JSON: {exc}") from None
+    # Positional: a NamedTuple built from keywords costs ~0.4 us more.
     return Record(
-        ts=ts,
-        event=event.event,
-        visitor_id=event.visitor_id,
-        event_id=event.event_id,
-        received=received.iso,
-        body=body[1:],
+        ts, event.event, event.visitor_id, event.event_id, received.iso, body[1:]
     )
