@@ -96,6 +96,10 @@ class Collector:
 
     async def submit(self, records: list[Record]) -> Outcome:
         """Store `records` in order, all or nothing; raises SinkError when the write fails."""
+        return await self.enqueue(records)
+
+    def enqueue(self, records: list[Record]) -> asyncio.Future[Outcome]:
+        """As submit(), as a future to await: one coroutine frame less on the hot path."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._pending.append((records, future))
@@ -103,7 +107,7 @@ class Collector:
         if not self._scheduled and not self._busy:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False

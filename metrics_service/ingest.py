@@ -41,12 +41,17 @@ def iso(moment: dt.datetime) -> str:
 
 
 class Received(NamedTuple):
-    """The receive time: as a datetime, as Unix seconds, and as stored (ISO bytes)."""
+    """The receive time: in integer microseconds, as Unix seconds, and as stored."""
 
-    moment: dt.datetime
+    micros: int
     ts: float
     text: str
     iso: bytes
+
+    @property
+    def moment(self) -> dt.datetime:
+        # Only events that carry timestamp or sent_at need the datetime.
+        return EPOCH + dt.timedelta(microseconds=self.micros)
 
 
 _last_iso: tuple[int, str, bytes] = (-1, "", b"")
@@ -57,12 +62,11 @@ def received_now() -> Received:
     global _last_iso
     # Integer microseconds, so the millisecond key agrees exactly with the datetime.
     micros = time.time_ns() // 1000
-    moment = EPOCH + dt.timedelta(microseconds=micros)
     millis = micros // 1000
     if _last_iso[0] != millis:
-        text = iso(moment)
+        text = iso(EPOCH + dt.timedelta(microseconds=micros))
         _last_iso = (millis, text, text.encode())
-    return Received(moment, micros / 1_000_000, _last_iso[1], _last_iso[2])
+    return Received(micros, micros / 1_000_000, _last_iso[1], _last_iso[2])
 
 
 class Head(NamedTuple):
