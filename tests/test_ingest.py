@@ -9,7 +9,7 @@ import pytest
 from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
-from metrics_service import Config, create_app
+from metrics_service import Config, create_app, ingest
 from metrics_service.errors import ApiError
 from metrics_service.ingest import Gunzip
 
@@ -284,3 +284,27 @@ def test_cors_configured_origins(config: Config) -> None:
             },
         )
         assert delete.status_code == 400
+
+
+@pytest.mark.parametrize(
+    "nanos",
+    [
+        1_795_000_000_999_999_999,  # the last nanosecond of a second
+        1_795_000_001_000_000_000,  # the first of the next
+        1_795_000_001_000_999_000,
+        1_795_000_001_001_000_000,
+        1_795_000_001_123_456_789,
+        1_795_000_001_999_000_000,
+        1_795_000_000_999_999_999,  # back in time: the cache is not fooled
+    ],
+)
+def test_the_cached_receive_time_matches_iso(
+    monkeypatch: pytest.MonkeyPatch, nanos: int
+) -> None:
+    monkeypatch.setattr(ingest.time, "time_ns", lambda: nanos)
+    received = ingest.received_now()
+    moment = received.moment
+    assert received.micros == nanos // 1000
+    assert received.text == ingest.iso(moment)
+    assert received.iso == received.text.encode()
+    assert received.ts == moment.timestamp()
