@@ -10,7 +10,6 @@ only when a token is configured.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import types
 from collections.abc import Awaitable, Generator, Mapping
 from typing import Any
@@ -128,10 +127,12 @@ class Edge:
                 body_done = True
             return message
 
-        # The client left mid-body: nobody is there to read an answer.
-        with contextlib.suppress(ClientDisconnect):
-            lane = self.lanes.get(scope["path"])
-            if lane is None or scope["method"] != "POST" or scope.get("root_path"):
+        lane = self.lanes.get(scope["path"])
+        if lane is None or scope["method"] != "POST" or scope.get("root_path"):
+            lane = None
+        # try/except rather than contextlib.suppress(): no context manager per request.
+        try:
+            if lane is None:
                 await self.app(scope, timed_receive, send)
                 return
             try:
@@ -141,6 +142,9 @@ class Edge:
                 request = Request(scope, timed_receive, send)
                 response = await api_error(request, exc)
                 await response(scope, timed_receive, send)
+        except ClientDisconnect:
+            # The client left mid-body: nobody is there to read an answer.
+            pass
 
 
 class Resumed:
