@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -166,6 +167,13 @@ async def snapshot(request: Request) -> Response:
     if filters.empty:
         total, counts = len(ring), ring.counts()
         newest = ring.newest(limit)
+    elif filters.events is not None and dataclasses.replace(filters, events=None).empty:
+        # Only `event=`: the live counts and the ring's event index answer it
+        # without rebuilding every matching entry.
+        live = ring.counts()
+        counts = {name: live[name] for name in filters.events if name in live}
+        total = sum(counts.values())
+        newest = ring.newest(limit, events=filters.events)
     else:
         matching = filters.scan(ring)
         total, counts = len(matching), {}

@@ -62,7 +62,14 @@ class Filters:
 
         The ring serves `event` and `after` from its indexes; the rest is checked here.
         """
-        candidates = ring.select(self.events, self.after)
+        candidates = ring.select(
+            self.events,
+            self.after,
+            visitor_id=self.visitor_id,
+            event_id=self.event_id,
+            since=self.since,
+            until=self.until,
+        )
         rest = dataclasses.replace(self, events=None, after=None)
         return candidates if rest.empty else [e for e in candidates if rest(e)]
 
