@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint e2e bench chromium clean
+.PHONY: run test lint e2e bench chromium wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,13 +35,23 @@ chromium:
 	fi
 	@test -x $(CHROMIUM) || { echo "Chromium is still missing at $(CHROMIUM)" >&2; exit 1; }
 
+# wrk, the load generator of `make bench`, also from Debian.
+wrk:
+	@if ! command -v wrk >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+		else \
+			echo "wrk is missing: run 'sudo apt-get install -y wrk' and try again." >&2; exit 1; \
+		fi; \
+	fi
+
 test: $(STAMP) chromium lint
 	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest
 
 e2e: $(STAMP) chromium
 	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest e2e
 
-bench: $(STAMP)
+bench: $(STAMP) wrk
 	$(BIN)/python -m tests.perf
 	$(BIN)/python -m tests.perf.soak
 
