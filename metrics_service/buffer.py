@@ -51,6 +51,47 @@ def repacked(strings: list[str]) -> list[str]:
     return out
 
 
+def readback(visitor_id: str, event_id: str | None, line: bytes) -> int:
+    """The entry's flags: _HAS_ID, and _ODD when visitor_id / event_id cannot be read back."""
+    # Readable back: the first `key` is followed by the raw value and a quote
+    # (a value JSON had to escape differs from its raw bytes and fails here).
+    flag = 0
+    try:
+        at = line.find(_VISITOR_KEY)
+        ok = (
+            at >= 0
+            and '"' not in visitor_id
+            and line.startswith(visitor_id.encode() + b'"', at + 14)
+        )
+        if event_id is not None:
+            flag = _HAS_ID
+            at = line.find(_EVENT_ID_KEY)
+            ok = (
+                ok
+                and at >= 0
+                and '"' not in event_id
+                and line.startswith(event_id.encode() + b'"', at + 12)
+            )
+    except UnicodeEncodeError:
+        ok = False
+    return flag if ok else flag | _ODD
+
+
+class Columns(NamedTuple):
+    """Entries as columns, oldest first, for Ring.load (a bulk load without tuples).
+
+    flags[i] is _HAS_ID when the line has an event_id, plus _ODD when visitor_id /
+    event_id cannot be read back from the line, in which case odd[i] holds them.
+    """
+
+    seqs: array[int]
+    ts: array[float]
+    events: list[str]
+    flags: bytearray
+    odd: dict[int, tuple[str, str | None]]
+    lines: list[bytes]
+
+
 class _Chunk:
     """CHUNK entries packed into a few flat buffers (~25 bytes each plus the line).
 
@@ -72,43 +113,56 @@ class _Chunk:
     )
 
     def __init__(self, entries: list[Entry]) -> None:
+        flags = bytearray(len(entries))
+        odd: dict[int, tuple[str, str | None]] = {}
+        for i, entry in enumerate(entries):
+            flag = flags[i] = readback(entry.visitor_id, entry.event_id, entry.line)
+            if flag & _ODD:
+                odd[i] = (entry.visitor_id, entry.event_id)
+        self._fill(
+            array("q", [entry.seq for entry in entries]),
+            array("d", [entry.ts for entry in entries]),
+            [entry.event for entry in entries],
+            bytes(flags),
+            odd,
+            [entry.line for entry in entries],
+        )
+
+    @classmethod
+    def packed(
+        cls,
+        seqs: array[int],
+        ts: array[float],
+        events: list[str],
+        flags: bytes,
+        odd: dict[int, tuple[str, str | None]],
+        lines: list[bytes],
+    ) -> _Chunk:
+        """A chunk from columns whose flags are already known (see Columns)."""
+        new = cls.__new__(cls)
+        new._fill(seqs, ts, events, flags, odd, lines)
+        return new
+
+    def _fill(
+        self,
+        seqs: array[int],
+        ts: array[float],
+        events: list[str],
+        flags: bytes,
+        odd: dict[int, tuple[str, str | None]],
+        lines: list[bytes],
+    ) -> None:
         index: dict[str, int] = {}
         names: list[str] = []
         codes = array("H")
-        flags = bytearray(len(entries))
-        odd: dict[int, tuple[str, str | None]] = {}
-        for i, (_, _, event, visitor_id, event_id, line) in enumerate(entries):
+        for event in events:
             code = index.get(event)
             if code is None:
                 code = index[event] = len(names)
                 names.append(event)
             codes.append(code)
-            # Readable back: the first `key` is followed by the raw value and a quote
-            # (a value JSON had to escape differs from its raw bytes and fails here).
-            try:
-                at = line.find(_VISITOR_KEY)
-                ok = (
-                    at >= 0
-                    and '"' not in visitor_id
-                    and line.startswith(visitor_id.encode() + b'"', at + 14)
-                )
-                if event_id is not None:
-                    flags[i] = _HAS_ID
-                    at = line.find(_EVENT_ID_KEY)
-                    ok = (
-                        ok
-                        and at >= 0
-                        and '"' not in event_id
-                        and line.startswith(event_id.encode() + b'"', at + 12)
-                    )
-            except UnicodeEncodeError:
-                ok = False
-            if not ok:
-                flags[i] |= _ODD
-                odd[i] = (visitor_id, event_id)
-        lines = [entry.line for entry in entries]
-        self.seqs = array("q", [entry.seq for entry in entries])
-        self.ts = array("d", [entry.ts for entry in entries])
+        self.seqs = seqs
+        self.ts = ts
         ends = list(accumulate(map(len, lines)))
         self.ends = array("I" if ends[-1] < 2**32 else "Q", ends)
         self.lines = b"".join(lines)
@@ -116,7 +170,7 @@ class _Chunk:
         self.codes = memoryview(self.events).cast("H")
         self.names = names
         self.index = index
-        self.flags = bytes(flags)
+        self.flags = flags
         self.odd = odd
 
     def __len__(self) -> int:
@@ -269,6 +323,31 @@ class Ring:
             counts[name] = counts.get(name, 0) + 1
             if len(hot) >= chunk:
                 self._pack()
+        excess = len(self) - self.capacity
+        if excess > 0:
+            self._evict(excess)
+
+    def load(self, columns: Columns) -> None:
+        """Fill an empty ring from columns, packed straight into chunks (replay)."""
+        if len(self):
+            raise ValueError("load needs an empty ring")
+        seqs, ts, events, flags, odd, lines = columns
+        size = self._chunk
+        for lo in range(0, len(seqs), size):
+            hi = min(lo + size, len(seqs))
+            part = {i - lo: v for i, v in odd.items() if lo <= i < hi}
+            packed = _Chunk.packed(
+                seqs[lo:hi],
+                ts[lo:hi],
+                events[lo:hi],
+                bytes(flags[lo:hi]),
+                part,
+                lines[lo:hi],
+            )
+            self._packed.append(packed)
+            self._packed_len += len(packed)
+        for name, n in Counter(events).items():
+            self._counts[name] = self._counts.get(name, 0) + n
         excess = len(self) - self.capacity
         if excess > 0:
             self._evict(excess)

@@ -46,17 +46,18 @@ class Service:
         config = self.config
         recovery.repair_torn_tail(config.jsonl)
         self.sink.open()
-        found = recovery.replay(
+        found = recovery.load(
             config.jsonl, config.ring_capacity if config.replay else 0
         )
-        self.ring.extend(found.entries)
-        # Only the window's worth: a set never shrinks its table after discards.
-        recent = found.entries[-max(config.dedupe_window, 1) :]
-        ids = [e.event_id for e in recent if e.event_id]
+        self.ring.load(found.columns)
         self.collector.last_seq = found.last_seq
-        # Replay's ~1M tuples and strings are freed before the ring compacts and the
+        # Replay's ~1M line strings are freed before the ring compacts and the
         # ids are copied, or the survivors would pin the freed memory (RSS).
-        del found, recent
+        del found
+        # Only the window's worth: a set never shrinks its table after discards.
+        recent = self.ring.newest(max(config.dedupe_window, 1))
+        ids = [e.event_id for e in reversed(recent) if e.event_id]
+        del recent
         ids = repacked(ids)
         self.ring.compact()
         self.collector.remember(ids)

@@ -9,7 +9,8 @@ import pytest
 from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
-from metrics_service import Config, create_app
+from metrics_service import Config, create_app, recovery
+from metrics_service.buffer import Entry, Ring
 from metrics_service.recovery import repair_torn_tail, replay, reverse_lines
 
 
@@ -182,3 +183,104 @@ def test_interrupted_compression_is_finished_at_start_up(tmp_path: Path) -> None
     ]
     data = gzip.decompress((tmp_path / "m-20260101T000000-1.jsonl.gz").read_bytes())
     assert data == stored(1) + stored(2)
+
+
+def _rows(ring: Ring) -> list[Entry]:
+    return list(ring)
+
+
+MILLIS = [1, 3, 7, 123, 300, 555, 701, 999]
+ODD_LINES = [
+    stored(1),
+    stored(2, event_id="id-2"),
+    b"\n",
+    stored(3, "sign\\u00e9d"),  # escapes in event: the full parse
+    stored(4, "click", event_id='quo"te'),
+    orjson.dumps(
+        {"seq": 5, "timestamp": "2026-01-01T00:00:05.000Z", "event": "a\nb"}
+        | {"visitor_id": 'v"1', "metadata": {}}
+    )
+    + b"\n",
+    stored(6, "été", event_id="ü-6"),  # non-ASCII, no escapes: the fast path
+    stored(7).replace(b'"metadata":{}', b'"metadata":{"event_id":"nested"}'),
+    stored(8).replace(b'"user_agent":null', b'"event":"again"'),  # duplicate key
+    stored(9).replace(b"T00:00:09", b"T25:00:09"),  # no such hour: skipped
+    stored(10).replace(b"2026-01-01T00:00:10", b"2026-02-30T00:00:10"),
+    stored(11)[:-2] + b"\n",  # not closed: skipped
+    b"not json at all\n",
+    stored(12).replace(b"page_view", b"\xff\xfe"),  # invalid UTF-8
+    stored(14, event_id="id-14"),
+    stored(13),  # out of order: sorted by seq
+    stored(15).replace(b'"seq":15', b'"seq":015'),
+    stored(16).replace(b"\n", b"\t\n"),
+    stored(17).replace(b'"event":"page_view"', b'"event" :"page_view"'),
+    stored(18, visitor_id="v\\x"),
+    stored(19),
+    *(stored(20 + i).replace(b".000Z", b".%03dZ" % ms) for i, ms in enumerate(MILLIS)),
+]
+
+
+# Without a backslash or control character a block is read line by line with the
+# regex (the odd lines aside), rather than all by the full parse.
+UNESCAPED = [line for line in ODD_LINES if b"\\" not in line and b"\t" not in line]
+
+
+@pytest.mark.parametrize("lines", [ODD_LINES, UNESCAPED])
+@pytest.mark.parametrize("chunk", [64, 300, 4096, 256 * 1024])
+@pytest.mark.parametrize("count", [1, 2, 5, 9, 15, 100])
+def test_fast_load_equals_the_full_parse(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lines: list[bytes],
+    chunk: int,
+    count: int,
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    sink.write_bytes(b"".join(lines * 3))
+    monkeypatch.setattr(recovery, "CHUNK", chunk)
+    slow = replay(sink, count)
+    fast = recovery.load(sink, count)
+    assert (fast.last_seq, fast.skipped) == (slow.last_seq, slow.skipped)
+    expected, loaded = Ring(1000, chunk=4), Ring(1000, chunk=4)
+    expected.extend(slow.entries)
+    loaded.load(fast.columns)
+    assert _rows(loaded) == _rows(expected)
+    assert loaded.counts() == expected.counts()
+    # Parsed by the full path, the odd lines' entries still come out equal.
+    for entry in _rows(loaded):
+        assert entry == recovery.parse_entry(entry.line)[1]
+
+
+def test_fast_load_reads_escaped_event_and_visitor_like_the_full_parse(
+    tmp_path: Path,
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    line = stored(1, "a\\b", visitor_id='say "hi"', event_id="x\ty")
+    sink.write_bytes(stored(2).replace(b'"seq":2', b'"seq":0') + line)
+    entry = recovery.load(sink, 10).columns
+    ring = Ring(10)
+    ring.load(entry)
+    (only,) = [e for e in ring if e.seq == 1]
+    assert only == recovery.parse_entry(line[:-1])[1]
+    assert (only.event, only.visitor_id, only.event_id) == ("a\\b", 'say "hi"', "x\ty")
+
+
+def test_restart_replays_the_entries_live_ingest_made(tmp_path: Path) -> None:
+    cfg = Config(jsonl=tmp_path / "m.jsonl")
+    app = create_app(cfg)
+    with TestClient(app) as client:
+        for i in range(30):
+            extra: dict[str, object] = {"event_id": f'e-"{i}'} if i % 3 else {}
+            name = ["page_view", "click"][i % 2]
+            visitor = f"visitor\\{i}" if i % 5 == 0 else f"visitor-{i % 4}"
+            body = event(name, visitor_id=visitor, metadata={"k": "\n" * (i % 2)})
+            response = client.post(EVENT_URL, json=body | extra)
+            assert response.status_code == 202
+        live = _rows(app.state.service.ring)
+    again = create_app(cfg)
+    with TestClient(again):
+        replayed = _rows(again.state.service.ring)
+    assert len(live) == 30
+    # Live entries keep the receive time's microseconds, the line only milliseconds.
+    assert [e._replace(ts=0) for e in replayed] == [e._replace(ts=0) for e in live]
+    assert all(0 <= a.ts - b.ts < 0.001 for a, b in zip(live, replayed, strict=True))
