@@ -91,6 +91,23 @@ class Columns(NamedTuple):
     odd: dict[int, tuple[str, str | None]]
     lines: list[bytes]
 
+    def event_ids(self, limit: int) -> list[str]:
+        """The event_ids among the newest `limit` entries, oldest first."""
+        out: list[str] = []
+        flags, odd, lines = self.flags, self.odd, self.lines
+        for i in range(max(len(lines) - limit, 0), len(lines)):
+            if not flags[i] & _HAS_ID:
+                continue
+            if flags[i] & _ODD:
+                event_id = odd[i][1]
+            else:
+                line = lines[i]
+                at = line.find(_EVENT_ID_KEY) + 12
+                event_id = line[at : line.index(b'"', at)].decode()
+            if event_id:  # as replay always did: an empty id is no id
+                out.append(event_id)
+        return out
+
 
 class _Chunk:
     """CHUNK entries packed into a few flat buffers (~25 bytes each plus the line).

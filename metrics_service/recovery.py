@@ -263,10 +263,11 @@ class _Parser:
 
     def block(self, block: bytes) -> tuple[Columns, int, int]:
         """The block's entries (oldest first), its highest seq, and its skipped lines."""
-        try:
-            block.decode()
-        except UnicodeDecodeError:
-            return self._slow(block)
+        if not block.isascii():
+            try:
+                block.decode()
+            except UnicodeDecodeError:
+                return self._slow(block)
         if len(block.translate(None, _ESCAPED)) != len(block):
             return self._slow(block)
         self._seen.clear()

@@ -51,13 +51,11 @@ class Service:
         )
         self.ring.load(found.columns)
         self.collector.last_seq = found.last_seq
+        # Only the window's worth: a set never shrinks its table after discards.
+        ids = found.columns.event_ids(max(config.dedupe_window, 1))
         # Replay's ~1M line strings are freed before the ring compacts and the
         # ids are copied, or the survivors would pin the freed memory (RSS).
         del found
-        # Only the window's worth: a set never shrinks its table after discards.
-        recent = self.ring.newest(max(config.dedupe_window, 1))
-        ids = [e.event_id for e in reversed(recent) if e.event_id]
-        del recent
         ids = repacked(ids)
         self.ring.compact()
         self.collector.remember(ids)

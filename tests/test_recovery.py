@@ -216,6 +216,7 @@ ODD_LINES = [
     stored(17).replace(b'"event":"page_view"', b'"event" :"page_view"'),
     stored(18, visitor_id="v\\x"),
     stored(19),
+    stored(19, event_id=""),
     *(stored(20 + i).replace(b".000Z", b".%03dZ" % ms) for i, ms in enumerate(MILLIS)),
 ]
 
@@ -246,6 +247,9 @@ def test_fast_load_equals_the_full_parse(
     loaded.load(fast.columns)
     assert _rows(loaded) == _rows(expected)
     assert loaded.counts() == expected.counts()
+    for window in (1, 3, 1000):
+        ids = [e.event_id for e in slow.entries[-window:] if e.event_id]
+        assert fast.columns.event_ids(window) == ids
     # Parsed by the full path, the odd lines' entries still come out equal.
     for entry in _rows(loaded):
         assert entry == recovery.parse_entry(entry.line)[1]
