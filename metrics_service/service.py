@@ -49,6 +49,9 @@ class Service:
         found = recovery.load(
             config.jsonl, config.ring_capacity if config.replay else 0
         )
+        # A lifespan run again on the same app (as ASGI test clients do) starts
+        # over from the file, the one source of truth.
+        self.ring.clear()
         self.ring.load(found.columns)
         self.collector.last_seq = found.last_seq
         # Only the window's worth: a set never shrinks its table after discards.

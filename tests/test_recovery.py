@@ -288,3 +288,17 @@ def test_restart_replays_the_entries_live_ingest_made(tmp_path: Path) -> None:
     # Live entries keep the receive time's microseconds, the line only milliseconds.
     assert [e._replace(ts=0) for e in replayed] == [e._replace(ts=0) for e in live]
     assert all(0 <= a.ts - b.ts < 0.001 for a, b in zip(live, replayed, strict=True))
+
+
+def test_a_second_lifespan_on_the_same_app_replays_from_the_file(
+    tmp_path: Path,
+) -> None:
+    app = create_app(Config(jsonl=tmp_path / "m.jsonl"))
+    with TestClient(app) as client:
+        assert client.post(EVENT_URL, json=event()).status_code == 202
+    with TestClient(app) as client:
+        response = client.get(SNAPSHOT_URL)
+        assert response.status_code == 200
+        body = response.json()
+        assert (body["total"], body["last_seq"]) == (1, 1)
+        assert client.post(EVENT_URL, json=event()).json()["seq"] == 2
