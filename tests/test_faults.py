@@ -140,7 +140,7 @@ def test_dev_full_configured_directly(tmp_path: Path) -> None:
 
 @contextlib.contextmanager
 def unprivileged_server(sink_path: Path) -> Iterator[str]:
-    """A collector that folder permissions apply to: as root, it runs as `nobody`."""
+    """A collector that folder permissions apply to, even when the tests run as root."""
     port = free_port()
     env = {
         **os.environ,
@@ -151,9 +151,10 @@ def unprivileged_server(sink_path: Path) -> Iterator[str]:
     }
     command = [sys.executable, "-m", "metrics_service", "serve"]
     if os.geteuid() == 0:
-        # util-linux's setpriv; missing, the test fails rather than skips.
-        drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-        command = drop + command
+        # Root without these capabilities obeys folder modes yet still reads its own
+        # (maybe private) checkout. util-linux's setpriv; missing, the test fails.
+        caps = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
@@ -181,9 +182,6 @@ def test_read_only_folder_answers_503_then_recovers() -> None:
     try:
         os.chmod(folder, 0o755)
         sink_path = folder / "m.jsonl"
-        if os.geteuid() == 0:
-            nobody = int(subprocess.check_output(["id", "-u", "nobody"]))
-            os.chown(folder, nobody, -1)
         with unprivileged_server(sink_path) as url, httpx.Client(base_url=url) as http:
             assert http.post(EVENT_URL, json=event()).status_code == 202
             os.rename(sink_path, folder / "m.jsonl.1")
