@@ -217,6 +217,7 @@ ODD_LINES = [
     stored(18, visitor_id="v\\x"),
     stored(19),
     stored(19, event_id=""),
+    stored(99).replace(b'"metadata":{}', b'"metadata":{]}'),  # broken past the regex
     *(stored(20 + i).replace(b".000Z", b".%03dZ" % ms) for i, ms in enumerate(MILLIS)),
 ]
 
