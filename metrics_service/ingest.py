@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import re
 import time
 import zlib
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -209,7 +211,7 @@ def parse_json(body: bytes, where: str = "") -> Any:
     if not body.strip():
         raise ApiError(400, f"{where}malformed JSON: the body is empty")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         if "UTF-8" in str(exc):
             # orjson says "surrogates not allowed" at char 0 for any bad byte: say where.
@@ -223,6 +225,38 @@ def parse_json(body: bytes, where: str = "") -> Any:
                 ) from None
             raise ApiError(400, f"{where}body is not valid UTF-8: {exc}") from None
         raise ApiError(400, f"{where}malformed JSON: {exc}") from None
+    if _LONG_DIGITS.search(body) is not None:
+        _check_integers(body, where)
+    return value
+
+
+# A 64-bit integer has at most 20 digits; orjson reads a longer one as a float,
+# silently dropping digits, so such bodies are read again by the standard library,
+# which keeps integers exact, to tell a huge integer from digits inside a string.
+_LONG_DIGITS = re.compile(rb"\d{20}")
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def _check_integers(body: bytes, where: str) -> None:
+    try:
+        exact = json.loads(body)
+    except (ValueError, RecursionError):
+        return  # orjson accepted it; nothing here to add
+    stack = [exact]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif type(item) is int and item not in _INT_RANGE:
+            digits = str(item)
+            shown = digits if len(digits) <= 30 else f"{digits[:27]}..."
+            raise ApiError(
+                422,
+                f"{where}integer {shown} ({len(digits.lstrip('-'))} digits) does not "
+                "fit in 64 bits and would lose precision; send it as a string",
+            )
 
 
 def parse_batch(body: bytes, kind: str, max_batch: int) -> list[Any]:

@@ -2,8 +2,8 @@
 
 Decisions this file pins down:
 - duplicate keys in an object: the last one wins (as in orjson, JavaScript and Python);
-- an integer beyond 64 bits is stored as the nearest double (what `JSON.parse` reads);
-  a number beyond the double range (`1e400`) is malformed JSON, 400.
+- an integer beyond 64 bits is refused with 422 (it would silently lose digits); a
+  number beyond the double range (`1e400`) is malformed JSON, 400.
 """
 
 from __future__ import annotations
@@ -162,18 +162,28 @@ def test_duplicate_keys_cannot_smuggle_an_invalid_value(
     assert_nothing_stored(client, config)
 
 
-def test_huge_integers_are_stored_as_the_nearest_double(
+def test_integers_beyond_64_bits_are_422(client: TestClient, config: Config) -> None:
+    body = event_body(b'"x"', b'{"big": [1, {"n": 123456789012345678901234567890}]}')
+    for response in post_both(client, body):
+        assert response.status_code == 422
+        assert "123456789012345678901234567890 (30 digits)" in response.json()["detail"]
+    assert_nothing_stored(client, config)
+
+
+def test_64_bit_integers_and_long_digit_strings_are_kept_exact(
     client: TestClient, config: Config
 ) -> None:
-    body = event_body(
-        b'"x"', b'{"big": 123456789012345678901234567890, "max": 18446744073709551615}'
+    metadata = (
+        b'{"max": 18446744073709551615, "min": -9223372036854775808,'
+        b' "id": "123456789012345678901234567890"}'
     )
-    response = client.post(EVENT_URL, content=body)
+    response = client.post(EVENT_URL, content=event_body(b'"x"', metadata))
     assert response.status_code == 202
     [line] = assert_ring_equals_file(client, config)
     assert line["metadata"] == {
-        "big": 1.2345678901234568e29,
         "max": 18446744073709551615,
+        "min": -9223372036854775808,
+        "id": "123456789012345678901234567890",
     }
 
 
