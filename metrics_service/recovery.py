@@ -184,21 +184,7 @@ def replay(path: Path, count: int) -> Replay:
 
     With count 0 only the last seq is looked up (the newest line that parses).
     """
-    found: list[Entry] = []
-    skipped = 0
-    last_seq = 0
-    for line in newest_lines(path, count):
-        if not line.strip():
-            continue
-        seq, entry = parse_entry(line)
-        if seq is not None and seq > last_seq:
-            last_seq = seq
-        if len(found) >= count and last_seq:
-            break
-        if entry is None:
-            skipped += 1
-        elif len(found) < count:
-            found.append(entry)
+    found, last_seq, skipped = _scan(newest_lines(path, count), count, 0)
     found.reverse()
     # Seq order is ring order; a hand-edited file is the only way to be out of order.
     if any(a.seq >= b.seq for a, b in itertools.pairwise(found)):
