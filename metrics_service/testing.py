@@ -162,6 +162,17 @@ def _by_event(counts: list[dict[str, Any]]) -> str:
     return "{" + ", ".join(f"{c['event']}: {c['count']}" for c in counts) + "}"
 
 
+# The collector as a child process, quiet but for warnings.
+SERVE_ARGV = [
+    sys.executable,
+    "-m",
+    "metrics_service",
+    "serve",
+    "--log-level",
+    "warning",
+]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -196,14 +207,7 @@ class MetricsServer:
             METRICS_JSONL=str(self.jsonl_path),
         )
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "metrics_service",
-                "serve",
-                "--log-level",
-                "warning",
-            ],
+            SERVE_ARGV,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

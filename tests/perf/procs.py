@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metrics_service.testing import SERVE_ARGV
+
 ROOT = Path(__file__).resolve().parents[2]
 WRK_LUA = Path(__file__).with_name("wrk.lua")
 HOST = "127.0.0.1"
@@ -28,14 +30,7 @@ CEILING_ARGV = [
     sys.executable, "-m", "uvicorn", "tests.perf.ceiling:app",
     "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
 ]  # fmt: skip
-SERVICE_ARGV = [
-    sys.executable,
-    "-m",
-    "metrics_service",
-    "serve",
-    "--log-level",
-    "warning",
-]
+SERVICE_ARGV = SERVE_ARGV
 
 
 def free_port() -> int:
