@@ -84,6 +84,37 @@ def test_a_body_that_stops_arriving_times_out(tmp_path: Path) -> None:
     with pytest.raises(BodyTimeout) as caught:
         run(app, scope(), [piece])
     assert caught.value.status_code == 408
+    assert caught.value.headers == {"Connection": "close"}
+    assert "did not arrive within 0.05 s" in caught.value.detail
+
+
+def test_waiting_for_the_disconnect_after_the_body_is_not_timed(
+    tmp_path: Path,
+) -> None:
+    async def listens(scope: Scope, receive: Receive, send: Send) -> None:
+        await receive()  # the (empty) body
+        await asyncio.sleep(0.1)  # longer than the deadline
+        message = await receive()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": message["type"].encode()})
+
+    sent: list[Message] = []
+    queue: list[Message] = [{"type": "http.request", "body": b""}]
+
+    async def receive() -> Message:
+        if queue:
+            return queue.pop(0)
+        await asyncio.sleep(0.01)  # really waits, past the deadline
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    app = Edge(listens, config=Config(jsonl=tmp_path / "m.jsonl", body_timeout=0.05))
+    stream = {**scope(), "method": "GET", "path": "/api/metrics/behavior/stream"}
+    asyncio.run(asyncio.wait_for(app(stream, receive, send), 10))
+    assert sent[0]["status"] == 200
+    assert sent[1]["body"] == b"http.disconnect"
 
 
 def test_a_client_that_left_mid_body_ends_quietly(tmp_path: Path) -> None:
