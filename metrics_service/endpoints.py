@@ -140,18 +140,6 @@ def parse_limit(request: Request, capacity: int) -> int:
     return min(limit, capacity)
 
 
-def reject_unknown_params(request: Request, known: set[str]) -> None:
-    unknown = sorted(set(request.query_params.keys()) - known)
-    if unknown:
-        raise ApiError(
-            422,
-            [
-                {"loc": ["query", name], "msg": f"unknown parameter {name!r}"}
-                for name in unknown
-            ],
-        )
-
-
 def sink_bytes(service: Service) -> int:
     try:
         return os.stat(service.config.jsonl).st_size
