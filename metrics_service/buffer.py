@@ -5,7 +5,8 @@ import math
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator
-from itertools import accumulate
+from itertools import accumulate, islice
+from operator import itemgetter
 from typing import NamedTuple
 
 import orjson
@@ -35,6 +36,7 @@ _VISITOR_KEY = b'"visitor_id":"'  # 14 bytes
 _EVENT_ID_KEY = b'"event_id":"'  # 12 bytes
 _STEP = 256  # entries rebuilt at a time when walking backwards
 _new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
+_EVENT = itemgetter(2)  # Entry.event
 
 
 def repacked(strings: list[str]) -> list[str]:
@@ -75,6 +77,13 @@ def readback(visitor_id: str, event_id: str | None, line: bytes) -> int:
     except UnicodeEncodeError:
         ok = False
     return flag if ok else flag | _ODD
+
+
+def _verbatim(visitor_ids: tuple[str, ...], event_ids: tuple[str | None, ...]) -> bool:
+    """True when no value has a character JSON escapes: each is its raw bytes in the line."""
+    values = "".join(visitor_ids) + "".join(filter(None, event_ids))
+    # isprintable() is false for every control character (and a few harmless others).
+    return '"' not in values and "\\" not in values and values.isprintable()
 
 
 class Columns(NamedTuple):
@@ -129,20 +138,26 @@ class _Chunk:
         "ts",
     )
 
-    def __init__(self, entries: list[Entry]) -> None:
-        flags = bytearray(len(entries))
+    def __init__(self, entries: list[Entry], *, written: bool = False) -> None:
+        """`written`: the lines are the collector's, whose first `"visitor_id":"` and
+        `"event_id":"` are the real keys, so only the values need checking."""
+        seqs, ts, events, visitor_ids, event_ids, lines = zip(*entries, strict=True)
         odd: dict[int, tuple[str, str | None]] = {}
-        for i, entry in enumerate(entries):
-            flag = flags[i] = readback(entry.visitor_id, entry.event_id, entry.line)
-            if flag & _ODD:
-                odd[i] = (entry.visitor_id, entry.event_id)
+        flags: bytes | bytearray
+        if written and _verbatim(visitor_ids, event_ids):
+            if None not in event_ids:
+                flags = bytes([_HAS_ID]) * len(entries)
+            else:
+                flags = bytes([event_id is not None for event_id in event_ids])
+        else:
+            flags = bytearray(len(entries))
+            for i, entry in enumerate(entries):
+                flag = flags[i] = readback(entry.visitor_id, entry.event_id, entry.line)
+                if flag & _ODD:
+                    odd[i] = (entry.visitor_id, entry.event_id)
+            flags = bytes(flags)
         self._fill(
-            array("q", [entry.seq for entry in entries]),
-            array("d", [entry.ts for entry in entries]),
-            [entry.event for entry in entries],
-            bytes(flags),
-            odd,
-            [entry.line for entry in entries],
+            array("q", seqs), array("d", ts), list(events), flags, odd, list(lines)
         )
 
     @classmethod
@@ -169,15 +184,9 @@ class _Chunk:
         odd: dict[int, tuple[str, str | None]],
         lines: list[bytes],
     ) -> None:
-        index: dict[str, int] = {}
-        names: list[str] = []
-        codes = array("H")
-        for event in events:
-            code = index.get(event)
-            if code is None:
-                code = index[event] = len(names)
-                names.append(event)
-            codes.append(code)
+        names = list(dict.fromkeys(events))
+        index = {name: code for code, name in enumerate(names)}
+        codes = array("H", map(index.__getitem__, events))
         self.seqs = seqs
         self.ts = ts
         ends = list(accumulate(map(len, lines)))
@@ -330,16 +339,17 @@ class Ring:
             for hi in range(len(chunk), lower, -_STEP):
                 yield from reversed(chunk.slice(max(lower, hi - _STEP), hi))
 
-    def extend(self, entries: Iterable[Entry]) -> None:
+    def extend(self, entries: Iterable[Entry], *, written: bool = False) -> None:
+        """Add entries, newest last; `written` as for _Chunk (the collector's lines)."""
         hot = self._hot
+        added = len(hot)
+        hot.extend(entries)
         counts = self._counts
-        chunk = self._chunk
-        for entry in entries:
-            hot.append(entry)
-            name = entry.event
-            counts[name] = counts.get(name, 0) + 1
-            if len(hot) >= chunk:
-                self._pack()
+        # Counter counts in C; a group has a handful of names.
+        for name, n in Counter(map(_EVENT, islice(hot, added, None))).items():
+            counts[name] = counts.get(name, 0) + n
+        while len(hot) >= self._chunk:
+            self._pack(written)
         excess = len(self) - self.capacity
         if excess > 0:
             self._evict(excess)
@@ -350,15 +360,17 @@ class Ring:
             raise ValueError("load needs an empty ring")
         seqs, ts, events, flags, odd, lines = columns
         size = self._chunk
+        parts: dict[int, dict[int, tuple[str, str | None]]] = {}
+        for i, value in odd.items():
+            parts.setdefault(i // size, {})[i % size] = value
         for lo in range(0, len(seqs), size):
-            hi = min(lo + size, len(seqs))
-            part = {i - lo: v for i, v in odd.items() if lo <= i < hi}
+            hi = lo + size
             packed = _Chunk.packed(
                 seqs[lo:hi],
                 ts[lo:hi],
                 events[lo:hi],
                 bytes(flags[lo:hi]),
-                part,
+                parts.get(lo // size, {}),
                 lines[lo:hi],
             )
             self._packed.append(packed)
@@ -369,9 +381,9 @@ class Ring:
         if excess > 0:
             self._evict(excess)
 
-    def _pack(self) -> None:
-        packed = _Chunk(list(self._hot))
-        self._hot.clear()
+    def _pack(self, written: bool = False) -> None:
+        hot = self._hot
+        packed = _Chunk([hot.popleft() for _ in range(self._chunk)], written=written)
         self._packed.append(packed)
         self._packed_len += len(packed)
         # Keep memory bounded while a long extend() (replay) runs.

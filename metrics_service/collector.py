@@ -5,6 +5,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import compress, repeat
 from typing import NamedTuple
 
 from .buffer import Entry, Ring
@@ -12,15 +13,35 @@ from .config import FsyncPolicy
 from .sink import Sink, SinkError
 
 
-class Record(NamedTuple):
-    """A validated event waiting for its seq: the line is `{"seq":…,"received_at":…,` + body."""
+class Group(NamedTuple):
+    """One request's accepted events as columns, oldest first, waiting for their seqs.
 
-    ts: float
-    event: str
-    visitor_id: str
-    event_id: str | None
+    A stored line is `{"seq":…,"received_at":"<received>",` + head + body; the body
+    runs from its first key to the closing brace.
+    """
+
     received: bytes  # received_at, ISO-8601 with Z
-    body: bytes  # the rest of the JSON object, from `"timestamp"` to the closing brace
+    ts: list[float]  # `timestamp` as Unix seconds
+    events: list[str]
+    visitor_ids: list[str]
+    event_ids: list[str | None]
+    heads: list[bytes]
+    bodies: list[bytes]
+
+    def select(self, keep: list[bool]) -> Group:
+        """The group without the events whose `keep` is false."""
+        return Group(
+            self.received,
+            list(compress(self.ts, keep)),
+            list(compress(self.events, keep)),
+            list(compress(self.visitor_ids, keep)),
+            list(compress(self.event_ids, keep)),
+            list(compress(self.heads, keep)),
+            list(compress(self.bodies, keep)),
+        )
+
+
+_LINE = b'{"seq":%d,"received_at":"%s",%s%s'
 
 
 class Outcome(NamedTuple):
@@ -38,7 +59,7 @@ Listener = Callable[[list[Entry]], None]
 class Collector:
     """Gives accepted records their seqs and writes them: file first, then ring, then listeners.
 
-    Records submitted while the loop is busy share one write() (group commit); a
+    Groups submitted while the loop is busy share one write() (group commit); a
     request's await returns only once the write holding its lines has returned.
     """
 
@@ -62,7 +83,7 @@ class Collector:
         self.duplicates = 0
         self.fsync_seconds = 0.0
         self._listeners: list[Listener] = []
-        self._pending: list[tuple[list[Record], asyncio.Future[Outcome]]] = []
+        self._pending: list[tuple[Group, asyncio.Future[Outcome]]] = []
         self._scheduled = False
         self._busy = False
         self._idle = asyncio.Event()
@@ -87,27 +108,51 @@ class Collector:
         if self._dedupe_window <= 0:
             return
         seen, order = self._seen_ids, self._seen_order
-        for event_id in event_ids:
-            if event_id not in seen:
-                seen.add(event_id)
-                order.append(event_id)
-        while len(order) > self._dedupe_window:
-            seen.discard(order.popleft())
+        fresh = [
+            event_id for event_id in dict.fromkeys(event_ids) if event_id not in seen
+        ]
+        seen.update(fresh)
+        order.extend(fresh)
+        excess = len(order) - self._dedupe_window
+        if excess > 0:
+            popleft = order.popleft
+            seen.difference_update([popleft() for _ in range(excess)])
 
-    async def submit(self, records: list[Record]) -> Outcome:
-        """Store `records` in order, all or nothing; raises SinkError when the write fails."""
-        return await self.enqueue(records)
+    async def submit(self, group: Group) -> Outcome:
+        """Store the group's events in order, all or nothing; raises SinkError when the
+        write fails. Events whose event_id was seen are counted as duplicates instead."""
+        return await self.enqueue(group)
 
-    def enqueue(self, records: list[Record]) -> asyncio.Future[Outcome]:
+    def enqueue(self, group: Group) -> asyncio.Future[Outcome]:
         """As submit(), as a future to await: one coroutine frame less on the hot path."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
-        self._pending.append((records, future))
+        self._pending.append((group, future))
         self._idle.clear()
         if not self._scheduled and not self._busy:
             self._scheduled = True
             loop.call_soon(self._flush)
         return future
+
+    def _unseen(self, group: Group, taken: dict[str, None]) -> list[bool] | None:
+        """Which events to keep, or None for all: an event_id seen before, or earlier
+        in this flush (`taken`), makes its event a duplicate."""
+        ids = [event_id for event_id in group.event_ids if event_id is not None]
+        seen = self._seen_ids
+        if (
+            seen.isdisjoint(ids)
+            and taken.keys().isdisjoint(ids)
+            and len(set(ids)) == len(ids)
+        ):
+            taken.update(dict.fromkeys(ids))
+            return None
+        keep: list[bool] = []
+        for event_id in group.event_ids:
+            fresh = event_id is None or not (event_id in seen or event_id in taken)
+            if event_id is not None:
+                taken[event_id] = None
+            keep.append(fresh)
+        return keep
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -119,26 +164,41 @@ class Collector:
         lines: list[bytes] = []
         entries: list[Entry] = []
         outcomes: list[Outcome] = []
-        ids: list[str] = []
-        group_ids: set[str] = set()
+        taken: dict[str, None] = {}  # event_ids stored by this flush, in order
         dedupe = self._dedupe_window > 0
-        seen = self._seen_ids
-        add_line, add_entry = lines.append, entries.append
-        for records, _ in pending:
-            first = seq + 1
+        new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
+        for group, _ in pending:
             duplicates = 0
-            for ts, event, visitor_id, event_id, received, body in records:
-                if dedupe and event_id is not None:
-                    if event_id in seen or event_id in group_ids:
-                        duplicates += 1
-                        continue
-                    group_ids.add(event_id)
-                    ids.append(event_id)
-                seq += 1
-                line = b'{"seq":%d,"received_at":"%s",%s' % (seq, received, body)
-                add_line(line)
-                add_entry(Entry(seq, ts, event, visitor_id, event_id, line))
-            stored = seq - first + 1
+            if dedupe:
+                keep = self._unseen(group, taken)
+                if keep is not None:
+                    duplicates = keep.count(False)
+                    group = group.select(keep)
+            first = seq + 1
+            stored = len(group.bodies)
+            seq += stored
+            seqs = range(first, seq + 1)
+            # map() and zip() keep the per-event work in C.
+            more = list(
+                map(
+                    _LINE.__mod__,
+                    zip(seqs, repeat(group.received), group.heads, group.bodies),
+                )
+            )
+            lines += more
+            entries += map(
+                new,
+                repeat(Entry),
+                zip(
+                    seqs,
+                    group.ts,
+                    group.events,
+                    group.visitor_ids,
+                    group.event_ids,
+                    more,
+                    strict=True,
+                ),
+            )
             outcomes.append(
                 Outcome(
                     stored,
@@ -163,8 +223,8 @@ class Collector:
             self.error = None
             self.last_seq = seq
             self.accepted += len(entries)
-            self.remember(ids)
-            self.ring.extend(entries)
+            self.remember(list(taken))
+            self.ring.extend(entries, written=True)
             for listener in list(self._listeners):
                 try:
                     listener(entries)
@@ -185,7 +245,7 @@ class Collector:
 
     async def _fsync_then_answer(
         self,
-        pending: list[tuple[list[Record], asyncio.Future[Outcome]]],
+        pending: list[tuple[Group, asyncio.Future[Outcome]]],
         outcomes: list[Outcome],
     ) -> None:
         try:
@@ -251,7 +311,7 @@ class Collector:
 
 
 def _answer(
-    pending: list[tuple[list[Record], asyncio.Future[Outcome]]],
+    pending: list[tuple[Group, asyncio.Future[Outcome]]],
     outcomes: list[Outcome],
 ) -> None:
     for (_, future), outcome in zip(pending, outcomes, strict=True):

@@ -9,12 +9,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from . import plain
 from .collector import Outcome
 from .errors import ApiError
 from .filters import parse_filters
 from .ingest import (
     ACCEPTED_TYPES,
     BATCH_TYPES,
+    NDJSON_TYPES,
     check_events,
     media_type,
     parse_batch,
@@ -22,7 +24,7 @@ from .ingest import (
     read_body,
     read_head,
     received_now,
-    to_records,
+    to_group,
 )
 from .responses import JSONResponse
 from .service import VERSION, Service
@@ -74,23 +76,39 @@ class Ingest:
         batch = self.batch
         check_media_type(kind, BATCH_TYPES if batch else ACCEPTED_TYPES)
         body = await read_body(head, receive, config.max_body_bytes)
-        if batch:
-            objs = parse_batch(body, kind, config.max_batch)
-        else:
-            objs = [parse_json(body)]
-        events = check_events(objs, service.policy, config.max_event_bytes, batch=batch)
-        # store() inlined: one coroutine frame less per request.
-        records, sampled_out = to_records(
-            events,
-            service.policy,
-            received=received_now(),
-            header_user_agent=head.user_agent,
-            batch=batch,
-        )
-        service.sampled_out += sampled_out
-        if records:
+        policy = service.policy
+        received = received_now()
+        group = None
+        if policy.plain and kind not in NDJSON_TYPES:
+            group = plain.group(
+                body,
+                batch=batch,
+                max_batch=config.max_batch,
+                max_event_bytes=config.max_event_bytes,
+                received=received.iso,
+                stamp=received.text,
+                ts=received.ts,
+                header_user_agent=head.user_agent,
+            )
+        sampled_out = 0
+        if group is None:
+            # The full way: pydantic, the policy, and every message a client may need.
+            if batch:
+                objs = parse_batch(body, kind, config.max_batch)
+            else:
+                objs = [parse_json(body)]
+            events = check_events(objs, policy, config.max_event_bytes, batch=batch)
+            group, sampled_out = to_group(
+                events,
+                policy,
+                received=received,
+                header_user_agent=head.user_agent,
+                batch=batch,
+            )
+            service.sampled_out += sampled_out
+        if group.bodies:
             try:
-                outcome = await service.collector.enqueue(records)
+                outcome = await service.collector.enqueue(group)
             except SinkError as exc:
                 raise ApiError(503, str(exc)) from None
         else:

@@ -31,12 +31,18 @@ class Policy:
     checks: bool = dataclasses.field(init=False, repr=False, compare=False)
     samples: bool = dataclasses.field(init=False, repr=False, compare=False)
     redacts: bool = dataclasses.field(init=False, repr=False, compare=False)
+    plain: bool = dataclasses.field(
+        init=False, repr=False, compare=False
+    )  # none of them
 
     def __post_init__(self) -> None:
         checks = self.allowed is not None or bool(self.required)
         object.__setattr__(self, "checks", checks)
         object.__setattr__(self, "samples", bool(self.sample))
         object.__setattr__(self, "redacts", bool(self.redact_keys))
+        object.__setattr__(
+            self, "plain", not (checks or self.sample or self.redact_keys)
+        )
 
     @classmethod
     def from_config(cls, config: Config) -> Policy:

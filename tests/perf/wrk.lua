@@ -23,6 +23,17 @@ local function one()
   return (template:gsub("@ID@", id))
 end
 
+-- A batch is built once with "@REQ@-NNNN" ids, so each request costs one gsub:
+-- 100 gsubs per request made wrk, not the server, the bottleneck.
+local batch_template = nil
+if template and batch > 0 then
+  local parts = {}
+  for i = 1, batch do
+    parts[i] = template:gsub("@ID@", string.format("@REQ@%04d", i))
+  end
+  batch_template = "[" .. table.concat(parts, ",") .. "]"
+end
+
 function request()
   if template == nil then
     return wrk.format()
@@ -30,11 +41,9 @@ function request()
   if batch == 0 then
     return wrk.format(nil, nil, nil, one())
   end
-  local parts = {}
-  for i = 1, batch do
-    parts[i] = one()
-  end
-  return wrk.format(nil, nil, nil, "[" .. table.concat(parts, ",") .. "]")
+  counter = counter + 1
+  local prefix = string.format("%s-0000-4000-8000-%08d", run, counter)
+  return wrk.format(nil, nil, nil, (batch_template:gsub("@REQ@", prefix)))
 end
 
 function done(summary, latency, requests)
