@@ -8,14 +8,14 @@ import itertools
 import logging
 import operator
 import os
-import re
 import stat
 from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Annotated, BinaryIO, NamedTuple
 
+import msgspec
 import orjson
 
 from .buffer import Columns, Entry, readback
@@ -192,19 +192,29 @@ def replay(path: Path, count: int) -> Replay:
     return Replay(found, last_seq, skipped)
 
 
-# The start of a line as the service writes it (see ingest.to_record). Blocks with a
-# backslash or a control character anywhere get the full parse, so here strings are
-# their raw bytes and every key is spelled out.
-_LINE = re.compile(
-    rb'\{"seq":([1-9][0-9]{0,17}),"received_at":"[^"]*",'
-    rb'"timestamp":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})'
-    rb'\.([0-9]{3})Z","event":"([^"]*)","visitor_id":"[^"]*"'
-    rb'(,"event_id":"[^"]*")?,"metadata":'
-)
-_LINES = re.compile(b"^" + _LINE.pattern, re.MULTILINE)
-_ESCAPED = bytes([*range(10), *range(11, 32), 92])  # controls but newline, backslash
-_UNSEEN = -(1 << 64)  # below any epoch second
-_KEYS = (b'"seq"', b'"timestamp"', b'"event"', b'"visitor_id"', b'"event_id"')
+_STAMP = 24  # "YYYY-MM-DDTHH:MM:SS.mmmZ"
+
+
+class _Head(msgspec.Struct, gc=False):
+    """What the ring needs of a stored line; the rest is checked as JSON and skipped."""
+
+    seq: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    timestamp: Annotated[str, msgspec.Meta(min_length=_STAMP, max_length=_STAMP)]
+    event: str
+    visitor_id: str
+    event_id: str | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Head)
+_SHAPE = b"0000-00-00T00:00:00.000Z"
+_ZEROS = bytes.maketrans(b"123456789", b"000000000")
+_SECOND_DIGITS = (8, 9, 11, 12, 14, 15, 17, 18)  # DDHHMMSS
+_MILLI_DIGITS = (20, 21, 22)
+_MILLIS = {int.from_bytes(b"%03d" % ms, "little"): ms for ms in range(1000)}
+_fields = operator.attrgetter("seq", "timestamp", "event", "event_id")
+_visitor_id = operator.attrgetter("visitor_id")
+_first = operator.itemgetter(0)
+_last = operator.itemgetter(-1)
 
 
 class Loaded(NamedTuple):
@@ -239,136 +249,105 @@ def _extend(columns: Columns, more: Columns) -> None:
 
 
 class _Parser:
-    """Blocks of whole lines into columns: the regex for lines shaped as the service
-    writes them, parse_entry for any other line (the same result, slower)."""
+    """Blocks of whole lines into columns: one msgspec call per block, or parse_entry
+    line by line for a block that has any line it rejects (the same result, slower)."""
 
     def __init__(self) -> None:
-        self.seconds: dict[bytes, int | None] = {}  # "YYYY-MM-DDTHH:MM:SS" → epoch
-        self.names: dict[bytes, str] = {}
-        self._seen = bytearray()  # the block's lines that got the full parse
+        self.seconds: dict[bytes, dict[int, int]] = {}  # "YYYY-MM" → code → epoch ms
 
     def block(self, block: bytes) -> tuple[Columns, int, int]:
         """The block's entries (oldest first), its highest seq, and its skipped lines."""
-        if not block.isascii():
-            try:
-                block.decode()
-            except UnicodeDecodeError:
-                return self._slow(block)
-        if len(block.translate(None, _ESCAPED)) != len(block):
-            return self._slow(block)
-        # The regex reads only the fields before "metadata"; one C-level parse of
-        # the whole block proves the rest is JSON too, or every line gets the full
-        # parse, so a hand-edited broken line is never served from the ring.
-        try:
-            orjson.loads(b"[" + block.rstrip(b"\n").replace(b"\n", b",") + b"]")
-        except orjson.JSONDecodeError:
-            return self._slow(block)
-        self._seen.clear()
-        whole = self._whole(block)
-        if whole is not None:
-            return whole
-        out = _empty()
-        seqs, ts, events, flags, lines = (
-            out.seqs,
-            out.ts,
-            out.events,
-            out.flags,
-            out.lines,
-        )
-        seconds, names = self.seconds, self.names
-        match_at, find = _LINE.match, block.find
-        odd: list[bytes] = []  # lines for the full parse
-        pos = 0
-        fast = ids = 0
-        top = skipped = 0
-        size = len(block)
-        while pos < size:
-            end = find(b"\n", pos)
-            match = match_at(block, pos, end)
-            if match is None or block[end - 1] != 125:  # "}"
-                odd.append(block[pos:end])
-                pos = end + 1
-                continue
-            seq, second, milli, event, event_id = match.groups()
-            base = seconds.get(second, _UNSEEN)
-            if base == _UNSEEN:
-                base = seconds[second] = _epoch(second)
-            if base is None:
-                odd.append(block[pos:end])
-                pos = end + 1
-                continue
-            if odd:
-                top, skipped = self._slow_lines(odd, out, top, skipped)
-            seqs.append(int(seq))
-            ts.append((base * 1000 + int(milli)) / 1000)
-            name = names.get(event)
-            if name is None:
-                name = names[event] = event.decode()
-            events.append(name)
-            if event_id is None:
-                flags.append(0)
-            else:
-                flags.append(1)  # buffer._HAS_ID
-                ids += 1
-            lines.append(block[pos:end])
-            pos = end + 1
-            fast += 1
-        if odd:
-            top, skipped = self._slow_lines(odd, out, top, skipped)
-        for key in _KEYS:
-            expected = ids if key == b'"event_id"' else fast
-            if block.count(key) != expected + self._seen.count(key):
-                return self._slow(block)
-        if seqs:
-            top = max(top, max(seqs))
-        return out, top, skipped
-
-    def _whole(self, block: bytes) -> tuple[Columns, int, int] | None:
-        """The common case, every line shaped as the service writes it, with no
-        Python-level loop over the lines; None when some line is not."""
-        found = _LINES.findall(block)
         lines = block[:-1].split(b"\n")
-        count = len(found)
-        if not count or count != len(lines) or count != block.count(b"}\n"):
-            return None
-        ids = count - [row[4] for row in found].count(b"")
-        # A key again anywhere (even nested) means the full parse, where the last
-        # duplicate wins; `"event` counts both "event" and "event_id".
-        if block.count(b'"event') != count + ids:
-            return None
-        for key in (b'"seq"', b'"timestamp"', b'"visitor_id"'):
-            if block.count(key) != count:
-                return None
-        seq_texts, seconds_texts, millis, names, event_ids = zip(*found, strict=True)
-        seconds = self.seconds
-        for second in set(seconds_texts).difference(seconds):
-            seconds[second] = _epoch(second)
-        bases = list(map(seconds.__getitem__, seconds_texts))
-        if None in bases:
-            return None
-        known = self.names
-        for name in set(names).difference(known):
-            known[name] = name.decode()
-        seqs = array("q", map(int, seq_texts))
-        ts = array(
-            "d",
-            [(b * 1000 + int(m)) / 1000 for b, m in zip(bases, millis, strict=True)],  # type: ignore[operator]
-        )
-        out = Columns(
-            seqs,
-            ts,
-            list(map(known.__getitem__, names)),
-            bytearray(map(bool, event_ids)),  # buffer._HAS_ID or 0
-            {},
-            lines,
-        )
-        return out, max(seqs), 0
+        try:
+            if not block.isascii():
+                block.decode()  # orjson would reject the line: so must we
+            heads = _DECODER.decode_lines(block)
+        except (UnicodeDecodeError, msgspec.DecodeError):  # incl. ValidationError
+            return self._slow(lines)
+        columns = self._columns(block, lines, heads)
+        if columns is None:
+            return self._slow(lines)
+        return columns, max(columns.seqs), 0
 
-    def _slow_lines(
-        self, slow: list[bytes], out: Columns, top: int, skipped: int
-    ) -> tuple[int, int]:
-        self._seen += b"\n".join(slow)
-        for line in slow:
+    def _columns(
+        self, block: bytes, lines: list[bytes], heads: list[_Head]
+    ) -> Columns | None:
+        """The columns, or None when a line needs parse_entry's judgement."""
+        count = len(heads)
+        # Every line opening with "{" and closing with "}" means no value spans a
+        # newline, so with as many values as lines each line is one JSON object.
+        try:
+            if count != len(lines) or bytes(map(_first, lines)) != b"{" * count:
+                return None
+            if bytes(map(_last, lines)) != b"}" * count:
+                return None
+        except IndexError:  # a blank line
+            return None
+        seqs, stamps, events, event_ids = zip(*map(_fields, heads), strict=True)
+        ts = self._times(stamps)
+        if ts is None:
+            return None
+        flags = bytearray(map(operator.is_not, event_ids, itertools.repeat(None)))
+        odd: dict[int, tuple[str, str | None]] = {}
+        # The ring reads visitor_id / event_id back from the first `"visitor_id":"`
+        # / `"event_id":"` of a line. With no backslash, each line holding just the
+        # one `"visitor_id"` and (if set) `"event_id"` string, and each followed by
+        # `:"`, those are the top-level keys with their raw values.
+        keys = count + flags.count(1)
+        if (
+            b"\\" in block
+            or block.count(b'_id"') != keys
+            or block.count(b'_id":"') != keys
+        ):
+            visitor_ids = list(map(_visitor_id, heads))
+            flags = bytearray(map(readback, visitor_ids, event_ids, lines))
+            for i, flag in enumerate(flags):
+                if flag & 2:  # buffer._ODD
+                    odd[i] = (visitor_ids[i], event_ids[i])
+        return Columns(array("q", seqs), ts, list(events), flags, odd, lines)
+
+    def _times(self, stamps: tuple[str, ...]) -> array[float] | None:
+        """Unix seconds for "YYYY-MM-DDTHH:MM:SS.mmmZ" stamps; None if one is not one.
+
+        Done on the stamps' bytes at once: each second and millisecond becomes an
+        int code (its digits' bytes) looked up in a small table.
+        """
+        count = len(stamps)
+        raw = "".join(stamps).encode()
+        # 24 characters each (msgspec checked), so as many bytes means ASCII.
+        if len(raw) != _STAMP * count or raw.translate(_ZEROS) != _SHAPE * count:
+            return None
+        month = raw[:7]
+        if any(raw[k::_STAMP] != month[k : k + 1] * count for k in range(7)):
+            return None  # a block spanning two months: rare enough to parse slowly
+        seconds = self.seconds.setdefault(month, {})
+        wide = bytearray(8 * count)
+        for j, k in enumerate(_SECOND_DIGITS):
+            wide[j::8] = raw[k::_STAMP]
+        codes = array("Q")
+        codes.frombytes(wide)
+        for code in set(codes).difference(seconds):
+            epoch = _epoch(month, code.to_bytes(8, "little"))
+            if epoch is None:
+                return None
+            seconds[code] = epoch * 1000
+        narrow = bytearray(4 * count)
+        for j, k in enumerate(_MILLI_DIGITS):
+            narrow[j::4] = raw[k::_STAMP]
+        millis = array("I")
+        millis.frombytes(narrow)
+        total = map(
+            operator.add,
+            map(seconds.__getitem__, codes),
+            map(_MILLIS.__getitem__, millis),
+        )
+        # An exact integer over 1000 rounds just as datetime.timestamp() does.
+        return array("d", map(operator.truediv, total, itertools.repeat(1000)))
+
+    def _slow(self, lines: list[bytes]) -> tuple[Columns, int, int]:
+        out = _empty()
+        top = skipped = 0
+        for line in lines:
             if not line.strip():
                 continue
             seq, entry = parse_entry(line)
@@ -378,21 +357,17 @@ class _Parser:
                 skipped += 1
             else:
                 _add_entry(out, entry)
-        slow.clear()
-        return top, skipped
-
-    def _slow(self, block: bytes) -> tuple[Columns, int, int]:
-        out = _empty()
-        top, skipped = self._slow_lines(block[:-1].split(b"\n"), out, 0, 0)
         return out, top, skipped
 
 
-def _epoch(second: bytes) -> int | None:
+def _epoch(month: bytes, digits: bytes) -> int | None:
+    """Epoch seconds of "YYYY-MM" and "DDHHMMSS", or None when there is no such time."""
+    day, hour, minute, second = (digits[i : i + 2].decode() for i in (0, 2, 4, 6))
+    stamp = f"{month.decode()}-{day}T{hour}:{minute}:{second}+00:00"
     try:
-        moment = dt.datetime.fromisoformat(second.decode() + "+00:00")
+        return int(dt.datetime.fromisoformat(stamp).timestamp())
     except ValueError:
         return None
-    return int(moment.timestamp())
 
 
 def _reverse_blocks(path: Path) -> Iterator[bytes]:
@@ -446,9 +421,8 @@ def _scan(
 def load(path: Path, count: int) -> Loaded:
     """replay() as columns for Ring.load, with the same entries, seq and skipped count.
 
-    Lines shaped as the service writes them are read a block at a time with one
-    regex, once one parse of the whole block has shown it is all JSON; any other
-    line gets the full parse.
+    A block of lines is decoded by one msgspec call, which checks every line is
+    JSON; a block with a line it rejects gets the full parse, line by line.
     """
     if count <= 0:
         found = replay(path, count)

@@ -303,3 +303,141 @@ def test_a_second_lifespan_on_the_same_app_replays_from_the_file(
         body = response.json()
         assert (body["total"], body["last_seq"]) == (1, 1)
         assert client.post(EVENT_URL, json=event()).json()["seq"] == 2
+
+
+def _load_like_replay(sink: Path, monkeypatch: pytest.MonkeyPatch) -> list[Entry]:
+    """recovery.load() into a ring, checked against replay() and the full parse, with
+    the whole file as one block and with (about) a block per line."""
+    slow = replay(sink, 100)
+    for chunk in (256 * 1024, 64):
+        monkeypatch.setattr(recovery, "CHUNK", chunk)
+        fast = recovery.load(sink, 100)
+        assert (fast.last_seq, fast.skipped) == (slow.last_seq, slow.skipped)
+        ring = Ring(1000, chunk=4)
+        ring.load(fast.columns)
+        rows = _rows(ring)
+        assert rows == slow.entries
+        for entry in rows:
+            assert entry == recovery.parse_entry(entry.line)[1]
+    return rows
+
+
+def test_clean_blocks_take_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    lines = [stored(i, event_id=f"id-{i}" if i % 2 else None) for i in range(1, 40)]
+    sink.write_bytes(b"".join(lines).replace(b',"event_id":null', b""))
+    expected = replay(sink, 100).entries
+    monkeypatch.setattr(recovery, "CHUNK", 300)
+
+    def no_full_parse(line: bytes) -> object:
+        raise AssertionError(line)
+
+    monkeypatch.setattr(recovery, "parse_entry", no_full_parse)
+    found = recovery.load(sink, 100)
+    assert (found.last_seq, found.skipped, found.columns.odd) == (39, 0, {})
+    ring = Ring(100)
+    ring.load(found.columns)
+    assert _rows(ring) == expected
+
+
+def test_a_block_msgspec_rejects_still_loads_its_good_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    bad = stored(2).replace(b'"seq":2', b'"seq":"2"')
+    sink.write_bytes(stored(1) + bad + stored(3) + b"{}\n" + stored(4))
+    rows = _load_like_replay(sink, monkeypatch)
+    assert [e.seq for e in rows] == [1, 3, 4]
+
+
+def test_duplicate_top_level_visitor_id_keeps_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    twice = stored(2).replace(b'"metadata"', b'"visitor_id":"second","metadata"')
+    sink.write_bytes(stored(1) + twice + stored(3))
+    rows = _load_like_replay(sink, monkeypatch)
+    assert [e.visitor_id for e in rows] == ["visitor-1", "second", "visitor-3"]
+
+
+def test_escaped_visitor_id_is_read_unescaped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    sink.write_bytes(stored(1) + stored(2, visitor_id='say "hi"') + stored(3))
+    rows = _load_like_replay(sink, monkeypatch)
+    assert rows[1].visitor_id == 'say "hi"'
+
+
+def test_a_nested_or_spaced_key_is_not_read_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    nested = orjson.dumps(
+        {"seq": 2, "metadata": {"visitor_id": "nested", "event_id": "n"}}
+        | {"timestamp": "2026-01-01T00:00:02.000Z", "event": "a", "visitor_id": "v2"}
+    )
+    after = stored(3).replace(b'"metadata":{}', b'"metadata":{"visitor_id":"x"}')
+    spaced = stored(4, event_id="e4").replace(b'"visitor_id":', b'"visitor_id" :')
+    spaced = spaced.replace(b'"metadata":{}', b'"metadata":{"product_id":"p"}')
+    only = stored(5, event_id="e5").replace(b'"event_id":', b'"event_id": ')
+    sink.write_bytes(stored(1) + nested + b"\n" + after + spaced + only)
+    rows = _load_like_replay(sink, monkeypatch)
+    assert [(e.visitor_id, e.event_id) for e in rows] == [
+        ("visitor-1", None),
+        ("v2", None),
+        ("visitor-3", None),
+        ("visitor-4", "e4"),
+        ("visitor-5", "e5"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("stamp", "ts"),
+    [
+        ("2026-01-01T01:00:00+0100", 1767225600.0),  # 24 characters, not UTC
+        ("2026-01-01 00:00:01.000Z", 1767225601.0),
+        ("2026-01-01T00:00:02Z", 1767225602.0),
+        ("2026-01-01T00:00:03.5Z", 1767225603.5),
+        ("2026-02-30T00:00:00.000Z", None),  # no such day: skipped
+        ("2026-01-01T00:00:60.000Z", None),
+    ],
+)
+def test_an_unusual_timestamp_is_read_as_the_full_parse_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stamp: str, ts: float | None
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    odd = stored(2).replace(b"2026-01-01T00:00:02.000Z", stamp.encode())
+    sink.write_bytes(stored(1) + odd + stored(3))
+    rows = _load_like_replay(sink, monkeypatch)
+    assert [e.ts for e in rows if e.seq == 2] == ([] if ts is None else [ts])
+
+
+def test_a_block_spanning_two_months_gets_each_time_right(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    lines = [
+        stored(i).replace(b"2026-01-01T00:00:%02d.000Z" % (i % 60), stamp)
+        for i, stamp in enumerate(
+            [b"2026-01-31T23:59:59.999Z", b"2026-02-01T00:00:00.001Z"], 1
+        )
+    ]
+    sink.write_bytes(b"".join(lines))
+    rows = _load_like_replay(sink, monkeypatch)
+    assert [e.ts for e in rows] == [1769903999.999, 1769904000.001]
+
+
+def test_a_line_that_is_not_one_object_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    two = stored(3)[:-1] + stored(4)
+    opened = stored(2).replace(b'"metadata":{}', b'"metadata":\n{}')
+    closed = stored(2).replace(b'"metadata":{}', b'"metadata":{}\n')
+    for split in (opened, closed):
+        sink.write_bytes(stored(1) + split + two + stored(5))
+        rows = _load_like_replay(sink, monkeypatch)
+        assert [e.seq for e in rows] == [1, 5]
