@@ -8,6 +8,7 @@ import itertools
 import logging
 import operator
 import os
+import re
 import stat
 from array import array
 from collections import deque
@@ -159,6 +160,8 @@ def parse_entry(line: bytes) -> tuple[int | None, Entry | None]:
     seq = obj.get("seq") if isinstance(obj, dict) else None
     if not isinstance(seq, int) or isinstance(seq, bool):
         return None, None
+    if not -(2**63) <= seq < 2**63:  # the ring keeps seqs as 64-bit ints
+        return None, None
     event, visitor_id, event_id = (
         obj.get(k) for k in ("event", "visitor_id", "event_id")
     )
@@ -192,27 +195,26 @@ def replay(path: Path, count: int) -> Replay:
     return Replay(found, last_seq, skipped)
 
 
-_STAMP = 24  # "YYYY-MM-DDTHH:MM:SS.mmmZ"
-
-
 class _Head(msgspec.Struct, gc=False):
     """What the ring needs of a stored line; the rest is checked as JSON and skipped."""
 
     seq: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-    timestamp: Annotated[str, msgspec.Meta(min_length=_STAMP, max_length=_STAMP)]
+    timestamp: str
     event: str
     visitor_id: str
     event_id: str | None = None
 
 
 _DECODER = msgspec.json.Decoder(_Head)
-_SHAPE = b"0000-00-00T00:00:00.000Z"
-_ZEROS = bytes.maketrans(b"123456789", b"000000000")
-_SECOND_DIGITS = (8, 9, 11, 12, 14, 15, 17, 18)  # DDHHMMSS
-_MILLI_DIGITS = (20, 21, 22)
-_MILLIS = {int.from_bytes(b"%03d" % ms, "little"): ms for ms in range(1000)}
-_fields = operator.attrgetter("seq", "timestamp", "event", "event_id")
-_visitor_id = operator.attrgetter("visitor_id")
+_SECOND = re.compile("[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
+_MILLIS = {f".{ms:03d}Z": ms for ms in range(1000)}
+_second = operator.itemgetter(slice(19))
+_milli = operator.itemgetter(slice(19, None))
+_seq_of = operator.attrgetter("seq")
+_timestamp_of = operator.attrgetter("timestamp")
+_event_of = operator.attrgetter("event")
+_visitor_id_of = operator.attrgetter("visitor_id")
+_event_id_of = operator.attrgetter("event_id")
 _first = operator.itemgetter(0)
 _last = operator.itemgetter(-1)
 
@@ -253,7 +255,8 @@ class _Parser:
     line by line for a block that has any line it rejects (the same result, slower)."""
 
     def __init__(self) -> None:
-        self.seconds: dict[bytes, dict[int, int]] = {}  # "YYYY-MM" → code → epoch ms
+        self.bases: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" → epoch ms
+        self.names: dict[str, str] = {}  # one string object per event name
 
     def block(self, block: bytes) -> tuple[Columns, int, int]:
         """The block's entries (oldest first), its highest seq, and its skipped lines."""
@@ -283,10 +286,10 @@ class _Parser:
                 return None
         except IndexError:  # a blank line
             return None
-        seqs, stamps, events, event_ids = zip(*map(_fields, heads), strict=True)
-        ts = self._times(stamps)
+        ts = self._times(list(map(_timestamp_of, heads)))
         if ts is None:
             return None
+        event_ids = list(map(_event_id_of, heads))
         flags = bytearray(map(operator.is_not, event_ids, itertools.repeat(None)))
         odd: dict[int, tuple[str, str | None]] = {}
         # The ring reads visitor_id / event_id back from the first `"visitor_id":"`
@@ -299,50 +302,41 @@ class _Parser:
             or block.count(b'_id"') != keys
             or block.count(b'_id":"') != keys
         ):
-            visitor_ids = list(map(_visitor_id, heads))
+            visitor_ids = list(map(_visitor_id_of, heads))
             flags = bytearray(map(readback, visitor_ids, event_ids, lines))
             for i, flag in enumerate(flags):
                 if flag & 2:  # buffer._ODD
                     odd[i] = (visitor_ids[i], event_ids[i])
-        return Columns(array("q", seqs), ts, list(events), flags, odd, lines)
+        seqs = array("q", map(_seq_of, heads))
+        events = list(map(_event_of, heads))
+        names = self.names
+        events = list(map(names.setdefault, events, events))
+        return Columns(seqs, ts, events, flags, odd, lines)
 
-    def _times(self, stamps: tuple[str, ...]) -> array[float] | None:
-        """Unix seconds for "YYYY-MM-DDTHH:MM:SS.mmmZ" stamps; None if one is not one.
-
-        Done on the stamps' bytes at once: each second and millisecond becomes an
-        int code (its digits' bytes) looked up in a small table.
-        """
-        count = len(stamps)
-        raw = "".join(stamps).encode()
-        # 24 characters each (msgspec checked), so as many bytes means ASCII.
-        if len(raw) != _STAMP * count or raw.translate(_ZEROS) != _SHAPE * count:
-            return None
-        month = raw[:7]
-        if any(raw[k::_STAMP] != month[k : k + 1] * count for k in range(7)):
-            return None  # a block spanning two months: rare enough to parse slowly
-        seconds = self.seconds.setdefault(month, {})
-        wide = bytearray(8 * count)
-        for j, k in enumerate(_SECOND_DIGITS):
-            wide[j::8] = raw[k::_STAMP]
-        codes = array("Q")
-        codes.frombytes(wide)
-        for code in set(codes).difference(seconds):
-            epoch = _epoch(month, code.to_bytes(8, "little"))
-            if epoch is None:
+    def _times(self, stamps: list[str]) -> array[float] | None:
+        """Unix seconds for "YYYY-MM-DDTHH:MM:SS.mmmZ" stamps; None if one is not one."""
+        whole = list(map(_second, stamps))
+        for second in set(whole).difference(self.bases):
+            if self._base(second) is None:
                 return None
-            seconds[code] = epoch * 1000
-        narrow = bytearray(4 * count)
-        for j, k in enumerate(_MILLI_DIGITS):
-            narrow[j::4] = raw[k::_STAMP]
-        millis = array("I")
-        millis.frombytes(narrow)
-        total = map(
-            operator.add,
-            map(seconds.__getitem__, codes),
-            map(_MILLIS.__getitem__, millis),
-        )
+        try:
+            millis = list(map(_MILLIS.__getitem__, map(_milli, stamps)))
+        except KeyError:
+            return None
         # An exact integer over 1000 rounds just as datetime.timestamp() does.
+        total = map(operator.add, map(self.bases.__getitem__, whole), millis)
         return array("d", map(operator.truediv, total, itertools.repeat(1000)))
+
+    def _base(self, second: str) -> int | None:
+        """Epoch milliseconds of "YYYY-MM-DDTHH:MM:SS" (UTC), or None if it is not one."""
+        base = self.bases.get(second)
+        if base is None and _SECOND.fullmatch(second):
+            try:
+                moment = dt.datetime.fromisoformat(second + "+00:00")
+            except ValueError:
+                return None
+            base = self.bases[second] = int(moment.timestamp()) * 1000
+        return base
 
     def _slow(self, lines: list[bytes]) -> tuple[Columns, int, int]:
         out = _empty()
@@ -358,16 +352,6 @@ class _Parser:
             else:
                 _add_entry(out, entry)
         return out, top, skipped
-
-
-def _epoch(month: bytes, digits: bytes) -> int | None:
-    """Epoch seconds of "YYYY-MM" and "DDHHMMSS", or None when there is no such time."""
-    day, hour, minute, second = (digits[i : i + 2].decode() for i in (0, 2, 4, 6))
-    stamp = f"{month.decode()}-{day}T{hour}:{minute}:{second}+00:00"
-    try:
-        return int(dt.datetime.fromisoformat(stamp).timestamp())
-    except ValueError:
-        return None
 
 
 def _reverse_blocks(path: Path) -> Iterator[bytes]:

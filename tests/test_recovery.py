@@ -403,6 +403,8 @@ def test_a_nested_or_spaced_key_is_not_read_back(
         ("2026-01-01T00:00:03.5Z", 1767225603.5),
         ("2026-02-30T00:00:00.000Z", None),  # no such day: skipped
         ("2026-01-01T00:00:60.000Z", None),
+        ("2026-01-01T000002.1.000Z", None),  # a time of its own before ".000Z"
+        ("2026-01-01T00:00:02.00xZ", None),
     ],
 )
 def test_an_unusual_timestamp_is_read_as_the_full_parse_reads_it(
@@ -441,3 +443,22 @@ def test_a_line_that_is_not_one_object_is_skipped(
         sink.write_bytes(stored(1) + split + two + stored(5))
         rows = _load_like_replay(sink, monkeypatch)
         assert [e.seq for e in rows] == [1, 5]
+
+
+def test_a_seq_beyond_64_bits_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    huge = stored(2).replace(b'"seq":2', b'"seq":%d' % 2**63)
+    sink.write_bytes(stored(1) + huge + stored(3))
+    rows = _load_like_replay(sink, monkeypatch)
+    assert [e.seq for e in rows] == [1, 3]
+    assert recovery.load(sink, 100).skipped == 1
+
+
+def test_replayed_event_names_are_one_string_each(tmp_path: Path) -> None:
+    sink = tmp_path / "m.jsonl"
+    sink.write_bytes(b"".join(stored(i, ["a", "b"][i % 2]) for i in range(1, 50)))
+    events = recovery.load(sink, 100).columns.events
+    assert len(events) == 49
+    assert len({id(name) for name in events}) == 2
