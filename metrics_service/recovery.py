@@ -296,11 +296,13 @@ class _Parser:
         # / `"event_id":"` of a line. With no backslash, each line holding just the
         # one `"visitor_id"` and (if set) `"event_id"` string, and each followed by
         # `:"`, those are the top-level keys with their raw values.
-        keys = count + flags.count(1)
+        ids = flags.count(1)
         if (
             b"\\" in block
-            or block.count(b'_id"') != keys
-            or block.count(b'_id":"') != keys
+            or block.count(b'"visitor_id"') != count
+            or block.count(b'"visitor_id":"') != count
+            or block.count(b'"event_id"') != ids
+            or block.count(b'"event_id":"') != ids
         ):
             visitor_ids = list(map(_visitor_id_of, heads))
             flags = bytearray(map(readback, visitor_ids, event_ids, lines))

@@ -380,10 +380,14 @@ def test_a_nested_or_spaced_key_is_not_read_back(
         | {"timestamp": "2026-01-01T00:00:02.000Z", "event": "a", "visitor_id": "v2"}
     )
     after = stored(3).replace(b'"metadata":{}', b'"metadata":{"visitor_id":"x"}')
+    # A spaced top-level key, with a nested one as many `"visitor_id":"` as lines.
     spaced = stored(4, event_id="e4").replace(b'"visitor_id":', b'"visitor_id" :')
-    spaced = spaced.replace(b'"metadata":{}', b'"metadata":{"product_id":"p"}')
+    spaced = spaced.replace(b'"metadata":{}', b'"metadata":{"visitor_id":"x"}')
     only = stored(5, event_id="e5").replace(b'"event_id":', b'"event_id": ')
-    sink.write_bytes(stored(1) + nested + b"\n" + after + spaced + only)
+    both = stored(6, event_id="e6").replace(b'"event_id":', b'"event_id" :')
+    both = both.replace(b'"metadata":{}', b'"metadata":{"event_id":"x"}')
+    loose = stored(7).replace(b'"visitor_id":', b'"visitor_id": ')
+    sink.write_bytes(stored(1) + nested + b"\n" + after + spaced + only + both + loose)
     rows = _load_like_replay(sink, monkeypatch)
     assert [(e.visitor_id, e.event_id) for e in rows] == [
         ("visitor-1", None),
@@ -391,6 +395,8 @@ def test_a_nested_or_spaced_key_is_not_read_back(
         ("visitor-3", None),
         ("visitor-4", "e4"),
         ("visitor-5", "e5"),
+        ("visitor-6", "e6"),
+        ("visitor-0", None),
     ]
 
 
@@ -462,3 +468,24 @@ def test_replayed_event_names_are_one_string_each(tmp_path: Path) -> None:
     events = recovery.load(sink, 100).columns.events
     assert len(events) == 49
     assert len({id(name) for name in events}) == 2
+
+
+def test_other_keys_ending_in_id_keep_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    meta = b'"metadata":{"product_id":"p-1","session_id":"s","visitor":"v"}'
+    lines = [
+        stored(i, event_id=f"e{i}").replace(b'"metadata":{}', meta) for i in (1, 2)
+    ]
+    sink.write_bytes(b"".join(lines))
+    expected = replay(sink, 10).entries
+
+    def no_readback(*args: object) -> int:
+        raise AssertionError(args)
+
+    monkeypatch.setattr(recovery, "readback", no_readback)
+    found = recovery.load(sink, 10)
+    ring = Ring(10)
+    ring.load(found.columns)
+    assert _rows(ring) == expected
