@@ -213,7 +213,6 @@ _milli = operator.itemgetter(slice(19, None))
 _seq_of = operator.attrgetter("seq")
 _timestamp_of = operator.attrgetter("timestamp")
 _event_of = operator.attrgetter("event")
-_visitor_id_of = operator.attrgetter("visitor_id")
 _event_id_of = operator.attrgetter("event_id")
 _first = operator.itemgetter(0)
 _last = operator.itemgetter(-1)
@@ -295,20 +294,28 @@ class _Parser:
         # The ring reads visitor_id / event_id back from the first `"visitor_id":"`
         # / `"event_id":"` of a line. With no backslash, each line holding just the
         # one `"visitor_id"` and (if set) `"event_id"` string, and each followed by
-        # `:"`, those are the top-level keys with their raw values.
-        ids = flags.count(1)
+        # `:"`, those are the top-level keys with their raw values. Lines with a
+        # backslash are checked one by one.
+        plain, keys, ids = block, count, flags.count(1)
+        checked: Iterable[int] = ()
+        if b"\\" in block:
+            checked = [i for i, line in enumerate(lines) if b"\\" in line]
+            escaped = set(checked)
+            plain = b"\n".join(x for i, x in enumerate(lines) if i not in escaped)
+            keys -= len(checked)
+            ids -= sum(flags[i] for i in checked)
         if (
-            b"\\" in block
-            or block.count(b'"visitor_id"') != count
-            or block.count(b'"visitor_id":"') != count
-            or block.count(b'"event_id"') != ids
-            or block.count(b'"event_id":"') != ids
+            plain.count(b'"visitor_id"') != keys
+            or plain.count(b'"visitor_id":"') != keys
+            or plain.count(b'"event_id"') != ids
+            or plain.count(b'"event_id":"') != ids
         ):
-            visitor_ids = list(map(_visitor_id_of, heads))
-            flags = bytearray(map(readback, visitor_ids, event_ids, lines))
-            for i, flag in enumerate(flags):
-                if flag & 2:  # buffer._ODD
-                    odd[i] = (visitor_ids[i], event_ids[i])
+            checked = range(count)
+        for i in checked:
+            head = heads[i]
+            flag = flags[i] = readback(head.visitor_id, head.event_id, lines[i])
+            if flag & 2:  # buffer._ODD
+                odd[i] = (head.visitor_id, head.event_id)
         seqs = array("q", map(_seq_of, heads))
         events = list(map(_event_of, heads))
         names = self.names

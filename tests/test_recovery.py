@@ -10,7 +10,7 @@ from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app, recovery
-from metrics_service.buffer import Entry, Ring
+from metrics_service.buffer import Entry, Ring, readback
 from metrics_service.recovery import repair_torn_tail, replay, reverse_lines
 
 
@@ -489,3 +489,28 @@ def test_other_keys_ending_in_id_keep_the_fast_path(
     ring = Ring(10)
     ring.load(found.columns)
     assert _rows(ring) == expected
+
+
+def test_only_lines_with_a_backslash_are_read_back_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    tricky = orjson.dumps(
+        {
+            "seq": 2,
+            "note": '"visitor_id":"fake"',
+            "timestamp": "2026-01-01T00:00:02.000Z",
+        }
+        | {"event": "a", "visitor_id": "v2", "metadata": {}}
+    )
+    sink.write_bytes(stored(1) + tricky + b"\n" + stored(3, event_id="e3"))
+    read_back: list[bytes] = []
+
+    def counted(visitor_id: str, event_id: str | None, line: bytes) -> int:
+        read_back.append(line)
+        return readback(visitor_id, event_id, line)
+
+    monkeypatch.setattr(recovery, "readback", counted)
+    rows = _load_like_replay(sink, monkeypatch)
+    assert [e.visitor_id for e in rows] == ["visitor-1", "v2", "visitor-3"]
+    assert set(read_back) == {tricky}
