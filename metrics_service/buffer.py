@@ -341,6 +341,13 @@ class Ring:
 
     def extend(self, entries: Iterable[Entry], *, written: bool = False) -> None:
         """Add entries, newest last; `written` as for _Chunk (the collector's lines)."""
+        if not isinstance(entries, list):
+            entries = list(entries)
+        if len(entries) >= self.capacity:
+            # Everything there now, and the oldest of these, would be evicted at once.
+            self.evicted += len(self) + len(entries) - self.capacity
+            self.clear()
+            entries = entries[len(entries) - self.capacity :]
         hot = self._hot
         added = len(hot)
         hot.extend(entries)
@@ -393,7 +400,6 @@ class Ring:
 
     def _evict(self, count: int) -> None:
         self.evicted += count
-        counts = self._counts
         while count > 0 and self._packed:
             first = self._packed[0]
             start = self._skip
@@ -406,14 +412,11 @@ class Ring:
             if self._skip == len(first):
                 self._packed.popleft()
                 self._skip = 0
-        hot = self._hot
-        for _ in range(count):
-            name = hot.popleft().event
-            left = counts[name] - 1
-            if left:
-                counts[name] = left
-            else:
-                del counts[name]
+        if count > 0:
+            popleft = self._hot.popleft
+            gone = [popleft() for _ in range(count)]
+            for name, n in Counter(map(_EVENT, gone)).items():
+                self._forget(name, n)
 
     def _forget(self, name: str, n: int) -> None:
         left = self._counts[name] - n

@@ -93,7 +93,10 @@ class Collector:
         self._interval_task: asyncio.Future[None] | None = None
         self._dedupe_window = dedupe_window
         self._seen_ids: set[str] = set()
-        self._seen_order: deque[str] = deque()
+        # The remembered ids, oldest first, one list per remember() call, so a window
+        # slides with a few set operations in C rather than one Python step per id.
+        self._seen_order: deque[list[str]] = deque()
+        self._seen_count = 0
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` with every group of entries added to the ring."""
@@ -105,18 +108,29 @@ class Collector:
 
     def remember(self, event_ids: list[str]) -> None:
         """Mark ids as accepted (also used by replay), forgetting the oldest past the window."""
-        if self._dedupe_window <= 0:
+        window = self._dedupe_window
+        if window <= 0:
             return
         seen, order = self._seen_ids, self._seen_order
         fresh = [
             event_id for event_id in dict.fromkeys(event_ids) if event_id not in seen
         ]
+        if not fresh:
+            return
         seen.update(fresh)
-        order.extend(fresh)
-        excess = len(order) - self._dedupe_window
-        if excess > 0:
-            popleft = order.popleft
-            seen.difference_update([popleft() for _ in range(excess)])
+        order.append(fresh)
+        self._seen_count += len(fresh)
+        excess = self._seen_count - window
+        while excess > 0:
+            oldest = order[0]
+            if len(oldest) <= excess:
+                order.popleft()
+                gone = oldest
+            else:
+                gone, order[0] = oldest[:excess], oldest[excess:]
+            seen.difference_update(gone)
+            self._seen_count -= len(gone)
+            excess -= len(gone)
 
     async def submit(self, group: Group) -> Outcome:
         """Store the group's events in order, all or nothing; raises SinkError when the
@@ -137,21 +151,22 @@ class Collector:
     def _unseen(self, group: Group, taken: dict[str, None]) -> list[bool] | None:
         """Which events to keep, or None for all: an event_id seen before, or earlier
         in this flush (`taken`), makes its event a duplicate."""
-        ids = [event_id for event_id in group.event_ids if event_id is not None]
+        event_ids = group.event_ids
+        ids = [event_id for event_id in event_ids if event_id is not None]
+        fresh = dict.fromkeys(ids)
         seen = self._seen_ids
         if (
-            seen.isdisjoint(ids)
-            and taken.keys().isdisjoint(ids)
-            and len(set(ids)) == len(ids)
+            seen.isdisjoint(fresh)
+            and taken.keys().isdisjoint(fresh)
+            and len(fresh) == len(ids)
         ):
-            taken.update(dict.fromkeys(ids))
+            taken.update(fresh)
             return None
         keep: list[bool] = []
-        for event_id in group.event_ids:
-            fresh = event_id is None or not (event_id in seen or event_id in taken)
+        for event_id in event_ids:
+            keep.append(event_id is None or not (event_id in seen or event_id in taken))
             if event_id is not None:
                 taken[event_id] = None
-            keep.append(fresh)
         return keep
 
     def _flush(self) -> None:

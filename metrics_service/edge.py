@@ -40,9 +40,11 @@ class Edge:
         *,
         config: Config,
         lanes: Mapping[str, ASGIApp] | None = None,
+        vary: bool = False,
     ) -> None:
         self.app = app
         self.lanes = dict(lanes or {})
+        self.vary = vary  # add Vary: Origin to error answers (see direct())
         self.timeout = config.body_timeout
         self.inner: ASGIApp = self.scrubbed
         self.guarded = bool(config.ingest_token or config.read_token)
@@ -85,6 +87,20 @@ class Edge:
         if scope.get("query_string"):
             scope["query_string"] = split_token(scope["query_string"])[1]
         await self.deadline(scope, receive, vary_send)
+
+    def direct(self, scope: Scope) -> bool:
+        """True for a request no layer has work on but the body deadline: an HTTP POST
+        to a lane, with no Origin, no query string and no token configured."""
+        if (
+            self.guarded
+            or scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"] not in self.lanes
+            or scope.get("query_string")
+            or scope.get("root_path")
+        ):
+            return False
+        return all(name != b"origin" for name, _ in scope["headers"])
 
     async def scrubbed(self, scope: Scope, receive: Receive, send: Send) -> None:
         # With no token configured, a `token` parameter is still removed, so it never
@@ -141,6 +157,8 @@ class Edge:
                 # What the app's exception handler answers (and counts) for the route.
                 request = Request(scope, timed_receive, send)
                 response = await api_error(request, exc)
+                if self.vary:
+                    response.headers["vary"] = "Origin"
                 await response(scope, timed_receive, send)
         except ClientDisconnect:
             # The client left mid-body: nobody is there to read an answer.

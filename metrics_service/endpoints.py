@@ -43,18 +43,18 @@ def check_media_type(kind: str, allowed: tuple[str, ...]) -> None:
 
 
 JSON_HEADERS = (b"content-type", b"application/json")
+VARY_ORIGIN = (b"vary", b"Origin")
 
 
-async def respond(send: Send, content: dict[str, Any], status: int = 202) -> None:
+async def respond(
+    send: Send, content: dict[str, Any], status: int = 202, *, vary: bool = False
+) -> None:
     """What JSONResponse sends, without building a Response."""
     body = orjson.dumps(content)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-length", b"%d" % len(body)), JSON_HEADERS],
-        }
-    )
+    headers = [(b"content-length", b"%d" % len(body)), JSON_HEADERS]
+    if vary:
+        headers.append(VARY_ORIGIN)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -65,8 +65,10 @@ class Ingest:
     ApiError handler: from Edge's lane for these paths, else ExceptionMiddleware.
     """
 
-    def __init__(self, *, batch: bool) -> None:
+    def __init__(self, *, batch: bool, vary: bool = False) -> None:
         self.batch = batch
+        # Served by Edge.direct(), nothing else adds the Vary: Origin CORS would.
+        self.vary = vary
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         service: Service = scope["app"].state.service
@@ -132,12 +134,14 @@ class Ingest:
                 "duplicates": outcome.duplicates,
                 "sampled_out": sampled_out,
             }
-        await respond(send, content)
+        await respond(send, content, vary=self.vary)
 
 
 NOTHING = Outcome(0, 0, None, None)
 ingest_event = Ingest(batch=False)
 ingest_batch = Ingest(batch=True)
+direct_event = Ingest(batch=False, vary=True)
+direct_batch = Ingest(batch=True, vary=True)
 
 
 def parse_limit(request: Request, capacity: int) -> int:

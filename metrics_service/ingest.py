@@ -180,10 +180,22 @@ async def read_body(head: Head, receive: Receive, limit: int) -> bytes:
             raise ApiError(400, "Content-Length is not a number") from None
         if size > limit:
             raise ApiError(413, too_large(limit, size))
+    if gunzip is None:
+        # The common case: the whole body in the first message, as the server
+        # buffered it before starting the app.
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body: bytes = message.get("body", b"")
+            if len(body) > limit:
+                raise ApiError(413, too_large(limit, len(body), at_least=True))
+            return body
+        first = [message]
+    else:
+        first = []
     chunks: list[bytes] = []
     received = 0
     while True:
-        message = await receive()
+        message = first.pop() if first else await receive()
         kind = message["type"]
         if kind == "http.request":
             chunk: bytes = message.get("body", b"")

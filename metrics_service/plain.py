@@ -76,7 +76,11 @@ def decode(body: bytes, *, batch: bool, max_batch: int) -> list[PlainEvent] | No
     return events
 
 
-def _unstripped(values: list[str]) -> bool:
+def _unstripped(values: list[str], joined: str) -> bool:
+    """True when no value has whitespace to strip; `joined` is "".join(values)."""
+    parts = joined.split(maxsplit=1)
+    if len(parts) == 1 and len(parts[0]) == len(joined):
+        return True  # no whitespace anywhere, the common case
     # Python strips every character pydantic strips (and a few more), so no change
     # here means no change there either.
     return all(map(str.__eq__, map(str.strip, values), values))
@@ -96,14 +100,19 @@ def group(
     """The body's events as one group stamped `stamp`, when all are plain; else None."""
     if long_digits(body):
         return None
+    if not batch:
+        return _single(body, max_event_bytes, received, stamp, ts, header_user_agent)
     events = decode(body, batch=batch, max_batch=max_batch)
     if events is None:
         return None
     names = [event.event for event in events]
     visitor_ids = [event.visitor_id for event in events]
+    joined = "".join(names)
     # isprintable() is false for every control character (and a few others).
     if not (
-        "".join(names).isprintable() and _unstripped(names) and _unstripped(visitor_ids)
+        joined.isprintable()
+        and _unstripped(names, joined)
+        and _unstripped(visitor_ids, "".join(visitor_ids))
     ):
         return None
     for event in events:
@@ -123,8 +132,11 @@ def group(
     # (1e+16 for 1e16): under half the limit, an event cannot be past it there.
     if 2 * longest + 32 > max_event_bytes:
         return None
-    if encoded.count(b"{") + encoded.count(b"[") > _BRACKETS and any(
-        body.count(b"{") + body.count(b"[") > _BRACKETS for body in bodies
+    # Each level of nesting takes two bytes, so a short body cannot be too deep.
+    if (
+        longest > 2 * _BRACKETS
+        and encoded.count(b"{") + encoded.count(b"[") > _BRACKETS
+        and any(body.count(b"{") + body.count(b"[") > _BRACKETS for body in bodies)
     ):
         return None
     count = len(bodies)
@@ -137,4 +149,48 @@ def group(
         [event.event_id for event in events],
         list(repeat(head, count)),
         bodies,
+    )
+
+
+def _single(
+    body: bytes,
+    max_event_bytes: int,
+    received: bytes,
+    stamp: str,
+    ts: float,
+    header_user_agent: str | None,
+) -> Group | None:
+    """group() for one event, without the batch's lists and joins."""
+    if body[:1] != b"{":
+        return None
+    try:
+        event = _one.decode(body)
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        return None
+    name, visitor_id = event.event, event.visitor_id
+    if not (
+        name.isprintable() and name.strip() == name and visitor_id.strip() == visitor_id
+    ):
+        return None
+    if event.metadata is UNSET:
+        event.metadata = {}
+    if event.user_agent is UNSET:
+        event.user_agent = header_user_agent
+    try:
+        encoded = _encoder.encode(event)
+    except (msgspec.EncodeError, OverflowError):
+        return None
+    if 2 * len(encoded) + 32 > max_event_bytes or (
+        len(encoded) > 2 * _BRACKETS
+        and encoded.count(b"{") + encoded.count(b"[") > _BRACKETS
+    ):
+        return None
+    return Group(
+        received,
+        [ts],
+        [name],
+        [visitor_id],
+        [event.event_id],
+        [b'"timestamp":"%s",' % stamp.encode()],
+        [encoded[1:]],
     )
