@@ -92,6 +92,7 @@ class Collector:
         self._fsync_task: asyncio.Future[None] | None = None
         self._interval_task: asyncio.Future[None] | None = None
         self._dedupe_window = dedupe_window
+        self.loop: asyncio.AbstractEventLoop | None = None  # set by Service.start()
         self._seen_ids: set[str] = set()
         # The remembered ids, oldest first, one list per remember() call, so a window
         # slides with a few set operations in C rather than one Python step per id.
@@ -139,7 +140,8 @@ class Collector:
 
     def enqueue(self, group: Group) -> asyncio.Future[Outcome]:
         """As submit(), as a future to await: one coroutine frame less on the hot path."""
-        loop = asyncio.get_running_loop()
+        # get_running_loop() costs a getpid() system call on Python 3.11.
+        loop = self.loop or asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._pending.append((group, future))
         self._idle.clear()
@@ -152,6 +154,14 @@ class Collector:
         """Which events to keep, or None for all: an event_id seen before, or earlier
         in this flush (`taken`), makes its event a duplicate."""
         event_ids = group.event_ids
+        if len(event_ids) == 1:  # a single event: no lists, sets or dicts to build
+            event_id = event_ids[0]
+            if event_id is None:
+                return None
+            if event_id in self._seen_ids or event_id in taken:
+                return [False]
+            taken[event_id] = None
+            return None
         ids = [event_id for event_id in event_ids if event_id is not None]
         fresh = dict.fromkeys(ids)
         seen = self._seen_ids
@@ -192,6 +202,24 @@ class Collector:
             first = seq + 1
             stored = len(group.bodies)
             seq += stored
+            if stored == 1:  # a single event: no iterators to set up
+                line = _LINE % (seq, group.received, group.heads[0], group.bodies[0])
+                lines.append(line)
+                entries.append(
+                    new(
+                        Entry,
+                        (
+                            seq,
+                            group.ts[0],
+                            group.events[0],
+                            group.visitor_ids[0],
+                            group.event_ids[0],
+                            line,
+                        ),
+                    )
+                )
+                outcomes.append(Outcome(1, duplicates, seq, seq))
+                continue
             seqs = range(first, seq + 1)
             # map() and zip() keep the per-event work in C.
             more = list(

@@ -54,6 +54,10 @@ class Service:
         self.ring.clear()
         self.ring.load(found.columns)
         self.collector.last_seq = found.last_seq
+        try:
+            self.collector.loop = asyncio.get_running_loop()
+        except RuntimeError:  # started outside a loop: the collector looks it up
+            self.collector.loop = None
         # Only the window's worth: a set never shrinks its table after discards.
         ids = found.columns.event_ids(max(config.dedupe_window, 1))
         # Replay's ~1M line strings are freed before the ring compacts and the
@@ -66,6 +70,7 @@ class Service:
 
     async def stop(self) -> None:
         await self.collector.close()
+        self.collector.loop = None
         await asyncio.to_thread(self.rotator.wait, 30)
         logger.info(
             "closed %s after seq %d", self.config.jsonl, self.collector.last_seq
