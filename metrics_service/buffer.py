@@ -339,8 +339,15 @@ class Ring:
             for hi in range(len(chunk), lower, -_STEP):
                 yield from reversed(chunk.slice(max(lower, hi - _STEP), hi))
 
-    def extend(self, entries: Iterable[Entry], *, written: bool = False) -> None:
-        """Add entries, newest last; `written` as for _Chunk (the collector's lines)."""
+    def extend(
+        self, entries: Iterable[Entry], *, written: bool = False, passed: int = 0
+    ) -> None:
+        """Add entries, newest last; `written` as for _Chunk (the collector's lines).
+
+        `passed`: entries older than these that went by without being added, as the
+        ring would have evicted them at once; they only count as evicted.
+        """
+        self.evicted += passed
         if not isinstance(entries, list):
             entries = list(entries)
         if len(entries) >= self.capacity:

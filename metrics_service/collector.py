@@ -42,6 +42,7 @@ class Group(NamedTuple):
 
 
 _LINE = b'{"seq":%d,"received_at":"%s",%s%s'
+_new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
 
 
 class Outcome(NamedTuple):
@@ -109,19 +110,22 @@ class Collector:
 
     def remember(self, event_ids: list[str]) -> None:
         """Mark ids as accepted (also used by replay), forgetting the oldest past the window."""
-        window = self._dedupe_window
-        if window <= 0:
+        if self._dedupe_window <= 0:
+            return
+        seen = self._seen_ids
+        self._remember_fresh(
+            [event_id for event_id in dict.fromkeys(event_ids) if event_id not in seen]
+        )
+
+    def _remember_fresh(self, fresh: list[str]) -> None:
+        """remember() for ids known to be new and distinct."""
+        if self._dedupe_window <= 0 or not fresh:
             return
         seen, order = self._seen_ids, self._seen_order
-        fresh = [
-            event_id for event_id in dict.fromkeys(event_ids) if event_id not in seen
-        ]
-        if not fresh:
-            return
         seen.update(fresh)
         order.append(fresh)
         self._seen_count += len(fresh)
-        excess = self._seen_count - window
+        excess = self._seen_count - self._dedupe_window
         while excess > 0:
             oldest = order[0]
             if len(oldest) <= excess:
@@ -174,9 +178,10 @@ class Collector:
             return None
         keep: list[bool] = []
         for event_id in event_ids:
-            keep.append(event_id is None or not (event_id in seen or event_id in taken))
-            if event_id is not None:
+            unseen = event_id is None or not (event_id in seen or event_id in taken)
+            if unseen and event_id is not None:
                 taken[event_id] = None
+            keep.append(unseen)
         return keep
 
     def _flush(self) -> None:
@@ -186,12 +191,16 @@ class Collector:
             self._idle.set()
             return
         seq = self.last_seq
+        # What this flush stores, as columns; entries are built once at the end.
         lines: list[bytes] = []
-        entries: list[Entry] = []
+        seqs: list[int] = []
+        ts: list[float] = []
+        events: list[str] = []
+        visitor_ids: list[str] = []
+        event_ids: list[str | None] = []
         outcomes: list[Outcome] = []
         taken: dict[str, None] = {}  # event_ids stored by this flush, in order
         dedupe = self._dedupe_window > 0
-        new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
         for group, _ in pending:
             duplicates = 0
             if dedupe:
@@ -203,45 +212,22 @@ class Collector:
             stored = len(group.bodies)
             seq += stored
             if stored == 1:  # a single event: no iterators to set up
-                line = _LINE % (seq, group.received, group.heads[0], group.bodies[0])
-                lines.append(line)
-                entries.append(
-                    new(
-                        Entry,
-                        (
-                            seq,
-                            group.ts[0],
-                            group.events[0],
-                            group.visitor_ids[0],
-                            group.event_ids[0],
-                            line,
-                        ),
-                    )
+                lines.append(
+                    _LINE % (seq, group.received, group.heads[0], group.bodies[0])
                 )
-                outcomes.append(Outcome(1, duplicates, seq, seq))
-                continue
-            seqs = range(first, seq + 1)
-            # map() and zip() keep the per-event work in C.
-            more = list(
-                map(
+                seqs.append(seq)
+            elif stored:
+                numbers = range(first, seq + 1)
+                # map() and zip() keep the per-event work in C.
+                lines += map(
                     _LINE.__mod__,
-                    zip(seqs, repeat(group.received), group.heads, group.bodies),
+                    zip(numbers, repeat(group.received), group.heads, group.bodies),
                 )
-            )
-            lines += more
-            entries += map(
-                new,
-                repeat(Entry),
-                zip(
-                    seqs,
-                    group.ts,
-                    group.events,
-                    group.visitor_ids,
-                    group.event_ids,
-                    more,
-                    strict=True,
-                ),
-            )
+                seqs += numbers
+            ts += group.ts
+            events += group.events
+            visitor_ids += group.visitor_ids
+            event_ids += group.event_ids
             outcomes.append(
                 Outcome(
                     stored,
@@ -251,9 +237,8 @@ class Collector:
                 )
             )
         if lines:
-            lines.append(b"")
             try:
-                self.sink.write(b"\n".join(lines))
+                self.sink.write(b"\n".join(lines) + b"\n")
             except SinkError as exc:
                 # Nothing reached the file: seqs are not burned, the ring is untouched.
                 self.write_errors += 1
@@ -265,9 +250,26 @@ class Collector:
                 return
             self.error = None
             self.last_seq = seq
-            self.accepted += len(entries)
-            self.remember(list(taken))
-            self.ring.extend(entries, written=True)
+            self.accepted += len(lines)
+            self._remember_fresh(list(taken))
+            # Without listeners only what the ring keeps needs an Entry.
+            skip = 0 if self._listeners else max(len(lines) - self.ring.capacity, 0)
+            entries = list(
+                map(
+                    _new,
+                    repeat(Entry),
+                    zip(
+                        seqs[skip:],
+                        ts[skip:],
+                        events[skip:],
+                        visitor_ids[skip:],
+                        event_ids[skip:],
+                        lines[skip:],
+                        strict=True,
+                    ),
+                )
+            )
+            self.ring.extend(entries, written=True, passed=skip)
             for listener in list(self._listeners):
                 try:
                     listener(entries)
