@@ -14,7 +14,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, BinaryIO, NamedTuple
+from typing import Annotated, Any, BinaryIO, Literal, NamedTuple
 
 import msgspec
 import orjson
@@ -195,6 +195,9 @@ def replay(path: Path, count: int) -> Replay:
     return Replay(found, last_seq, skipped)
 
 
+_Seq = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+
+
 class _Head(msgspec.Struct, gc=False):
     """What the ring needs of a stored line; the rest is checked as JSON and skipped.
 
@@ -202,7 +205,7 @@ class _Head(msgspec.Struct, gc=False):
     rejects, passes here. The service never writes one.
     """
 
-    seq: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    seq: _Seq
     timestamp: str
     event: str
     visitor_id: str
@@ -210,6 +213,9 @@ class _Head(msgspec.Struct, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(_Head)
+# Event names known in advance are decoded as a Literal: msgspec hands back the one
+# string object per name, with no new string and no interning pass per line.
+_NAMED = 256  # names beyond this keep the plain decoder
 _SECOND = re.compile("[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}")
 _MILLIS = {f".{ms:03d}Z": ms for ms in range(1000)}
 _second = operator.itemgetter(slice(19))
@@ -253,13 +259,29 @@ def _extend(columns: Columns, more: Columns) -> None:
     columns.lines.extend(more.lines)
 
 
+class _Bases(dict[str, int]):
+    """ "YYYY-MM-DDTHH:MM:SS" → epoch ms (UTC), worked out on first use; KeyError
+    for anything else."""
+
+    def __missing__(self, second: str) -> int:
+        if not _SECOND.fullmatch(second):
+            raise KeyError(second)
+        try:
+            moment = dt.datetime.fromisoformat(second + "+00:00")
+        except ValueError:
+            raise KeyError(second) from None
+        base = self[second] = int(moment.timestamp()) * 1000
+        return base
+
+
 class _Parser:
     """Blocks of whole lines into columns: one msgspec call per block, or parse_entry
     line by line for a block that has any line it rejects (the same result, slower)."""
 
     def __init__(self) -> None:
-        self.bases: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" → epoch ms
+        self.bases = _Bases()
         self.names: dict[str, str] = {}  # one string object per event name
+        self.decoder: msgspec.json.Decoder[Any] | None = None  # events as a Literal
 
     def block(self, block: bytes) -> tuple[Columns, int, int]:
         """The block's entries (oldest first), its highest seq, and its skipped lines."""
@@ -267,16 +289,35 @@ class _Parser:
         try:
             if not block.isascii():
                 block.decode()  # orjson would reject the line: so must we
-            heads = _DECODER.decode_lines(block)
+            heads, named = self._decode(block)
         except (UnicodeDecodeError, msgspec.DecodeError):  # incl. ValidationError
             return self._slow(lines)
-        columns = self._columns(block, lines, heads)
+        columns = self._columns(block, lines, heads, named)
         if columns is None:
             return self._slow(lines)
         return columns, max(columns.seqs), 0
 
+    def _decode(self, block: bytes) -> tuple[list[_Head], bool]:
+        """The block's heads, and whether their events are already one object per name."""
+        if self.decoder is not None:
+            try:
+                named: list[_Head] = self.decoder.decode_lines(block)
+                return named, True
+            except msgspec.ValidationError:
+                pass  # a new name, or a bad line: the plain decoder tells which
+        heads = _DECODER.decode_lines(block)
+        names = self.names
+        known = len(names)
+        for name in set(map(_event_of, heads)).difference(names):
+            names[name] = name
+        if len(names) != known or self.decoder is None:
+            self.decoder = None
+            if 0 < len(names) <= _NAMED:
+                self.decoder = _named_decoder(tuple(names))
+        return heads, False
+
     def _columns(
-        self, block: bytes, lines: list[bytes], heads: list[_Head]
+        self, block: bytes, lines: list[bytes], heads: list[_Head], named: bool
     ) -> Columns | None:
         """The columns, or None when a line needs parse_entry's judgement."""
         count = len(heads)
@@ -322,34 +363,29 @@ class _Parser:
                 odd[i] = (head.visitor_id, head.event_id)
         seqs = array("q", map(_seq_of, heads))
         events = list(map(_event_of, heads))
-        names = self.names
-        events = list(map(names.setdefault, events, events))
+        if not named:
+            names = self.names
+            events = list(map(names.get, events, events))
         return Columns(seqs, ts, events, flags, odd, lines)
 
     def _times(self, stamps: list[str]) -> array[float] | None:
         """Unix seconds for "YYYY-MM-DDTHH:MM:SS.mmmZ" stamps; None if one is not one."""
-        whole = list(map(_second, stamps))
-        for second in set(whole).difference(self.bases):
-            if self._base(second) is None:
-                return None
         try:
-            millis = list(map(_MILLIS.__getitem__, map(_milli, stamps)))
+            # An exact integer over 1000 rounds just as datetime.timestamp() does.
+            return array(
+                "d",
+                map(
+                    operator.truediv,
+                    map(
+                        operator.add,
+                        map(self.bases.__getitem__, map(_second, stamps)),
+                        map(_MILLIS.__getitem__, map(_milli, stamps)),
+                    ),
+                    itertools.repeat(1000),
+                ),
+            )
         except KeyError:
             return None
-        # An exact integer over 1000 rounds just as datetime.timestamp() does.
-        total = map(operator.add, map(self.bases.__getitem__, whole), millis)
-        return array("d", map(operator.truediv, total, itertools.repeat(1000)))
-
-    def _base(self, second: str) -> int | None:
-        """Epoch milliseconds of "YYYY-MM-DDTHH:MM:SS" (UTC), or None if it is not one."""
-        base = self.bases.get(second)
-        if base is None and _SECOND.fullmatch(second):
-            try:
-                moment = dt.datetime.fromisoformat(second + "+00:00")
-            except ValueError:
-                return None
-            base = self.bases[second] = int(moment.timestamp()) * 1000
-        return base
 
     def _slow(self, lines: list[bytes]) -> tuple[Columns, int, int]:
         out = _empty()
@@ -365,6 +401,22 @@ class _Parser:
             else:
                 _add_entry(out, entry)
         return out, top, skipped
+
+
+def _named_decoder(names: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
+    """_DECODER, with `event` one of `names`."""
+    head = msgspec.defstruct(
+        "_NamedHead",
+        [
+            ("seq", _Seq),
+            ("timestamp", str),
+            ("event", Literal[names]),
+            ("visitor_id", str),
+            ("event_id", str | None, None),
+        ],
+        gc=False,
+    )
+    return msgspec.json.Decoder(head)
 
 
 def _reverse_blocks(path: Path) -> Iterator[bytes]:

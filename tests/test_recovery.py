@@ -514,3 +514,42 @@ def test_only_lines_with_a_backslash_are_read_back_one_by_one(
     rows = _load_like_replay(sink, monkeypatch)
     assert [e.visitor_id for e in rows] == ["visitor-1", "v2", "visitor-3"]
     assert set(read_back) == {tricky}
+
+
+@pytest.mark.parametrize("named", [1, 256])
+def test_a_name_first_seen_in_an_older_block_keeps_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, named: int
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    names = ["old"] * 5 + ["mid", "a"] * 5 + ["a", "b"] * 10
+    sink.write_bytes(b"".join(stored(i, name) for i, name in enumerate(names, 1)))
+    expected = replay(sink, 100).entries
+    monkeypatch.setattr(recovery, "CHUNK", 600)  # a few lines a block
+    monkeypatch.setattr(recovery, "_NAMED", named)
+
+    def no_full_parse(line: bytes) -> object:
+        raise AssertionError(line)
+
+    monkeypatch.setattr(recovery, "parse_entry", no_full_parse)
+    found = recovery.load(sink, 100)
+    ring = Ring(100)
+    ring.load(found.columns)
+    assert _rows(ring) == expected
+    assert ring.counts() == {"old": 5, "mid": 5, "a": 15, "b": 10}
+    assert len({id(name) for name in found.columns.events}) == 4
+
+
+def test_a_block_with_a_new_name_and_a_bad_line_loads_its_good_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    bad = stored(2, "new").replace(b'"seq":2', b'"seq":"2"')
+    lines = [stored(1, "new"), bad, stored(3, "new"), *(stored(i) for i in range(4, 9))]
+    sink.write_bytes(b"".join(lines))
+    monkeypatch.setattr(recovery, "CHUNK", 3 * len(lines[0]))
+    fast = recovery.load(sink, 100)
+    assert (fast.last_seq, fast.skipped) == (8, 1)
+    ring = Ring(100)
+    ring.load(fast.columns)
+    assert _rows(ring) == replay(sink, 100).entries
+    assert [e.seq for e in ring] == [1, 3, 4, 5, 6, 7, 8]
