@@ -14,7 +14,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal, NamedTuple
+from typing import Annotated, Any, BinaryIO, Literal, NamedTuple, get_args
 
 import msgspec
 import orjson
@@ -313,7 +313,11 @@ class _Parser:
         if len(names) != known or self.decoder is None:
             self.decoder = None
             if 0 < len(names) <= _NAMED:
-                self.decoder = _named_decoder(tuple(names))
+                kind: Any = Literal[tuple(names)]
+                # typing caches Literal types by value: its strings are the ones
+                # msgspec hands back, so they become the names.
+                self.names = {name: name for name in get_args(kind)}
+                self.decoder = _named_decoder(kind)
         return heads, False
 
     def _columns(
@@ -403,14 +407,14 @@ class _Parser:
         return out, top, skipped
 
 
-def _named_decoder(names: tuple[str, ...]) -> msgspec.json.Decoder[Any]:
-    """_DECODER, with `event` one of `names`."""
+def _named_decoder(names: Any) -> msgspec.json.Decoder[Any]:
+    """_DECODER, with `event` of type `names` (a Literal)."""
     head = msgspec.defstruct(
         "_NamedHead",
         [
             ("seq", _Seq),
             ("timestamp", str),
-            ("event", Literal[names]),
+            ("event", names),
             ("visitor_id", str),
             ("event_id", str | None, None),
         ],
