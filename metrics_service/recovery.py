@@ -285,7 +285,8 @@ class _Parser:
 
     def block(self, block: bytes) -> tuple[Columns, int, int]:
         """The block's entries (oldest first), its highest seq, and its skipped lines."""
-        lines = block[:-1].split(b"\n")
+        lines = block.split(b"\n")
+        lines.pop()  # the nothing after the final newline
         try:
             if not block.isascii():
                 block.decode()  # orjson would reject the line: so must we
@@ -426,19 +427,18 @@ def _named_decoder(names: Any) -> msgspec.json.Decoder[Any]:
 def _reverse_blocks(path: Path) -> Iterator[bytes]:
     """Runs of whole lines (each ending in a newline), newest run first."""
     with open(path, "rb") as fh:
-        pos = _last_newline_end(fh, fh.seek(0, os.SEEK_END))
-        rest = b""
+        end = pos = _last_newline_end(fh, fh.seek(0, os.SEEK_END))
         while pos > 0:
-            step = min(CHUNK, pos)
-            pos -= step
+            pos -= min(CHUNK, pos)
             fh.seek(pos)
-            data = fh.read(step) + rest
+            # The partial line in front is read again with the next block rather
+            # than carried over and joined on: each block is copied once, and
+            # fewer fresh 256 KiB buffers mean fewer page faults.
+            data = fh.read(end - pos)
             cut = data.find(b"\n") + 1 if pos > 0 else 0
-            rest = data[:cut]
             if cut < len(data):
-                yield data[cut:]
-        if rest:
-            yield rest
+                yield data[cut:] if cut else data
+                end = pos + cut
 
 
 def _sink_blocks(path: Path) -> Iterator[bytes]:

@@ -553,3 +553,17 @@ def test_a_block_with_a_new_name_and_a_bad_line_loads_its_good_lines(
     ring.load(fast.columns)
     assert _rows(ring) == replay(sink, 100).entries
     assert [e.seq for e in ring] == [1, 3, 4, 5, 6, 7, 8]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
+def test_blocks_are_whole_lines_that_rebuild_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    data = b"a\n" + b"x" * 300 + b"\n\nbc\n" + stored(1) + b"torn"
+    sink.write_bytes(data)
+    monkeypatch.setattr(recovery, "CHUNK", chunk)
+    blocks = list(recovery._reverse_blocks(sink))
+    assert all(block.endswith(b"\n") for block in blocks)
+    assert all(len(block) < chunk + 302 for block in blocks)  # 302: longest line
+    assert b"".join(reversed(blocks)) == data[: data.rindex(b"\n") + 1]
