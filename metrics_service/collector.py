@@ -190,6 +190,17 @@ class Collector:
         if not pending:
             self._idle.set()
             return
+        try:
+            self._store(pending)
+        except Exception as exc:
+            # A bug, not a disk error: answer the requests (500) rather than hang them.
+            logger.exception("storing events failed")
+            for _, future in pending:
+                if not future.done():
+                    future.set_exception(exc)
+            self._after_flush()
+
+    def _store(self, pending: list[tuple[Group, asyncio.Future[Outcome]]]) -> None:
         seq = self.last_seq
         # What this flush stores, as columns; entries are built once at the end.
         lines: list[bytes] = []

@@ -258,3 +258,21 @@ def test_a_failing_listener_does_not_hang_writers(config: Config) -> None:
         assert r.status_code == 202
         assert r.json()["seq"] == 1
     assert len(read_lines(config.jsonl)) == 1
+
+
+def test_a_bug_while_storing_answers_500_instead_of_hanging(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = create_app(config)
+    with TestClient(app, raise_server_exceptions=False) as c:
+
+        def broken(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("ring bug")
+
+        monkeypatch.setattr(app.state.service.ring, "extend", broken)
+        r = c.post(EVENT_URL, json=event())
+        assert r.status_code == 500
+        assert r.json() == {"detail": "internal error"}
+        monkeypatch.undo()
+        r = c.post(EVENT_URL, json=event())
+        assert r.status_code == 202
