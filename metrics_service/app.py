@@ -58,6 +58,7 @@ class MetricsApp(Starlette):
             f"{API}/events": endpoints.direct_batch,
         }
         self.edge = Edge(self.router, config=config, lanes=lanes, vary=True)
+        self.service: Service | None = None  # set by create_app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self.edge.direct(scope):
@@ -95,4 +96,5 @@ def create_app(config: Config | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.service = service
+    app.service = service  # for the ingest endpoints: no State lookup per request
     return app

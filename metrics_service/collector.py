@@ -113,16 +113,17 @@ class Collector:
         if self._dedupe_window <= 0:
             return
         seen = self._seen_ids
-        self._remember_fresh(
-            [event_id for event_id in dict.fromkeys(event_ids) if event_id not in seen]
-        )
+        fresh = [
+            event_id for event_id in dict.fromkeys(event_ids) if event_id not in seen
+        ]
+        seen.update(fresh)
+        self._slide(fresh)
 
-    def _remember_fresh(self, fresh: list[str]) -> None:
-        """remember() for ids known to be new and distinct."""
-        if self._dedupe_window <= 0 or not fresh:
+    def _slide(self, fresh: list[str]) -> None:
+        """Queue ids already added to the seen set, forgetting the oldest past the window."""
+        if not fresh:
             return
         seen, order = self._seen_ids, self._seen_order
-        seen.update(fresh)
         order.append(fresh)
         self._seen_count += len(fresh)
         excess = self._seen_count - self._dedupe_window
@@ -154,33 +155,35 @@ class Collector:
             loop.call_soon(self._flush)
         return future
 
-    def _unseen(self, group: Group, taken: dict[str, None]) -> list[bool] | None:
-        """Which events to keep, or None for all: an event_id seen before, or earlier
-        in this flush (`taken`), makes its event a duplicate."""
+    def _unseen(self, group: Group, taken: list[str]) -> list[bool] | None:
+        """Which events to keep, or None for all: an event_id seen before, or earlier in
+        this flush, makes its event a duplicate. The others' ids join the seen set at
+        once and are listed in `taken` (taken back if the write fails)."""
         event_ids = group.event_ids
+        seen = self._seen_ids
         if len(event_ids) == 1:  # a single event: no lists, sets or dicts to build
             event_id = event_ids[0]
             if event_id is None:
                 return None
-            if event_id in self._seen_ids or event_id in taken:
+            if event_id in seen:
                 return [False]
-            taken[event_id] = None
+            seen.add(event_id)
+            taken.append(event_id)
             return None
         ids = [event_id for event_id in event_ids if event_id is not None]
-        fresh = dict.fromkeys(ids)
-        seen = self._seen_ids
-        if (
-            seen.isdisjoint(fresh)
-            and taken.keys().isdisjoint(fresh)
-            and len(fresh) == len(ids)
-        ):
-            taken.update(fresh)
-            return None
+        if seen.isdisjoint(ids):
+            before = len(seen)
+            seen.update(ids)
+            if len(seen) - before == len(ids):  # no repeats within the group either
+                taken += ids
+                return None
+            seen.difference_update(ids)
         keep: list[bool] = []
         for event_id in event_ids:
-            unseen = event_id is None or not (event_id in seen or event_id in taken)
+            unseen = event_id is None or event_id not in seen
             if unseen and event_id is not None:
-                taken[event_id] = None
+                seen.add(event_id)
+                taken.append(event_id)
             keep.append(unseen)
         return keep
 
@@ -190,17 +193,21 @@ class Collector:
         if not pending:
             self._idle.set()
             return
+        taken: list[str] = []  # event_ids this flush stores, in order
         try:
-            self._store(pending)
+            self._store(pending, taken)
         except Exception as exc:
             # A bug, not a disk error: answer the requests (500) rather than hang them.
             logger.exception("storing events failed")
+            self._seen_ids.difference_update(taken)
             for _, future in pending:
                 if not future.done():
                     future.set_exception(exc)
             self._after_flush()
 
-    def _store(self, pending: list[tuple[Group, asyncio.Future[Outcome]]]) -> None:
+    def _store(
+        self, pending: list[tuple[Group, asyncio.Future[Outcome]]], taken: list[str]
+    ) -> None:
         seq = self.last_seq
         # What this flush stores, as columns; entries are built once at the end.
         lines: list[bytes] = []
@@ -210,7 +217,6 @@ class Collector:
         visitor_ids: list[str] = []
         event_ids: list[str | None] = []
         outcomes: list[Outcome] = []
-        taken: dict[str, None] = {}  # event_ids stored by this flush, in order
         dedupe = self._dedupe_window > 0
         for group, _ in pending:
             duplicates = 0
@@ -251,7 +257,10 @@ class Collector:
             try:
                 self.sink.write(b"\n".join(lines) + b"\n")
             except SinkError as exc:
-                # Nothing reached the file: seqs are not burned, the ring is untouched.
+                # Nothing reached the file: seqs are not burned, the ring is untouched,
+                # and the ids may come again.
+                self._seen_ids.difference_update(taken)
+                del taken[:]
                 self.write_errors += 1
                 self.error = str(exc)
                 for _, future in pending:
@@ -262,7 +271,8 @@ class Collector:
             self.error = None
             self.last_seq = seq
             self.accepted += len(lines)
-            self._remember_fresh(list(taken))
+            self._slide(list(taken))
+            del taken[:]  # stored: not to be taken back
             # Without listeners only what the ring keeps needs an Entry.
             skip = 0 if self._listeners else max(len(lines) - self.ring.capacity, 0)
             entries = list(

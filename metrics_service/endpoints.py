@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
 
 import orjson
 from starlette.requests import Request
@@ -47,10 +46,9 @@ VARY_ORIGIN = (b"vary", b"Origin")
 
 
 async def respond(
-    send: Send, content: dict[str, Any], status: int = 202, *, vary: bool = False
+    send: Send, body: bytes, status: int = 202, *, vary: bool = False
 ) -> None:
-    """What JSONResponse sends, without building a Response."""
-    body = orjson.dumps(content)
+    """What JSONResponse sends for a JSON `body`, without building a Response."""
     headers = [(b"content-length", b"%d" % len(body)), JSON_HEADERS]
     if vary:
         headers.append(VARY_ORIGIN)
@@ -71,7 +69,7 @@ class Ingest:
         self.vary = vary
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        service: Service = scope["app"].state.service
+        service: Service = scope["app"].service
         config = service.config
         head = read_head(scope["headers"])
         kind = media_type(head)
@@ -125,16 +123,23 @@ class Ingest:
                 "first_seq": outcome.first_seq,
                 "last_seq": outcome.last_seq,
             }
-        else:
-            content = {
-                "ok": True,
-                "stored": outcome.stored,
-                "file": str(config.jsonl),
-                "seq": outcome.first_seq,
-                "duplicates": outcome.duplicates,
-                "sampled_out": sampled_out,
-            }
-        await respond(send, content, vary=self.vary)
+            await respond(send, orjson.dumps(content), vary=self.vary)
+            return
+        seq = outcome.first_seq
+        # The answer of every single event: formatted, not built as a dict and dumped.
+        answer = _EVENT_ANSWER % (
+            outcome.stored,
+            service.file_json,
+            b"null" if seq is None else b"%d" % seq,
+            outcome.duplicates,
+            sampled_out,
+        )
+        await respond(send, answer, vary=self.vary)
+
+
+_EVENT_ANSWER = (
+    b'{"ok":true,"stored":%d,"file":%s,"seq":%s,"duplicates":%d,"sampled_out":%d}'
+)
 
 
 NOTHING = Outcome(0, 0, None, None)

@@ -4,6 +4,8 @@ import asyncio
 import logging
 from importlib.metadata import PackageNotFoundError, version
 
+import orjson
+
 from . import recovery
 from .buffer import Ring, repacked
 from .collector import Collector
@@ -40,6 +42,7 @@ class Service:
         # both for GET /metrics.
         self.rejected: dict[int, int] = {}
         self.sampled_out = 0
+        self.file_json = orjson.dumps(str(config.jsonl))  # in every ingest answer
 
     def start(self) -> None:
         """Repair a torn tail, open the sink, and replay the newest events into the ring."""

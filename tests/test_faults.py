@@ -276,3 +276,24 @@ def test_a_bug_while_storing_answers_500_instead_of_hanging(
         monkeypatch.undo()
         r = c.post(EVENT_URL, json=event())
         assert r.status_code == 202
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_an_event_id_refused_by_a_failed_write_is_stored_on_retry(
+    config: Config, monkeypatch: pytest.MonkeyPatch, batch: bool
+) -> None:
+    url = EVENT_URL.replace("/event", "/events") if batch else EVENT_URL
+    body: Any = event(event_id="retry-me")
+    if batch:
+        body = [body, event(event_id="retry-me-too")]
+    with TestClient(create_app(config)) as c:
+        with monkeypatch.context() as m:
+            patch_os(m, write=raising(OSError(errno.ENOSPC, "No space left")))
+            assert c.post(url, json=body).status_code == 503
+        r = c.post(url, json=body)
+        assert r.status_code == 202
+        assert r.json()["duplicates"] == 0
+        assert r.json()["stored"] == (2 if batch else 1)
+        assert c.post(url, json=body).json()["duplicates"] == (2 if batch else 1)
+    ids = [line["event_id"] for line in read_lines(config.jsonl)]
+    assert ids == (["retry-me", "retry-me-too"] if batch else ["retry-me"])
