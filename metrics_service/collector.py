@@ -138,13 +138,10 @@ class Collector:
             self._seen_count -= len(gone)
             excess -= len(gone)
 
-    async def submit(self, group: Group) -> Outcome:
-        """Store the group's events in order, all or nothing; raises SinkError when the
-        write fails. Events whose event_id was seen are counted as duplicates instead."""
-        return await self.enqueue(group)
-
     def enqueue(self, group: Group) -> asyncio.Future[Outcome]:
-        """As submit(), as a future to await: one coroutine frame less on the hot path."""
+        """Store the group's events in order, all or nothing, as a future to await: it
+        raises SinkError when the write fails. Events whose event_id was seen are
+        counted as duplicates instead."""
         # get_running_loop() costs a getpid() system call on Python 3.11.
         loop = self.loop or asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()

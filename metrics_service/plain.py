@@ -55,21 +55,22 @@ _wrapped = msgspec.json.Decoder(Envelope)
 _encoder = msgspec.json.Encoder()
 
 
-def decode(body: bytes, *, batch: bool, max_batch: int) -> list[PlainEvent] | None:
-    """The body's events when all are plain: an object, or for a batch an array or
-    `{"events": [...]}` of 1 to max_batch objects; else None."""
+# ValidationError is a DecodeError; bad UTF-8 raises UnicodeDecodeError.
+_UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
+
+
+def decode(body: bytes, max_batch: int) -> list[PlainEvent] | None:
+    """A batch's events when all are plain: an array or `{"events": [...]}` of 1 to
+    max_batch objects; else None (a single event is _single's)."""
     first = body[:1]
     try:
-        if not batch:
-            events = [_one.decode(body)] if first == b"{" else []
-        elif first == b"[":
+        if first == b"[":
             events = _many.decode(body)
         elif first == b"{":
             events = _wrapped.decode(body).events
         else:
             return None
-    except (msgspec.DecodeError, ValueError, RecursionError):
-        # ValidationError is a DecodeError; bad UTF-8 raises UnicodeDecodeError.
+    except _UNDECODABLE:
         return None
     if not 1 <= len(events) <= max_batch:
         return None
@@ -102,7 +103,7 @@ def group(
         return None
     if not batch:
         return _single(body, max_event_bytes, received, stamp, ts, header_user_agent)
-    events = decode(body, batch=batch, max_batch=max_batch)
+    events = decode(body, max_batch)
     if events is None:
         return None
     names = [event.event for event in events]
@@ -160,12 +161,16 @@ def _single(
     ts: float,
     header_user_agent: str | None,
 ) -> Group | None:
-    """group() for one event, without the batch's lists and joins."""
+    """group() for one event, without the batch's lists and joins.
+
+    The same rules as group(), written out for one value: sharing group()'s helpers
+    measured ~3% more instructions per single-event request (callgrind).
+    """
     if body[:1] != b"{":
         return None
     try:
         event = _one.decode(body)
-    except (msgspec.DecodeError, ValueError, RecursionError):
+    except _UNDECODABLE:
         return None
     name, visitor_id = event.event, event.visitor_id
     if not (

@@ -393,18 +393,11 @@ class _Parser:
             return None
 
     def _slow(self, lines: list[bytes]) -> tuple[Columns, int, int]:
+        # _scan keeps the lines' order, and stops early only once it has `need`.
+        found, top, skipped = _scan(lines, len(lines), 0)
         out = _empty()
-        top = skipped = 0
-        for line in lines:
-            if not line.strip():
-                continue
-            seq, entry = parse_entry(line)
-            if seq is not None and seq > top:
-                top = seq
-            if entry is None:
-                skipped += 1
-            else:
-                _add_entry(out, entry)
+        for entry in found:
+            _add_entry(out, entry)
         return out, top, skipped
 
 
