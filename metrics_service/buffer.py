@@ -5,7 +5,7 @@ import math
 from array import array
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Iterator
-from itertools import accumulate, islice
+from itertools import accumulate
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -37,6 +37,7 @@ _EVENT_ID_KEY = b'"event_id":"'  # 12 bytes
 _STEP = 256  # entries rebuilt at a time when walking backwards
 _new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
 _EVENT = itemgetter(2)  # Entry.event
+_FEW = 8  # up to this many names are counted one by one: a Counter costs more
 
 
 def repacked(strings: list[str]) -> list[str]:
@@ -356,12 +357,16 @@ class Ring:
             self.clear()
             entries = entries[len(entries) - self.capacity :]
         hot = self._hot
-        added = len(hot)
         hot.extend(entries)
         counts = self._counts
-        # Counter counts in C; a group has a handful of names.
-        for name, n in Counter(map(_EVENT, islice(hot, added, None))).items():
-            counts[name] = counts.get(name, 0) + n
+        if len(entries) <= _FEW:
+            for entry in entries:
+                name = entry[2]
+                counts[name] = counts.get(name, 0) + 1
+        else:
+            # Counter counts in C; a group has a handful of names.
+            for name, n in Counter(map(_EVENT, entries)).items():
+                counts[name] = counts.get(name, 0) + n
         while len(hot) >= self._chunk:
             self._pack(written)
         excess = len(self) - self.capacity
@@ -411,19 +416,27 @@ class Ring:
             first = self._packed[0]
             start = self._skip
             take = min(count, len(first) - start)
-            for code, n in Counter(first.codes[start : start + take]).items():
-                self._forget(first.names[code], n)
+            if take <= _FEW:
+                names = first.names
+                for code in first.codes[start : start + take]:
+                    self._forget(names[code], 1)
+            else:
+                for code, n in Counter(first.codes[start : start + take]).items():
+                    self._forget(first.names[code], n)
             self._skip += take
             self._packed_len -= take
             count -= take
             if self._skip == len(first):
                 self._packed.popleft()
                 self._skip = 0
-        if count > 0:
+        if count > _FEW:
             popleft = self._hot.popleft
             gone = [popleft() for _ in range(count)]
             for name, n in Counter(map(_EVENT, gone)).items():
                 self._forget(name, n)
+        elif count > 0:
+            for _ in range(count):
+                self._forget(self._hot.popleft()[2], 1)
 
     def _forget(self, name: str, n: int) -> None:
         left = self._counts[name] - n

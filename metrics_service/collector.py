@@ -206,13 +206,8 @@ class Collector:
         self, pending: list[tuple[Group, asyncio.Future[Outcome]]], taken: list[str]
     ) -> None:
         seq = self.last_seq
-        # What this flush stores, as columns; entries are built once at the end.
         lines: list[bytes] = []
-        seqs: list[int] = []
-        ts: list[float] = []
-        events: list[str] = []
-        visitor_ids: list[str] = []
-        event_ids: list[str | None] = []
+        groups: list[Group] = []  # what is stored of each
         outcomes: list[Outcome] = []
         dedupe = self._dedupe_window > 0
         for group, _ in pending:
@@ -229,26 +224,22 @@ class Collector:
                 lines.append(
                     _LINE % (seq, group.received, group.heads[0], group.bodies[0])
                 )
-                seqs.append(seq)
             elif stored:
-                numbers = range(first, seq + 1)
                 # map() and zip() keep the per-event work in C.
                 lines += map(
                     _LINE.__mod__,
-                    zip(numbers, repeat(group.received), group.heads, group.bodies),
+                    zip(
+                        range(first, seq + 1),
+                        repeat(group.received),
+                        group.heads,
+                        group.bodies,
+                    ),
                 )
-                seqs += numbers
-            ts += group.ts
-            events += group.events
-            visitor_ids += group.visitor_ids
-            event_ids += group.event_ids
+            groups.append(group)
             outcomes.append(
-                Outcome(
-                    stored,
-                    duplicates,
-                    first if stored else None,
-                    seq if stored else None,
-                )
+                Outcome(stored, duplicates, first, seq)
+                if stored
+                else Outcome(0, duplicates, None, None)
             )
         if lines:
             try:
@@ -266,28 +257,14 @@ class Collector:
                 self._after_flush()
                 return
             self.error = None
+            first = self.last_seq + 1
             self.last_seq = seq
             self.accepted += len(lines)
-            self._slide(list(taken))
-            del taken[:]  # stored: not to be taken back
-            # Without listeners only what the ring keeps needs an Entry.
-            skip = 0 if self._listeners else max(len(lines) - self.ring.capacity, 0)
-            entries = list(
-                map(
-                    _new,
-                    repeat(Entry),
-                    zip(
-                        seqs[skip:],
-                        ts[skip:],
-                        events[skip:],
-                        visitor_ids[skip:],
-                        event_ids[skip:],
-                        lines[skip:],
-                        strict=True,
-                    ),
-                )
-            )
-            self.ring.extend(entries, written=True, passed=skip)
+            if taken:
+                self._slide(list(taken))
+                del taken[:]  # stored: not to be taken back
+            entries = self._entries(groups, first, lines)
+            self.ring.extend(entries, written=True, passed=len(lines) - len(entries))
             for listener in list(self._listeners):
                 try:
                     listener(entries)
@@ -305,6 +282,52 @@ class Collector:
             self._arm_fsync_timer()
         _answer(pending, outcomes)
         self._after_flush()
+
+    def _entries(
+        self, groups: list[Group], first: int, lines: list[bytes]
+    ) -> list[Entry]:
+        """Ring entries for the stored lines (seqs from `first`); without listeners only
+        the newest the ring keeps."""
+        if len(lines) == 1:
+            group = next(g for g in groups if g.bodies)
+            return [
+                _new(
+                    Entry,
+                    (
+                        first,
+                        group.ts[0],
+                        group.events[0],
+                        group.visitor_ids[0],
+                        group.event_ids[0],
+                        lines[0],
+                    ),
+                )
+            ]
+        if len(groups) == 1:
+            ts, events, visitor_ids, event_ids = groups[0][1:5]
+        else:
+            ts, events, visitor_ids, event_ids = [], [], [], []
+            for group in groups:
+                ts += group.ts
+                events += group.events
+                visitor_ids += group.visitor_ids
+                event_ids += group.event_ids
+        skip = 0 if self._listeners else max(len(lines) - self.ring.capacity, 0)
+        return list(
+            map(
+                _new,
+                repeat(Entry),
+                zip(
+                    range(first + skip, first + len(lines)),
+                    ts[skip:],
+                    events[skip:],
+                    visitor_ids[skip:],
+                    event_ids[skip:],
+                    lines[skip:],
+                    strict=True,
+                ),
+            )
+        )
 
     async def _fsync_then_answer(
         self,

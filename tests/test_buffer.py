@@ -157,6 +157,26 @@ def test_eviction_drops_packed_chunks_and_keeps_counts() -> None:
     assert ring.evicted == 90
 
 
+def test_counts_match_packed_contents_for_small_and_large_groups() -> None:
+    # Groups of up to 8 are counted one by one, larger ones with a Counter: both
+    # ways in, and both ways out of packed chunks and of the unpacked tail.
+    ring = Ring(40, chunk=16)
+    names = ["a", "b", "c"]
+    seq = 0
+    for size in [1, 3, 9, 20, 2, 33, 8, 50, 1, 17, 5]:
+        group = []
+        for _ in range(size):
+            seq += 1
+            group.append(entry(seq, names[seq * seq % 3]))
+        ring.extend(group)
+        held = list(ring)
+        assert seqs(held) == list(range(max(1, seq - 39), seq + 1))
+        expected: dict[str, int] = {}
+        for e in held:
+            expected[e.event] = expected.get(e.event, 0) + 1
+        assert ring.counts() == expected
+
+
 def test_a_large_ring_stays_consistent_across_batches() -> None:
     ring = Ring(1000)
     names = ["page_view", "link_click", "signup"]
