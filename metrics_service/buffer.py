@@ -361,8 +361,7 @@ class Ring:
         counts = self._counts
         if len(entries) <= _FEW:
             for entry in entries:
-                name = entry[2]
-                counts[name] = counts.get(name, 0) + 1
+                counts[entry.event] = counts.get(entry.event, 0) + 1
         else:
             # Counter counts in C; a group has a handful of names.
             for name, n in Counter(map(_EVENT, entries)).items():
@@ -436,7 +435,7 @@ class Ring:
                 self._forget(name, n)
         elif count > 0:
             for _ in range(count):
-                self._forget(self._hot.popleft()[2], 1)
+                self._forget(self._hot.popleft().event, 1)
 
     def _forget(self, name: str, n: int) -> None:
         left = self._counts[name] - n

@@ -304,7 +304,9 @@ class Collector:
                 )
             ]
         if len(groups) == 1:
-            ts, events, visitor_ids, event_ids = groups[0][1:5]
+            only = groups[0]
+            ts, events = only.ts, only.events
+            visitor_ids, event_ids = only.visitor_ids, only.event_ids
         else:
             ts, events, visitor_ids, event_ids = [], [], [], []
             for group in groups:
