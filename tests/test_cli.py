@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from metrics_service.cli import main
-from metrics_service.testing import MetricsServer, free_port
+from metrics_service.testing import SERVE_ARGV, MetricsServer, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -178,18 +178,7 @@ def test_flags_reach_the_server(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("METRICS_")}
     env.update(METRICS_PORT="1", METRICS_RING_CAPACITY="abc")
     argv = ["--port", str(port), "--capacity", "3", "--jsonl", str(sink)]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "metrics_service",
-            "serve",
-            *argv,
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
+    process = subprocess.Popen([*SERVE_ARGV, *argv], env=env)
     try:
         url = f"http://127.0.0.1:{port}/api/metrics/behavior/health"
         health = None
