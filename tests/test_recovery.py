@@ -3,6 +3,7 @@ from __future__ import annotations
 import gzip
 import logging
 from pathlib import Path
+from typing import NoReturn
 
 import orjson
 import pytest
@@ -10,7 +11,7 @@ from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app, recovery
-from metrics_service.buffer import Entry, Ring, readback
+from metrics_service.buffer import Columns, Entry, Ring, readback
 from metrics_service.recovery import repair_torn_tail, replay, reverse_lines
 
 
@@ -189,6 +190,21 @@ def _rows(ring: Ring) -> list[Entry]:
     return list(ring)
 
 
+def _ring_of(columns: Columns, capacity: int) -> Ring:
+    ring = Ring(capacity)
+    ring.load(columns)
+    return ring
+
+
+def _forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Fail the test if recovery.<name> is called: the fast path must do without it."""
+
+    def called(*args: object) -> NoReturn:
+        raise AssertionError(args)
+
+    monkeypatch.setattr(recovery, name, called)
+
+
 MILLIS = [1, 3, 7, 123, 300, 555, 701, 999]
 ODD_LINES = [
     stored(1),
@@ -262,9 +278,7 @@ def test_fast_load_reads_escaped_event_and_visitor_like_the_full_parse(
     sink = tmp_path / "m.jsonl"
     line = stored(1, "a\\b", visitor_id='say "hi"', event_id="x\ty")
     sink.write_bytes(stored(2).replace(b'"seq":2', b'"seq":0') + line)
-    entry = recovery.load(sink, 10).columns
-    ring = Ring(10)
-    ring.load(entry)
+    ring = _ring_of(recovery.load(sink, 10).columns, 10)
     (only,) = [e for e in ring if e.seq == 1]
     assert only == recovery.parse_entry(line[:-1])[1]
     assert (only.event, only.visitor_id, only.event_id) == ("a\\b", 'say "hi"', "x\ty")
@@ -331,15 +345,10 @@ def test_clean_blocks_take_the_fast_path(
     expected = replay(sink, 100).entries
     monkeypatch.setattr(recovery, "CHUNK", 300)
 
-    def no_full_parse(line: bytes) -> object:
-        raise AssertionError(line)
-
-    monkeypatch.setattr(recovery, "parse_entry", no_full_parse)
+    _forbid(monkeypatch, "parse_entry")
     found = recovery.load(sink, 100)
     assert (found.last_seq, found.skipped, found.columns.odd) == (39, 0, {})
-    ring = Ring(100)
-    ring.load(found.columns)
-    assert _rows(ring) == expected
+    assert _rows(_ring_of(found.columns, 100)) == expected
 
 
 def test_a_block_msgspec_rejects_still_loads_its_good_lines(
@@ -481,14 +490,9 @@ def test_other_keys_ending_in_id_keep_the_fast_path(
     sink.write_bytes(b"".join(lines))
     expected = replay(sink, 10).entries
 
-    def no_readback(*args: object) -> int:
-        raise AssertionError(args)
-
-    monkeypatch.setattr(recovery, "readback", no_readback)
+    _forbid(monkeypatch, "readback")
     found = recovery.load(sink, 10)
-    ring = Ring(10)
-    ring.load(found.columns)
-    assert _rows(ring) == expected
+    assert _rows(_ring_of(found.columns, 10)) == expected
 
 
 def test_only_lines_with_a_backslash_are_read_back_one_by_one(
@@ -527,13 +531,9 @@ def test_a_name_first_seen_in_an_older_block_keeps_the_fast_path(
     monkeypatch.setattr(recovery, "CHUNK", 600)  # a few lines a block
     monkeypatch.setattr(recovery, "_NAMED", named)
 
-    def no_full_parse(line: bytes) -> object:
-        raise AssertionError(line)
-
-    monkeypatch.setattr(recovery, "parse_entry", no_full_parse)
+    _forbid(monkeypatch, "parse_entry")
     found = recovery.load(sink, 100)
-    ring = Ring(100)
-    ring.load(found.columns)
+    ring = _ring_of(found.columns, 100)
     assert _rows(ring) == expected
     assert ring.counts() == {"old": 5, "mid": 5, "a": 15, "b": 10}
     assert len({id(name) for name in found.columns.events}) == 4
@@ -549,8 +549,7 @@ def test_a_block_with_a_new_name_and_a_bad_line_loads_its_good_lines(
     monkeypatch.setattr(recovery, "CHUNK", 3 * len(lines[0]))
     fast = recovery.load(sink, 100)
     assert (fast.last_seq, fast.skipped) == (8, 1)
-    ring = Ring(100)
-    ring.load(fast.columns)
+    ring = _ring_of(fast.columns, 100)
     assert _rows(ring) == replay(sink, 100).entries
     assert [e.seq for e in ring] == [1, 3, 4, 5, 6, 7, 8]
 
