@@ -31,18 +31,16 @@ class Policy:
     checks: bool = dataclasses.field(init=False, repr=False, compare=False)
     samples: bool = dataclasses.field(init=False, repr=False, compare=False)
     redacts: bool = dataclasses.field(init=False, repr=False, compare=False)
-    plain: bool = dataclasses.field(
-        init=False, repr=False, compare=False
-    )  # none of them
+    # None of the three: events need nothing from the policy (plain.py's fast path).
+    plain: bool = dataclasses.field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         checks = self.allowed is not None or bool(self.required)
+        samples, redacts = bool(self.sample), bool(self.redact_keys)
         object.__setattr__(self, "checks", checks)
-        object.__setattr__(self, "samples", bool(self.sample))
-        object.__setattr__(self, "redacts", bool(self.redact_keys))
-        object.__setattr__(
-            self, "plain", not (checks or self.sample or self.redact_keys)
-        )
+        object.__setattr__(self, "samples", samples)
+        object.__setattr__(self, "redacts", redacts)
+        object.__setattr__(self, "plain", not (checks or samples or redacts))
 
     @classmethod
     def from_config(cls, config: Config) -> Policy:
