@@ -1,3 +1,13 @@
+# Build stage: a C compiler for replay's extension (metrics_service/_replay.c).
+FROM python:3.11-slim AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
+COPY metrics_service ./metrics_service
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -7,9 +17,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     METRICS_JSONL=/app/data/metrics.jsonl
 
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY metrics_service ./metrics_service
-RUN pip install --no-cache-dir . \
+COPY --from=build /wheels /wheels
+# The import fails the build if the wheel came out without the C extension.
+RUN pip install --no-cache-dir /wheels/*.whl \
+    && rm -rf /wheels \
+    && python -c "import metrics_service._replay" \
     && useradd --system --uid 10001 --home-dir /app metrics \
     && mkdir -p /app/data \
     && chown -R metrics /app/data

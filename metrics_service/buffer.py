@@ -101,22 +101,18 @@ class Columns(NamedTuple):
     odd: dict[int, tuple[str, str | None]]
     lines: list[bytes]
 
-    def event_ids(self, limit: int) -> list[str]:
-        """The event_ids among the newest `limit` entries, oldest first."""
-        out: list[str] = []
-        flags, odd, lines = self.flags, self.odd, self.lines
-        for i in range(max(len(lines) - limit, 0), len(lines)):
-            if not flags[i] & _HAS_ID:
-                continue
-            if flags[i] & _ODD:
-                event_id = odd[i][1]
-            else:
-                line = lines[i]
-                at = line.find(_EVENT_ID_KEY) + 12
-                event_id = line[at : line.index(b'"', at)].decode()
-            if event_id:  # as replay always did: an empty id is no id
-                out.append(event_id)
-        return out
+
+class Packed(NamedTuple):
+    """Entries already laid out as a _Chunk keeps them (replay's native path)."""
+
+    seqs: array[int]
+    ts: array[float]
+    flags: bytes  # _HAS_ID or 0: no entry is odd
+    codes: bytes  # native uint16 per entry, into names
+    names: list[str]
+    counts: list[int]  # entries per name
+    text: bytes  # the lines joined
+    ends: array[int]  # each line's end in text
 
 
 class _Chunk:
@@ -176,6 +172,22 @@ class _Chunk:
         new._fill(seqs, ts, events, flags, odd, lines)
         return new
 
+    @classmethod
+    def adopt(cls, part: Packed) -> _Chunk:
+        """A chunk holding a Packed part's buffers as they are."""
+        new = cls.__new__(cls)
+        new.seqs = part.seqs
+        new.ts = part.ts
+        new.ends = part.ends
+        new.lines = part.text
+        new.events = part.codes
+        new.codes = memoryview(part.codes).cast("H")
+        new.names = part.names
+        new.index = {name: code for code, name in enumerate(part.names)}
+        new.flags = part.flags
+        new.odd = {}
+        return new
+
     def _fill(
         self,
         seqs: array[int],
@@ -217,6 +229,23 @@ class _Chunk:
         new.flags = self.flags
         new.odd = {i: ((v + ".")[:-1], e) for i, (v, e) in self.odd.items()}
         return new
+
+    def event_ids(self, lo: int) -> list[str]:
+        """The non-empty event_ids of entries lo and on, oldest first."""
+        lines, ends, flags = self.lines, self.ends, self.flags
+        out: list[str] = []
+        for i in range(lo, len(flags)):
+            flag = flags[i]
+            if not flag & _HAS_ID:
+                continue
+            if flag & _ODD:
+                event_id = self.odd[i][1]
+            else:
+                at = lines.find(_EVENT_ID_KEY, ends[i - 1] if i else 0) + 12
+                event_id = lines[at : lines.index(b'"', at)].decode()
+            if event_id:
+                out.append(event_id)
+        return out
 
     def entry(self, i: int) -> Entry:
         return self.slice(i, i + 1)[0]
@@ -372,32 +401,61 @@ class Ring:
         if excess > 0:
             self._evict(excess)
 
-    def load(self, columns: Columns) -> None:
-        """Fill an empty ring from columns, packed straight into chunks (replay)."""
+    def load(self, parts: Iterable[Columns | Packed]) -> None:
+        """Fill an empty ring from parts, oldest first, packed straight into chunks (replay)."""
         if len(self):
             raise ValueError("load needs an empty ring")
+        counts = self._counts
+        named: Iterable[tuple[str, int]]
+        for part in parts:
+            if isinstance(part, Packed):
+                chunks = [_Chunk.adopt(part)]
+                named = zip(part.names, part.counts, strict=True)
+            else:
+                chunks = self._chunks(part)
+                named = Counter(part.events).items()
+            for name, n in named:
+                counts[name] = counts.get(name, 0) + n
+            for chunk in chunks:
+                self._packed.append(chunk)
+                self._packed_len += len(chunk)
+        excess = len(self) - self.capacity
+        if excess > 0:
+            self._evict(excess)
+
+    def _chunks(self, columns: Columns) -> list[_Chunk]:
         seqs, ts, events, flags, odd, lines = columns
         size = self._chunk
         parts: dict[int, dict[int, tuple[str, str | None]]] = {}
         for i, value in odd.items():
             parts.setdefault(i // size, {})[i % size] = value
-        for lo in range(0, len(seqs), size):
-            hi = lo + size
-            packed = _Chunk.packed(
-                seqs[lo:hi],
-                ts[lo:hi],
-                events[lo:hi],
-                bytes(flags[lo:hi]),
+        return [
+            _Chunk.packed(
+                seqs[lo : lo + size],
+                ts[lo : lo + size],
+                events[lo : lo + size],
+                bytes(flags[lo : lo + size]),
                 parts.get(lo // size, {}),
-                lines[lo:hi],
+                lines[lo : lo + size],
             )
-            self._packed.append(packed)
-            self._packed_len += len(packed)
-        for name, n in Counter(events).items():
-            self._counts[name] = self._counts.get(name, 0) + n
-        excess = len(self) - self.capacity
-        if excess > 0:
-            self._evict(excess)
+            for lo in range(0, len(seqs), size)
+        ]
+
+    def event_ids(self, limit: int) -> list[str]:
+        """The event_ids among the newest `limit` entries, oldest first."""
+        hot = list(self._hot)[-limit:] if limit > 0 else []
+        # As replay always did: an empty id is no id.
+        parts = [[entry.event_id for entry in hot if entry.event_id]]
+        left = limit - len(hot)
+        chunks = list(self._packed)
+        for n in range(len(chunks) - 1, -1, -1):
+            if left <= 0:
+                break
+            chunk = chunks[n]
+            lo = max(self._skip if n == 0 else 0, len(chunk) - left)
+            parts.append(chunk.event_ids(lo))
+            left -= len(chunk) - lo
+        return [event_id for part in reversed(parts) for event_id in part]
 
     def _pack(self, written: bool = False) -> None:
         hot = self._hot

@@ -19,12 +19,18 @@ from typing import Annotated, Any, BinaryIO, Literal, NamedTuple, get_args
 import msgspec
 import orjson
 
-from .buffer import Columns, Entry, readback
+from .buffer import Columns, Entry, Packed, readback
 from .rotation import readable_segments
+
+try:
+    from . import _replay as native
+except ImportError:  # built without a C compiler: the Python path, ~2x slower
+    native = None  # type: ignore[assignment]
 
 logger = logging.getLogger("metrics_service")
 
 CHUNK = 256 * 1024
+BLOCK = 1024 * 1024  # replay's read: about a ring chunk's worth of lines
 
 
 class Replay(NamedTuple):
@@ -229,7 +235,7 @@ _last = operator.itemgetter(-1)
 
 
 class Loaded(NamedTuple):
-    columns: Columns  # oldest first, at most the requested count
+    parts: list[Columns | Packed]  # oldest first, at most the requested count in all
     last_seq: int  # the highest seq seen, 0 when there is none
     skipped: int  # lines that did not parse as stored events
 
@@ -283,15 +289,21 @@ class _Parser:
         self.names: dict[str, str] = {}  # one string object per event name
         self.decoder: msgspec.json.Decoder[Any] | None = None  # events as a Literal
 
-    def block(self, block: bytes) -> tuple[Columns, int, int]:
+    def block(self, block: bytes) -> tuple[Columns | Packed, int, int]:
         """The block's entries (oldest first), its highest seq, and its skipped lines."""
-        lines = block.split(b"\n")
-        lines.pop()  # the nothing after the final newline
         try:
             if not block.isascii():
                 block.decode()  # orjson would reject the line: so must we
             heads, named = self._decode(block)
         except (UnicodeDecodeError, msgspec.DecodeError):  # incl. ValidationError
+            heads, named = [], False
+        if heads and native is not None:
+            packed = self._packed(block, heads, named)
+            if packed is not None:
+                return packed, max(packed.seqs), 0
+        lines = block.split(b"\n")
+        lines.pop()  # the nothing after the final newline
+        if not heads:
             return self._slow(lines)
         columns = self._columns(block, lines, heads, named)
         if columns is None:
@@ -320,6 +332,26 @@ class _Parser:
                 self.names = {name: name for name in get_args(kind)}
                 self.decoder = _named_decoder(kind)
         return heads, False
+
+    def _packed(self, block: bytes, heads: list[_Head], named: bool) -> Packed | None:
+        """The block as a ring chunk, by _replay; None for a line it leaves to Python."""
+        assert native is not None
+        lines = native.index(block)
+        if lines is None:
+            return None
+        found = native.columns(heads, None if named else self.names)
+        if found is None:
+            return None
+        text, ends, flags = lines
+        seqs, ts, id_flags, codes, names, counts = found
+        # index() saw one {...} per line and columns() one head per value: equal
+        # counts make them the same lines, and equal flags the same event_ids.
+        if len(flags) != len(heads) or id_flags != flags:
+            return None
+        return Packed(
+            _array("q", seqs), _array("d", ts), flags, codes, names, counts,
+            text, _array("I", ends),
+        )  # fmt: skip
 
     def _columns(
         self, block: bytes, lines: list[bytes], heads: list[_Head], named: bool
@@ -401,6 +433,12 @@ class _Parser:
         return out, top, skipped
 
 
+def _array(typecode: str, data: bytes) -> array[Any]:
+    out = array(typecode)
+    out.frombytes(data)
+    return out
+
+
 def _named_decoder(names: Any) -> msgspec.json.Decoder[Any]:
     """_DECODER, with `event` of type `names` (a Literal)."""
     head = msgspec.defstruct(
@@ -422,7 +460,7 @@ def _reverse_blocks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as fh:
         end = pos = _last_newline_end(fh, fh.seek(0, os.SEEK_END))
         while pos > 0:
-            pos -= min(CHUNK, pos)
+            pos -= min(BLOCK, pos)
             fh.seek(pos)
             # The partial line in front is read again with the next block rather
             # than carried over and joined on: each block is copied once, and
@@ -472,17 +510,22 @@ def load(path: Path, count: int) -> Loaded:
     """
     if count <= 0:
         found = replay(path, count)
-        return Loaded(_empty(), found.last_seq, found.skipped)
+        return Loaded([], found.last_seq, found.skipped)
+    if native is None:
+        logger.warning(
+            "replay without metrics_service._replay (installed with no C compiler)"
+            " takes about twice as long"
+        )
     parser = _Parser()
-    parts: list[Columns] = []  # newest block first
+    parts: list[Columns | Packed] = []  # newest block first
     have = skipped = last_seq = 0
     blocks = _sink_blocks(path)
     rest: Iterable[bytes] = ()
     for block in blocks:
-        columns, top, lost = parser.block(block)
-        if have + len(columns.seqs) < count:
-            parts.append(columns)
-            have += len(columns.seqs)
+        part, top, lost = parser.block(block)
+        if have + len(part.seqs) < count:
+            parts.append(part)
+            have += len(part.seqs)
             last_seq = max(last_seq, top)
             skipped += lost
             continue
@@ -496,15 +539,40 @@ def load(path: Path, count: int) -> Loaded:
         itertools.chain(rest, older_lines(path, count)), count - have, last_seq
     )
     skipped += lost
-    out = _empty()
+    oldest = _empty()
     for entry in reversed(tail):
-        _add_entry(out, entry)
-    for columns in reversed(parts):
-        _extend(out, columns)
-    seqs = out.seqs
-    if not all(map(operator.lt, seqs, itertools.islice(seqs, 1, None))):
-        out = _sorted(out)
-    return Loaded(out, last_seq, skipped)
+        _add_entry(oldest, entry)
+    parts.append(oldest)
+    parts.reverse()
+    if not _in_order(parts):
+        merged = _empty()
+        for part in parts:
+            _extend(merged, _unpacked(part) if isinstance(part, Packed) else part)
+        parts = [_sorted(merged)]
+    return Loaded(parts, last_seq, skipped)
+
+
+def _in_order(parts: list[Columns | Packed]) -> bool:
+    """True when the parts' seqs, one after the other, strictly increase."""
+    last: int | None = None
+    for part in parts:
+        seqs = part.seqs
+        if not seqs:
+            continue
+        if last is not None and seqs[0] <= last:
+            return False
+        if not all(map(operator.lt, seqs, itertools.islice(seqs, 1, None))):
+            return False
+        last = seqs[-1]
+    return True
+
+
+def _unpacked(part: Packed) -> Columns:
+    text = part.text
+    bounds = itertools.pairwise(itertools.chain((0,), part.ends))
+    lines = [text[start:end] for start, end in bounds]
+    events = list(map(part.names.__getitem__, memoryview(part.codes).cast("H")))
+    return Columns(part.seqs, part.ts, events, bytearray(part.flags), {}, lines)
 
 
 def _sorted(columns: Columns) -> Columns:

@@ -55,14 +55,14 @@ class Service:
         # A lifespan run again on the same app (as ASGI test clients do) starts
         # over from the file, the one source of truth.
         self.ring.clear()
-        self.ring.load(found.columns)
+        self.ring.load(found.parts)
         self.collector.last_seq = found.last_seq
         try:
             self.collector.loop = asyncio.get_running_loop()
         except RuntimeError:  # started outside a loop: the collector looks it up
             self.collector.loop = None
         # Only the window's worth: a set never shrinks its table after discards.
-        ids = found.columns.event_ids(max(config.dedupe_window, 1))
+        ids = self.ring.event_ids(max(config.dedupe_window, 1))
         # Replay's ~1M line strings are freed before the ring compacts and the
         # ids are copied, or the survivors would pin the freed memory (RSS).
         del found

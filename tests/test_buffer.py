@@ -129,6 +129,18 @@ def test_packed_chunks_give_back_the_same_entries() -> None:
     assert ring.counts() == {"a": 14, "b": 15, "c": 1}
 
 
+@pytest.mark.parametrize("limit", [0, 1, 3, 9, 13, 30, 100])
+def test_event_ids_are_the_newest_entries_ids(limit: int) -> None:
+    ids = [None, "id-x", "", 'odd "id"', "id-y"]  # "" counts as no id
+    entries = [stored(seq, "a", "v", ids[seq % 5]) for seq in range(1, 40)]
+    entries.append(Entry(40, 1.5, "c", "v", "id-40", b'{"seq":40}'))  # kept aside
+    ring = Ring(30, chunk=4)
+    ring.extend(entries[:31])  # evicts inside the first chunk
+    ring.extend(entries[31:])  # leaves some entries not yet packed
+    newest = list(ring)[-limit:] if limit else []
+    assert ring.event_ids(limit) == [e.event_id for e in newest if e.event_id]
+
+
 def test_newest_by_event_name_uses_the_index_and_matches_a_scan() -> None:
     ring = Ring(1000, chunk=16)
     names = ["page_view"] * 40 + ["click"] * 9 + ["purchase"]

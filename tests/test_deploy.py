@@ -95,9 +95,27 @@ def test_runs_as_a_non_root_user() -> None:
 def test_command_is_serve() -> None:
     [cmd] = instructions("CMD")
     assert "metrics-service" in cmd and "serve" in cmd
-    for rest in instructions("COPY"):
-        for source in shlex.split(rest)[:-1]:
+
+
+def test_copies_files_that_exist_and_stages_that_come_before() -> None:
+    stages: list[str] = []
+    for word, rest in dockerfile():
+        if word == "FROM" and " AS " in rest.upper():
+            stages.append(rest.split()[-1])
+        if word != "COPY":
+            continue
+        args = shlex.split(rest)
+        if args[0].startswith("--from="):
+            assert args[0].removeprefix("--from=") in stages
+            continue
+        for source in args[:-1]:
             assert (ROOT / source).exists(), source
+
+
+def test_the_image_is_built_with_the_c_extension_and_checks_it() -> None:
+    build, final = (ROOT / "Dockerfile").read_text().rsplit("\nFROM ", 1)
+    assert "gcc" in build and "setup.py" in build  # what compiling _replay.c needs
+    assert "import metrics_service._replay" in final
 
 
 def healthchecks() -> list[list[str]]:

@@ -11,7 +11,7 @@ from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app, recovery
-from metrics_service.buffer import Columns, Entry, Ring, readback
+from metrics_service.buffer import Columns, Entry, Packed, Ring, readback
 from metrics_service.recovery import repair_torn_tail, replay, reverse_lines
 
 
@@ -190,10 +190,19 @@ def _rows(ring: Ring) -> list[Entry]:
     return list(ring)
 
 
-def _ring_of(columns: Columns, capacity: int) -> Ring:
+def _ring_of(parts: list[Columns | Packed], capacity: int) -> Ring:
     ring = Ring(capacity)
-    ring.load(columns)
+    ring.load(parts)
     return ring
+
+
+@pytest.fixture(params=["native", "python"], autouse=True)
+def native(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Each replay test once with the C module (which must be built) and once without."""
+    assert recovery.native is not None, "metrics_service._replay was not built"
+    if request.param == "python":
+        monkeypatch.setattr(recovery, "native", None)
+    return request.param == "native"
 
 
 def _forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -255,18 +264,18 @@ def test_fast_load_equals_the_full_parse(
 ) -> None:
     sink = tmp_path / "m.jsonl"
     sink.write_bytes(b"".join(lines * 3))
-    monkeypatch.setattr(recovery, "CHUNK", chunk)
+    monkeypatch.setattr(recovery, "BLOCK", chunk)
     slow = replay(sink, count)
     fast = recovery.load(sink, count)
     assert (fast.last_seq, fast.skipped) == (slow.last_seq, slow.skipped)
     expected, loaded = Ring(1000, chunk=4), Ring(1000, chunk=4)
     expected.extend(slow.entries)
-    loaded.load(fast.columns)
+    loaded.load(fast.parts)
     assert _rows(loaded) == _rows(expected)
     assert loaded.counts() == expected.counts()
     for window in (1, 3, 1000):
         ids = [e.event_id for e in slow.entries[-window:] if e.event_id]
-        assert fast.columns.event_ids(window) == ids
+        assert loaded.event_ids(window) == ids
     # Parsed by the full path, the odd lines' entries still come out equal.
     for entry in _rows(loaded):
         assert entry == recovery.parse_entry(entry.line)[1]
@@ -278,7 +287,7 @@ def test_fast_load_reads_escaped_event_and_visitor_like_the_full_parse(
     sink = tmp_path / "m.jsonl"
     line = stored(1, "a\\b", visitor_id='say "hi"', event_id="x\ty")
     sink.write_bytes(stored(2).replace(b'"seq":2', b'"seq":0') + line)
-    ring = _ring_of(recovery.load(sink, 10).columns, 10)
+    ring = _ring_of(recovery.load(sink, 10).parts, 10)
     (only,) = [e for e in ring if e.seq == 1]
     assert only == recovery.parse_entry(line[:-1])[1]
     assert (only.event, only.visitor_id, only.event_id) == ("a\\b", 'say "hi"', "x\ty")
@@ -324,11 +333,11 @@ def _load_like_replay(sink: Path, monkeypatch: pytest.MonkeyPatch) -> list[Entry
     the whole file as one block and with (about) a block per line."""
     slow = replay(sink, 100)
     for chunk in (256 * 1024, 64):
-        monkeypatch.setattr(recovery, "CHUNK", chunk)
+        monkeypatch.setattr(recovery, "BLOCK", chunk)
         fast = recovery.load(sink, 100)
         assert (fast.last_seq, fast.skipped) == (slow.last_seq, slow.skipped)
         ring = Ring(1000, chunk=4)
-        ring.load(fast.columns)
+        ring.load(fast.parts)
         rows = _rows(ring)
         assert rows == slow.entries
         for entry in rows:
@@ -343,12 +352,42 @@ def test_clean_blocks_take_the_fast_path(
     lines = [stored(i, event_id=f"id-{i}" if i % 2 else None) for i in range(1, 40)]
     sink.write_bytes(b"".join(lines).replace(b',"event_id":null', b""))
     expected = replay(sink, 100).entries
-    monkeypatch.setattr(recovery, "CHUNK", 300)
+    monkeypatch.setattr(recovery, "BLOCK", 300)
 
     _forbid(monkeypatch, "parse_entry")
     found = recovery.load(sink, 100)
-    assert (found.last_seq, found.skipped, found.columns.odd) == (39, 0, {})
-    assert _rows(_ring_of(found.columns, 100)) == expected
+    assert (found.last_seq, found.skipped) == (39, 0)
+    assert [p.odd for p in found.parts if isinstance(p, Columns) and p.odd] == []
+    assert _rows(_ring_of(found.parts, 100)) == expected
+
+
+def test_clean_blocks_are_packed_by_the_native_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    ids = ["id-1", None, "id-3", ""]
+    lines = [stored(i, "ab"[i % 2], event_id=ids[i % 4]) for i in range(1, 40)]
+    sink.write_bytes(b"".join(lines))
+    expected = replay(sink, 100).entries
+    monkeypatch.setattr(recovery, "BLOCK", 600)
+
+    _forbid(monkeypatch, "parse_entry")
+    found = recovery.load(sink, 100)
+    packed = sum(len(part.seqs) for part in found.parts if isinstance(part, Packed))
+    assert packed == (39 if native else 0)
+    ring = _ring_of(found.parts, 100)
+    assert _rows(ring) == expected
+    assert ring.event_ids(100) == [e.event_id for e in expected if e.event_id]
+
+
+def test_replay_without_the_native_module_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, native: bool
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    sink.write_bytes(stored(1))
+    with caplog.at_level(logging.WARNING, logger="metrics_service"):
+        assert recovery.load(sink, 10).last_seq == 1
+    assert ("no C compiler" in caplog.text) != native
 
 
 def test_a_block_msgspec_rejects_still_loads_its_good_lines(
@@ -474,7 +513,7 @@ def test_a_seq_beyond_64_bits_is_skipped(
 def test_replayed_event_names_are_one_string_each(tmp_path: Path) -> None:
     sink = tmp_path / "m.jsonl"
     sink.write_bytes(b"".join(stored(i, ["a", "b"][i % 2]) for i in range(1, 50)))
-    events = recovery.load(sink, 100).columns.events
+    events = [e.event for e in _ring_of(recovery.load(sink, 100).parts, 100)]
     assert len(events) == 49
     assert len({id(name) for name in events}) == 2
 
@@ -492,7 +531,7 @@ def test_other_keys_ending_in_id_keep_the_fast_path(
 
     _forbid(monkeypatch, "readback")
     found = recovery.load(sink, 10)
-    assert _rows(_ring_of(found.columns, 10)) == expected
+    assert _rows(_ring_of(found.parts, 10)) == expected
 
 
 def test_only_lines_with_a_backslash_are_read_back_one_by_one(
@@ -528,15 +567,15 @@ def test_a_name_first_seen_in_an_older_block_keeps_the_fast_path(
     names = ["old"] * 5 + ["mid", "a"] * 5 + ["a", "b"] * 10
     sink.write_bytes(b"".join(stored(i, name) for i, name in enumerate(names, 1)))
     expected = replay(sink, 100).entries
-    monkeypatch.setattr(recovery, "CHUNK", 600)  # a few lines a block
+    monkeypatch.setattr(recovery, "BLOCK", 600)  # a few lines a block
     monkeypatch.setattr(recovery, "_NAMED", named)
 
     _forbid(monkeypatch, "parse_entry")
     found = recovery.load(sink, 100)
-    ring = _ring_of(found.columns, 100)
+    ring = _ring_of(found.parts, 100)
     assert _rows(ring) == expected
     assert ring.counts() == {"old": 5, "mid": 5, "a": 15, "b": 10}
-    assert len({id(name) for name in found.columns.events}) == 4
+    assert len({id(entry.event) for entry in ring}) == 4
 
 
 def test_a_block_with_a_new_name_and_a_bad_line_loads_its_good_lines(
@@ -546,10 +585,10 @@ def test_a_block_with_a_new_name_and_a_bad_line_loads_its_good_lines(
     bad = stored(2, "new").replace(b'"seq":2', b'"seq":"2"')
     lines = [stored(1, "new"), bad, stored(3, "new"), *(stored(i) for i in range(4, 9))]
     sink.write_bytes(b"".join(lines))
-    monkeypatch.setattr(recovery, "CHUNK", 3 * len(lines[0]))
+    monkeypatch.setattr(recovery, "BLOCK", 3 * len(lines[0]))
     fast = recovery.load(sink, 100)
     assert (fast.last_seq, fast.skipped) == (8, 1)
-    ring = _ring_of(fast.columns, 100)
+    ring = _ring_of(fast.parts, 100)
     assert _rows(ring) == replay(sink, 100).entries
     assert [e.seq for e in ring] == [1, 3, 4, 5, 6, 7, 8]
 
@@ -561,7 +600,7 @@ def test_blocks_are_whole_lines_that_rebuild_the_file(
     sink = tmp_path / "m.jsonl"
     data = b"a\n" + b"x" * 300 + b"\n\nbc\n" + stored(1) + b"torn"
     sink.write_bytes(data)
-    monkeypatch.setattr(recovery, "CHUNK", chunk)
+    monkeypatch.setattr(recovery, "BLOCK", chunk)
     blocks = list(recovery._reverse_blocks(sink))
     assert all(block.endswith(b"\n") for block in blocks)
     assert all(len(block) < chunk + 302 for block in blocks)  # 302: longest line

@@ -1,0 +1,334 @@
+/* Replay's per-line work in C: what recovery.py would otherwise do a line at a
+ * time. Each function answers None when a line is not of the plain shape it
+ * handles; the caller then takes the Python path, which decides such lines. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Both keys hold the only '_' of their text: a line is searched for '_', far
+ * rarer than '"', and each one is checked for the key around it. */
+static const char VISITOR[] = "\"visitor_id\"";
+static const char EVENT_ID[] = "\"event_id\"";
+#define VISITOR_AT 8 /* the '_' in "visitor_id" */
+#define EVENT_ID_AT 6
+#define VISITOR_LEN (sizeof(VISITOR) - 1)
+#define EVENT_ID_LEN (sizeof(EVENT_ID) - 1)
+
+static int
+holds(const char *p, const char *end, const char *at, const char *what, size_t len)
+{
+    return at >= p && (size_t)(end - at) >= len && memcmp(at, what, len) == 0;
+}
+
+/* One line (without its newline): 0 or 1 for its event_id flag, -1 when it is not plain. */
+static int
+line_flag(const char *p, const char *end)
+{
+    if (end - p < 2 || p[0] != '{' || end[-1] != '}')
+        return -1;
+    int visitors = 0, ids = 0, flag = 0;
+    for (const char *q = p; (q = memchr(q, '_', end - q)) != NULL; q++) {
+        const char *key = q - VISITOR_AT;
+        if (holds(p, end, key, VISITOR, VISITOR_LEN)) {
+            if (++visitors > 1 || !holds(p, end, key + VISITOR_LEN, ":\"", 2))
+                return -1;
+            continue;
+        }
+        key = q - EVENT_ID_AT;
+        if (holds(p, end, key, EVENT_ID, EVENT_ID_LEN)) {
+            if (++ids > 1)
+                return -1;
+            key += EVENT_ID_LEN;
+            if (holds(p, end, key, ":\"", 2))
+                flag = 1;
+            else if (!holds(p, end, key, ":null", 5))
+                return -1;
+        }
+    }
+    return visitors == 1 ? flag : -1;
+}
+
+PyDoc_STRVAR(index_doc,
+"index(block) -> (text, ends, flags) | None\n\n"
+"Whole lines (each ending in a newline) as the ring packs them: the lines joined\n"
+"without newlines, each line's end in text as native uint32, and each line's\n"
+"event_id flag. None unless every line is plain: no backslash in the block, and\n"
+"each line opens with '{', closes with '}', and holds the string \"visitor_id\"\n"
+"once, followed by :\" and \"event_id\" at most once, followed by :\" or :null.");
+
+static PyObject *
+index_lines(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "index() takes bytes");
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(arg);
+    Py_ssize_t size = PyBytes_GET_SIZE(arg);
+    if (size == 0 || size > UINT32_MAX || data[size - 1] != '\n'
+        || memchr(data, '\\', size) != NULL)
+        Py_RETURN_NONE;
+    Py_ssize_t count = 0;
+    for (const char *q = data; (q = memchr(q, '\n', data + size - q)) != NULL; q++)
+        count++;
+    PyObject *text = PyBytes_FromStringAndSize(NULL, size - count);
+    PyObject *ends = PyBytes_FromStringAndSize(NULL, count * sizeof(uint32_t));
+    PyObject *flags = PyBytes_FromStringAndSize(NULL, count);
+    if (text == NULL || ends == NULL || flags == NULL)
+        goto fail;
+    char *out = PyBytes_AS_STRING(text);
+    uint32_t *end_at = (uint32_t *)PyBytes_AS_STRING(ends);
+    char *flag_at = PyBytes_AS_STRING(flags);
+    uint32_t filled = 0;
+    const char *p = data;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const char *q = memchr(p, '\n', data + size - p);
+        int flag = line_flag(p, q);
+        if (flag < 0) {
+            Py_DECREF(text);
+            Py_DECREF(ends);
+            Py_DECREF(flags);
+            Py_RETURN_NONE;
+        }
+        memcpy(out + filled, p, q - p);
+        filled += (uint32_t)(q - p);
+        end_at[i] = filled;
+        flag_at[i] = (char)flag;
+        p = q + 1;
+    }
+    return Py_BuildValue("(NNN)", text, ends, flags);
+fail:
+    Py_XDECREF(text);
+    Py_XDECREF(ends);
+    Py_XDECREF(flags);
+    return NULL;
+}
+
+static int
+digits(const Py_UCS1 *s, int n)
+{
+    int value = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        value = value * 10 + (s[i] - '0');
+    }
+    return value;
+}
+
+/* Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+static int64_t
+days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int
+month_days(int y, int m)
+{
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return m == 2 && leap ? 29 : days[m - 1];
+}
+
+/* Unix milliseconds of "YYYY-MM-DDTHH:MM:SS.mmmZ", or 0 with *ok cleared. */
+static int64_t
+millis(PyObject *stamp, int *ok)
+{
+    *ok = 0;
+    if (!PyUnicode_CheckExact(stamp) || !PyUnicode_IS_ASCII(stamp)
+        || PyUnicode_GET_LENGTH(stamp) != 24)
+        return 0;
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(stamp);
+    if (s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':'
+        || s[19] != '.' || s[23] != 'Z')
+        return 0;
+    int year = digits(s, 4), month = digits(s + 5, 2), day = digits(s + 8, 2);
+    int hour = digits(s + 11, 2), minute = digits(s + 14, 2);
+    int second = digits(s + 17, 2), ms = digits(s + 20, 3);
+    if (year < 1 || month < 1 || month > 12 || day < 1
+        || day > month_days(year, month) || hour < 0 || hour > 23 || minute < 0
+        || minute > 59 || second < 0 || second > 59 || ms < 0)
+        return 0;
+    *ok = 1;
+    int64_t days = days_from_civil(year, month, day);
+    return ((days * 24 + hour) * 60 + minute) * 60000 + second * 1000 + ms;
+}
+
+PyDoc_STRVAR(columns_doc,
+"columns(heads, names) -> (seqs, ts, flags, codes, chunk_names, counts) | None\n\n"
+"The ring's columns of decoded heads (each with .seq, .timestamp, .event and\n"
+".event_id): seqs as native int64, ts as native doubles (Unix seconds of a\n"
+"\"YYYY-MM-DDTHH:MM:SS.mmmZ\" timestamp, rounded as Python's ms / 1000),\n"
+"event_id flags, and events as native uint16 codes into chunk_names, whose\n"
+"counts go alongside. `names` (or None) maps an event to the one string kept\n"
+"for it. None when a timestamp is anything else or there are over 65536 names.");
+
+typedef struct {
+    PyObject *seq, *timestamp, *event, *event_id;
+} Keys;
+
+static Keys keys;
+
+static PyObject *
+columns(PyObject *module, PyObject *args)
+{
+    PyObject *heads, *names;
+    if (!PyArg_ParseTuple(args, "O!O:columns", &PyList_Type, &heads, &names))
+        return NULL;
+    if (names != Py_None && !PyDict_CheckExact(names)) {
+        PyErr_SetString(PyExc_TypeError, "columns() takes a dict or None of names");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(heads);
+    PyObject *seqs = PyBytes_FromStringAndSize(NULL, count * sizeof(int64_t));
+    PyObject *ts = PyBytes_FromStringAndSize(NULL, count * sizeof(double));
+    PyObject *flags = PyBytes_FromStringAndSize(NULL, count);
+    PyObject *codes = PyBytes_FromStringAndSize(NULL, count * sizeof(uint16_t));
+    PyObject *chunk_names = PyList_New(0);
+    PyObject *index = PyDict_New();
+    PyObject *value = NULL, *last = NULL;
+    Py_ssize_t last_code = 0, *counts = NULL;
+    if (!seqs || !ts || !flags || !codes || !chunk_names || !index)
+        goto fail;
+    counts = PyMem_Calloc(count ? count : 1, sizeof(Py_ssize_t));
+    if (counts == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    int64_t *seq_at = (int64_t *)PyBytes_AS_STRING(seqs);
+    double *ts_at = (double *)PyBytes_AS_STRING(ts);
+    char *flag_at = PyBytes_AS_STRING(flags);
+    uint16_t *code_at = (uint16_t *)PyBytes_AS_STRING(codes);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *head = PyList_GET_ITEM(heads, i);
+        int ok;
+        if (!(value = PyObject_GetAttr(head, keys.seq)))
+            goto fail;
+        seq_at[i] = PyLong_AsLongLong(value);
+        Py_CLEAR(value);
+        if (seq_at[i] == -1 && PyErr_Occurred())
+            goto fail;
+        if (!(value = PyObject_GetAttr(head, keys.timestamp)))
+            goto fail;
+        int64_t ms = millis(value, &ok);
+        Py_CLEAR(value);
+        if (!ok)
+            goto none;
+        ts_at[i] = (double)ms / 1000.0;
+        if (!(value = PyObject_GetAttr(head, keys.event_id)))
+            goto fail;
+        flag_at[i] = value != Py_None;
+        Py_CLEAR(value);
+        if (!(value = PyObject_GetAttr(head, keys.event)))
+            goto fail;
+        if (value != last) {
+            PyObject *name = value;
+            if (names != Py_None) {
+                name = PyDict_GetItemWithError(names, value);
+                if (name == NULL && PyErr_Occurred())
+                    goto fail;
+                if (name == NULL)
+                    name = value;
+            }
+            PyObject *code = PyDict_GetItemWithError(index, name);
+            if (code == NULL) {
+                if (PyErr_Occurred())
+                    goto fail;
+                last_code = PyList_GET_SIZE(chunk_names);
+                if (last_code > 65535)
+                    goto none;
+                code = PyLong_FromSsize_t(last_code);
+                if (!code || PyDict_SetItem(index, name, code) < 0
+                    || PyList_Append(chunk_names, name) < 0) {
+                    Py_XDECREF(code);
+                    goto fail;
+                }
+                Py_DECREF(code);
+            }
+            else
+                last_code = PyLong_AsSsize_t(code);
+            last = value; /* held by the head, which the list holds */
+        }
+        Py_CLEAR(value);
+        code_at[i] = (uint16_t)last_code;
+        counts[last_code]++;
+    }
+    Py_ssize_t named = PyList_GET_SIZE(chunk_names);
+    PyObject *tally = PyList_New(named);
+    if (tally == NULL)
+        goto fail;
+    for (Py_ssize_t k = 0; k < named; k++) {
+        PyObject *n = PyLong_FromSsize_t(counts[k]);
+        if (n == NULL) {
+            Py_DECREF(tally);
+            goto fail;
+        }
+        PyList_SET_ITEM(tally, k, n);
+    }
+    PyMem_Free(counts);
+    Py_DECREF(index);
+    return Py_BuildValue("(NNNNNN)", seqs, ts, flags, codes, chunk_names, tally);
+none:
+    PyMem_Free(counts);
+    Py_XDECREF(value);
+    Py_XDECREF(seqs);
+    Py_XDECREF(ts);
+    Py_XDECREF(flags);
+    Py_XDECREF(codes);
+    Py_XDECREF(chunk_names);
+    Py_XDECREF(index);
+    Py_RETURN_NONE;
+fail:
+    PyMem_Free(counts);
+    Py_XDECREF(value);
+    Py_XDECREF(seqs);
+    Py_XDECREF(ts);
+    Py_XDECREF(flags);
+    Py_XDECREF(codes);
+    Py_XDECREF(chunk_names);
+    Py_XDECREF(index);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"index", index_lines, METH_O, index_doc},
+    {"columns", columns, METH_VARARGS, columns_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyModuleDef_Slot slots[] = {
+#ifdef Py_mod_multiple_interpreters
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "metrics_service._replay",
+    .m_doc = "Replay's per-line work in C (see recovery.py).",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC
+PyInit__replay(void)
+{
+    if (!keys.seq) {
+        keys.seq = PyUnicode_InternFromString("seq");
+        keys.timestamp = PyUnicode_InternFromString("timestamp");
+        keys.event = PyUnicode_InternFromString("event");
+        keys.event_id = PyUnicode_InternFromString("event_id");
+        if (!keys.seq || !keys.timestamp || !keys.event || !keys.event_id)
+            return NULL;
+    }
+    return PyModuleDef_Init(&module);
+}
