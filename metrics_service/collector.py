@@ -11,6 +11,7 @@ from typing import NamedTuple
 from .buffer import Entry, Ring
 from .config import FsyncPolicy
 from .sink import Sink, SinkError
+from .speedups import native
 
 
 class Group(NamedTuple):
@@ -43,6 +44,17 @@ class Group(NamedTuple):
 
 _LINE = b'{"seq":%d,"received_at":"%s",%s%s'
 _new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
+
+
+def python_lines(
+    first: int, received: bytes, heads: list[bytes], bodies: list[bytes]
+) -> list[bytes]:
+    """Stored lines, without newlines, with seqs counting up from `first`."""
+    seqs = range(first, first + len(bodies))
+    return list(map(_LINE.__mod__, zip(seqs, repeat(received), heads, bodies)))
+
+
+_lines = python_lines if native is None else native.lines
 
 
 class Outcome(NamedTuple):
@@ -220,21 +232,8 @@ class Collector:
             first = seq + 1
             stored = len(group.bodies)
             seq += stored
-            if stored == 1:  # a single event: no iterators to set up
-                lines.append(
-                    _LINE % (seq, group.received, group.heads[0], group.bodies[0])
-                )
-            elif stored:
-                # map() and zip() keep the per-event work in C.
-                lines += map(
-                    _LINE.__mod__,
-                    zip(
-                        range(first, seq + 1),
-                        repeat(group.received),
-                        group.heads,
-                        group.bodies,
-                    ),
-                )
+            if stored:
+                lines += _lines(first, group.received, group.heads, group.bodies)
             groups.append(group)
             outcomes.append(
                 Outcome(stored, duplicates, first, seq)

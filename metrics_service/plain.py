@@ -16,6 +16,7 @@ import msgspec
 from msgspec import UNSET, Meta, UnsetType
 
 from .collector import Group
+from .speedups import native
 
 # A 64-bit integer has at most 20 digits; orjson and msgspec disagree on longer ones
 # (float / exact), so a body with 20 digits in a row goes the full way. translate()
@@ -28,9 +29,12 @@ _TWENTY_DIGITS = b"0" * 20
 _BRACKETS = 200
 
 
-def long_digits(body: bytes) -> bool:
+def python_long_digits(body: bytes) -> bool:
     """True when `body` has 20 or more digits in a row."""
     return _TWENTY_DIGITS in body.translate(_DIGITS_AS_ZERO)
+
+
+long_digits = python_long_digits if native is None else native.long_digits
 
 
 class PlainEvent(

@@ -21,11 +21,7 @@ import orjson
 
 from .buffer import Columns, Entry, Packed, readback
 from .rotation import readable_segments
-
-try:
-    from . import _replay as native
-except ImportError:  # built without a C compiler: the Python path, ~2x slower
-    native = None  # type: ignore[assignment]
+from .speedups import native
 
 logger = logging.getLogger("metrics_service")
 
@@ -334,7 +330,7 @@ class _Parser:
         return heads, False
 
     def _packed(self, block: bytes, heads: list[_Head], named: bool) -> Packed | None:
-        """The block as a ring chunk, by _replay; None for a line it leaves to Python."""
+        """The block as a ring chunk, in C; None for a line it leaves to Python."""
         assert native is not None
         lines = native.index(block)
         if lines is None:
@@ -513,7 +509,7 @@ def load(path: Path, count: int) -> Loaded:
         return Loaded([], found.last_seq, found.skipped)
     if native is None:
         logger.warning(
-            "replay without metrics_service._replay (installed with no C compiler)"
+            "replay without metrics_service._speedups (installed with no C compiler)"
             " takes about twice as long"
         )
     parser = _Parser()

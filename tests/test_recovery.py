@@ -199,7 +199,7 @@ def _ring_of(parts: list[Columns | Packed], capacity: int) -> Ring:
 @pytest.fixture(params=["native", "python"], autouse=True)
 def native(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Each replay test once with the C module (which must be built) and once without."""
-    assert recovery.native is not None, "metrics_service._replay was not built"
+    assert recovery.native is not None, "metrics_service._speedups was not built"
     if request.param == "python":
         monkeypatch.setattr(recovery, "native", None)
     return request.param == "native"

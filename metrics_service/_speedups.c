@@ -1,8 +1,10 @@
-/* Replay's per-line work in C: what recovery.py would otherwise do a line at a
- * time. Each function answers None when a line is not of the plain shape it
- * handles; the caller then takes the Python path, which decides such lines. */
+/* Per-line work in C, each function beside a Python path that gives the same
+ * result (speedups.py says which is used): replay's index() and columns(), which
+ * answer None for a line they leave to recovery.py, and ingest's long_digits()
+ * (plain.py) and lines() (collector.py). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -297,9 +299,102 @@ fail:
     return NULL;
 }
 
+#define DIGIT(c) ((unsigned char)((c) - '0') < 10)
+
+PyDoc_STRVAR(long_digits_doc,
+"long_digits(body) -> bool\n\n"
+"True when `body` has 20 or more ASCII digits in a row.");
+
+static PyObject *
+long_digits(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "long_digits() takes bytes");
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(arg);
+    Py_ssize_t len = PyBytes_GET_SIZE(arg);
+    /* A run of 20 holds one of every 20th byte: look at those only, and measure
+     * the run around each digit found there. */
+    for (Py_ssize_t j = 19; j < len; j += 20) {
+        if (!DIGIT(buf[j]))
+            continue;
+        Py_ssize_t lo = j, hi = j;
+        while (lo > 0 && DIGIT(buf[lo - 1]))
+            lo--;
+        while (hi - lo < 19 && hi + 1 < len && DIGIT(buf[hi + 1]))
+            hi++;
+        if (hi - lo >= 19)
+            Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+PyDoc_STRVAR(lines_doc,
+"lines(first, received, heads, bodies) -> list[bytes]\n\n"
+"Stored lines, without newlines: for each body, with seqs counting up from\n"
+"`first`, b'{\"seq\":<seq>,\"received_at\":\"<received>\",' + head + body.");
+
+static PyObject *
+format_lines(PyObject *module, PyObject *args)
+{
+    long long first;
+    PyObject *received, *heads, *bodies;
+    if (!PyArg_ParseTuple(args, "LO!O!O!:lines", &first, &PyBytes_Type, &received,
+                          &PyList_Type, &heads, &PyList_Type, &bodies))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(bodies);
+    if (PyList_GET_SIZE(heads) != count) {
+        PyErr_SetString(PyExc_ValueError, "lines() needs a head per body");
+        return NULL;
+    }
+    if (first < 0 || first > LLONG_MAX - count) {
+        PyErr_SetString(PyExc_OverflowError, "lines() seqs out of range");
+        return NULL;
+    }
+    static const char open[] = "{\"seq\":";
+    static const char middle[] = ",\"received_at\":\"";
+    static const char close[] = "\",";
+    const Py_ssize_t fixed = sizeof(open) - 1 + sizeof(middle) - 1 + sizeof(close) - 1
+                             + PyBytes_GET_SIZE(received);
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *head = PyList_GET_ITEM(heads, i), *body = PyList_GET_ITEM(bodies, i);
+        if (!PyBytes_Check(head) || !PyBytes_Check(body)) {
+            PyErr_SetString(PyExc_TypeError, "lines() takes lists of bytes");
+            Py_DECREF(out);
+            return NULL;
+        }
+        char digits[24];
+        int n = snprintf(digits, sizeof(digits), "%lld", first + i);
+        Py_ssize_t size = fixed + n + PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(body);
+        PyObject *line = PyBytes_FromStringAndSize(NULL, size);
+        if (line == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        char *at = PyBytes_AS_STRING(line);
+#define PUT(src, len) (memcpy(at, (src), (len)), at += (len))
+        PUT(open, sizeof(open) - 1);
+        PUT(digits, n);
+        PUT(middle, sizeof(middle) - 1);
+        PUT(PyBytes_AS_STRING(received), PyBytes_GET_SIZE(received));
+        PUT(close, sizeof(close) - 1);
+        PUT(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
+        PUT(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body));
+#undef PUT
+        PyList_SET_ITEM(out, i, line);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"index", index_lines, METH_O, index_doc},
     {"columns", columns, METH_VARARGS, columns_doc},
+    {"long_digits", long_digits, METH_O, long_digits_doc},
+    {"lines", format_lines, METH_VARARGS, lines_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -312,15 +407,15 @@ static PyModuleDef_Slot slots[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "metrics_service._replay",
-    .m_doc = "Replay's per-line work in C (see recovery.py).",
+    .m_name = "metrics_service._speedups",
+    .m_doc = "Per-line work in C for replay and ingest (see speedups.py).",
     .m_size = 0,
     .m_methods = methods,
     .m_slots = slots,
 };
 
 PyMODINIT_FUNC
-PyInit__replay(void)
+PyInit__speedups(void)
 {
     if (!keys.seq) {
         keys.seq = PyUnicode_InternFromString("seq");

@@ -1,4 +1,4 @@
-# The C module _replay.c; see its docstrings.
+# The C module _speedups.c; see its docstrings.
 
 from typing import Any
 
@@ -6,3 +6,7 @@ def index(block: bytes, /) -> tuple[bytes, bytes, bytes] | None: ...
 def columns(
     heads: list[Any], names: dict[str, str] | None, /
 ) -> tuple[bytes, bytes, bytes, bytes, list[str], list[int]] | None: ...
+def long_digits(body: bytes, /) -> bool: ...
+def lines(
+    first: int, received: bytes, heads: list[bytes], bodies: list[bytes], /
+) -> list[bytes]: ...

@@ -12,13 +12,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from metrics_service import recovery
+from metrics_service.collector import python_lines
+from metrics_service.plain import long_digits, python_long_digits
+from metrics_service.speedups import native
 
-native = recovery.native
 
-
-def test_the_module_is_built() -> None:
+def test_the_module_is_built_and_used() -> None:
     # setup.py builds it optionally: here a missing compiler must fail, not slow down.
-    assert native is not None, "metrics_service._replay was not built (no C compiler?)"
+    assert native is not None, (
+        "metrics_service._speedups was not built (no C compiler?)"
+    )
+    assert long_digits is native.long_digits
+    assert recovery.native is native
 
 
 def line(seq: int, **extra: object) -> bytes:
@@ -205,3 +210,42 @@ def test_index_answers_as_the_bytes_methods_do(lines: list[str], last: str) -> N
     else:
         text, ends, flags = found
         assert (text, list(array("I", ends)), flags) == expected
+
+
+@given(st.binary(max_size=80) | st.text("0123456789a", max_size=80).map(str.encode))
+def test_long_digits_answers_as_the_python_path_does(body: bytes) -> None:
+    assert native is not None
+    assert native.long_digits(body) == python_long_digits(body)
+
+
+@pytest.mark.parametrize("at", [0, 1, 18, 19, 20, 21, 39, 40, 57])
+@pytest.mark.parametrize("run", [19, 20, 21])
+def test_long_digits_finds_a_run_wherever_it_starts(at: int, run: int) -> None:
+    assert native is not None
+    body = b"x" * at + b"7" * run + b"x" * (60 - at)
+    assert native.long_digits(body) is (run >= 20)
+    assert native.long_digits(body.rstrip(b"x")) is (run >= 20)
+
+
+@given(
+    st.integers(1, 2**63 - 100),
+    st.binary(max_size=30),
+    st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=40)), max_size=5),
+)
+def test_lines_formats_as_the_python_path_does(
+    first: int, received: bytes, pairs: list[tuple[bytes, bytes]]
+) -> None:
+    assert native is not None
+    heads, bodies = [h for h, _ in pairs], [b for _, b in pairs]
+    lines = native.lines(first, received, heads, bodies)
+    assert lines == python_lines(first, received, heads, bodies)
+
+
+def test_lines_checks_its_arguments() -> None:
+    assert native is not None
+    with pytest.raises(ValueError):
+        native.lines(1, b"r", [b"h"], [])
+    with pytest.raises(TypeError):
+        native.lines(1, b"r", ["h"], [b"b"])  # type: ignore[list-item]
+    with pytest.raises(OverflowError):
+        native.lines(2**63 - 1, b"r", [b"h"] * 2, [b"b"] * 2)
