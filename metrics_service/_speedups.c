@@ -390,11 +390,111 @@ format_lines(PyObject *module, PyObject *args)
     return out;
 }
 
+PyDoc_STRVAR(bodies_doc,
+"bodies(encoded) -> (bodies, longest)\n\n"
+"msgspec's encode_lines() output, one JSON object a line, as each object without\n"
+"its opening brace (what a stored line ends with), and the longest one's length.");
+
+static PyObject *
+bodies(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "bodies() takes bytes");
+        return NULL;
+    }
+    const char *p = PyBytes_AS_STRING(arg), *end = p + PyBytes_GET_SIZE(arg);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t longest = 0;
+    while (p < end) {
+        const char *q = memchr(p, '\n', end - p);
+        if (q == NULL)
+            q = end;
+        if (q == p || *p != '{') {
+            PyErr_SetString(PyExc_ValueError, "bodies() takes lines of JSON objects");
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_ssize_t size = q - p - 1;
+        PyObject *body = PyBytes_FromStringAndSize(p + 1, size);
+        if (body == NULL || PyList_Append(out, body) < 0) {
+            Py_XDECREF(body);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(body);
+        if (size > longest)
+            longest = size;
+        p = q + 1;
+    }
+    return Py_BuildValue("(Nn)", out, longest);
+}
+
+PyDoc_STRVAR(rows_doc,
+"rows(cls, first, columns) -> list\n\n"
+"cls((first + i, *(column[i] for column in columns))) for each i, where cls is a\n"
+"tuple subclass with no fields of its own (a NamedTuple) and the columns are lists\n"
+"of one length.");
+
+static PyObject *
+rows(PyObject *module, PyObject *args)
+{
+    PyTypeObject *cls;
+    long long first;
+    PyObject *columns;
+    if (!PyArg_ParseTuple(args, "O!LO!:rows", &PyType_Type, &cls, &first,
+                          &PyTuple_Type, &columns))
+        return NULL;
+    if (!PyType_IsSubtype(cls, &PyTuple_Type) || cls->tp_itemsize != sizeof(PyObject *)
+        || cls->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "rows() takes a plain tuple subclass");
+        return NULL;
+    }
+    Py_ssize_t width = PyTuple_GET_SIZE(columns), count = -1;
+    for (Py_ssize_t k = 0; k < width; k++) {
+        PyObject *column = PyTuple_GET_ITEM(columns, k);
+        if (!PyList_Check(column) || (count >= 0 && PyList_GET_SIZE(column) != count)) {
+            PyErr_SetString(PyExc_ValueError, "rows() takes lists of one length");
+            return NULL;
+        }
+        count = PyList_GET_SIZE(column);
+    }
+    if (count < 0)
+        count = 0;
+    if (first > LLONG_MAX - count) {
+        PyErr_SetString(PyExc_OverflowError, "rows() seqs out of range");
+        return NULL;
+    }
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *row = cls->tp_alloc(cls, width + 1);
+        PyObject *seq = row ? PyLong_FromLongLong(first + i) : NULL;
+        if (seq == NULL) {
+            Py_XDECREF(row);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(row, 0, seq);
+        for (Py_ssize_t k = 0; k < width; k++) {
+            PyObject *value = PyList_GET_ITEM(PyTuple_GET_ITEM(columns, k), i);
+            Py_INCREF(value);
+            PyTuple_SET_ITEM(row, k + 1, value);
+        }
+        PyList_SET_ITEM(out, i, row);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"index", index_lines, METH_O, index_doc},
     {"columns", columns, METH_VARARGS, columns_doc},
     {"long_digits", long_digits, METH_O, long_digits_doc},
     {"lines", format_lines, METH_VARARGS, lines_doc},
+    {"bodies", bodies, METH_O, bodies_doc},
+    {"rows", rows, METH_VARARGS, rows_doc},
     {NULL, NULL, 0, NULL},
 };
 

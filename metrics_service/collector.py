@@ -6,7 +6,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from itertools import compress, repeat
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from .buffer import Entry, Ring
 from .config import FsyncPolicy
@@ -54,7 +54,16 @@ def python_lines(
     return list(map(_LINE.__mod__, zip(seqs, repeat(received), heads, bodies)))
 
 
+def python_rows(
+    cls: type[Entry], first: int, columns: tuple[list[Any], ...]
+) -> list[Entry]:
+    """cls((first + i, *(column[i] for column in columns))) for each i."""
+    seqs = range(first, first + len(columns[0]))
+    return list(map(_new, repeat(cls), zip(seqs, *columns, strict=True)))
+
+
 _lines = python_lines if native is None else native.lines
+_rows = python_rows if native is None else native.rows
 
 
 class Outcome(NamedTuple):
@@ -314,21 +323,10 @@ class Collector:
                 visitor_ids += group.visitor_ids
                 event_ids += group.event_ids
         skip = 0 if self._listeners else max(len(lines) - self.ring.capacity, 0)
-        return list(
-            map(
-                _new,
-                repeat(Entry),
-                zip(
-                    range(first + skip, first + len(lines)),
-                    ts[skip:],
-                    events[skip:],
-                    visitor_ids[skip:],
-                    event_ids[skip:],
-                    lines[skip:],
-                    strict=True,
-                ),
-            )
-        )
+        columns: tuple[list[Any], ...] = (ts, events, visitor_ids, event_ids, lines)
+        if skip:
+            columns = tuple(column[skip:] for column in columns)
+        return _rows(Entry, first + skip, columns)
 
     async def _fsync_then_answer(
         self,

@@ -37,6 +37,18 @@ def python_long_digits(body: bytes) -> bool:
 long_digits = python_long_digits if native is None else native.long_digits
 
 
+def python_bodies(encoded: bytes) -> tuple[list[bytes], int]:
+    """encode_lines() output as each event's body (from `"event"` to its last "}"),
+    and the longest one's length."""
+    # Each line is `{"event":…}`; a raw newline is always escaped inside one, so
+    # "\n{" splits them exactly.
+    bodies = encoded[1:-1].split(b"\n{")
+    return bodies, max(map(len, bodies))
+
+
+_bodies = python_bodies if native is None else native.bodies
+
+
 class PlainEvent(
     msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False
 ):
@@ -129,10 +141,7 @@ def group(
         encoded = _encoder.encode_lines(events)
     except (msgspec.EncodeError, OverflowError):
         return None
-    # Each line is `{"event":…}`; a raw newline is always escaped inside one, so
-    # "\n{" splits them exactly, leaving the bodies from `"event"` to the last "}".
-    bodies = encoded[1:-1].split(b"\n{")
-    longest = max(map(len, bodies))
+    bodies, longest = _bodies(encoded)
     # The full path measures the event as orjson writes it, which can be longer
     # (1e+16 for 1e16): under half the limit, an event cannot be past it there.
     if 2 * longest + 32 > max_event_bytes:

@@ -6,14 +6,16 @@ import struct
 from array import array
 from types import SimpleNamespace
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from metrics_service import recovery
-from metrics_service.collector import python_lines
-from metrics_service.plain import long_digits, python_long_digits
+from metrics_service.buffer import Entry
+from metrics_service.collector import python_lines, python_rows
+from metrics_service.plain import long_digits, python_bodies, python_long_digits
 from metrics_service.speedups import native
 
 
@@ -249,3 +251,55 @@ def test_lines_checks_its_arguments() -> None:
         native.lines(1, b"r", ["h"], [b"b"])  # type: ignore[list-item]
     with pytest.raises(OverflowError):
         native.lines(2**63 - 1, b"r", [b"h"] * 2, [b"b"] * 2)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@given(st.lists(st.dictionaries(st.text(max_size=8), JSON, max_size=4), min_size=1))
+def test_bodies_splits_as_the_python_path_does(
+    objects: list[dict[str, object]],
+) -> None:
+    assert native is not None
+    encoded = msgspec.json.Encoder().encode_lines(objects)  # what plain.group() splits
+    assert native.bodies(encoded) == python_bodies(encoded)
+
+
+def test_bodies_takes_only_lines_of_objects() -> None:
+    assert native is not None
+    assert native.bodies(b'{"a":1}\n{}\n') == ([b'"a":1}', b"}"], 6)
+    for bad in (b'{"a":1}\n\n', b"[1]\n"):
+        with pytest.raises(ValueError):
+            native.bodies(bad)
+
+
+@given(st.integers(1, 2**62), st.integers(0, 5))
+def test_rows_builds_entries_as_the_python_path_does(first: int, count: int) -> None:
+    assert native is not None
+    columns = (
+        [i / 3 for i in range(count)],
+        [f"e{i}" for i in range(count)],
+        [f"v{i}" for i in range(count)],
+        [None if i % 2 else f"id{i}" for i in range(count)],
+        [b"{}" for i in range(count)],
+    )
+    rows = native.rows(Entry, first, columns)
+    assert rows == python_rows(Entry, first, columns)
+    assert all(type(row) is Entry for row in rows)
+
+
+def test_rows_checks_its_arguments() -> None:
+    assert native is not None
+    with pytest.raises(ValueError):
+        native.rows(Entry, 1, ([1.0], []))
+    with pytest.raises(TypeError):
+        native.rows(dict, 1, ([1.0],))  # type: ignore[type-var]
+    with pytest.raises(OverflowError):
+        native.rows(Entry, 2**63 - 1, ([1.0, 2.0],))
