@@ -36,7 +36,7 @@ chromium:
 	@test -x $(CHROMIUM) || { echo "Chromium is still missing at $(CHROMIUM)" >&2; exit 1; }
 
 # A C compiler and Python's headers build replay's C extension. Without them the
-# service still installs and runs (replay ~2x slower); `make test` then fails.
+# service still installs and runs, slower (README.md); `make test` then fails.
 cc:
 	@if ! command -v gcc >/dev/null || ! $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
 		if [ "$$(id -u)" = 0 ]; then \

@@ -6,8 +6,8 @@ setup(
         Extension(
             "metrics_service._speedups",
             ["metrics_service/_speedups.c"],
-            # Without a C compiler the package still installs: replay then takes
-            # its Python path, which gives the same result ~2x slower.
+            # Without a C compiler the package still installs: replay and ingest take
+            # their Python paths, which give the same results, slower (README.md).
             optional=True,
         )
     ]

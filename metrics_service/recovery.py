@@ -510,7 +510,7 @@ def load(path: Path, count: int) -> Loaded:
     if native is None:
         logger.warning(
             "replay without metrics_service._speedups (installed with no C compiler)"
-            " takes about twice as long"
+            " takes about 2.5 times as long"
         )
     parser = _Parser()
     parts: list[Columns | Packed] = []  # newest block first

@@ -263,7 +263,11 @@ JSON = st.recursive(
 )
 
 
-@given(st.lists(st.dictionaries(st.text(max_size=8), JSON, max_size=4), min_size=1))
+@given(
+    st.lists(
+        st.dictionaries(st.text(max_size=8), JSON, max_size=4), min_size=1, max_size=4
+    )
+)
 def test_bodies_splits_as_the_python_path_does(
     objects: list[dict[str, object]],
 ) -> None:
