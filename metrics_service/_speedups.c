@@ -1,9 +1,10 @@
 /* Per-line work in C, each function beside a Python path that gives the same
  * result (speedups.py says which is used): replay's index() and columns(), which
- * answer None for a line they leave to recovery.py, and ingest's long_digits()
- * (plain.py) and lines() (collector.py). */
+ * answer None for a line they leave to recovery.py, event_ids() (buffer.py), and
+ * ingest's long_digits() and bodies() (plain.py), lines() and rows() (collector.py). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <limits.h>
 #include <stdint.h>
 #include <string.h>
@@ -178,6 +179,42 @@ typedef struct {
 
 static Keys keys;
 
+/* Where instances of `type` keep attribute `name`: the offset of its object slot
+ * (msgspec keeps a Struct's fields in such slots), or -1 to ask getattr. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, PyObject *name)
+{
+    if (type->tp_getattro != PyObject_GenericGetAttr)
+        return -1;
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, name);
+    if (descr == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t offset = -1;
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX)
+            offset = member->offset;
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+/* head.<name> (a new reference), read from its slot when `offset` says where. */
+static PyObject *
+field(PyObject *head, PyObject *name, Py_ssize_t offset)
+{
+    if (offset >= 0) {
+        PyObject *value = *(PyObject **)((char *)head + offset);
+        if (value != NULL) {
+            Py_INCREF(value);
+            return value;
+        }
+    }
+    return PyObject_GetAttr(head, name); /* also the AttributeError of an empty slot */
+}
+
 static PyObject *
 columns(PyObject *module, PyObject *args)
 {
@@ -204,6 +241,8 @@ columns(PyObject *module, PyObject *args)
         PyErr_NoMemory();
         goto fail;
     }
+    PyTypeObject *known = NULL; /* the type whose slot offsets are these */
+    Py_ssize_t seq_off = -1, ts_off = -1, id_off = -1, event_off = -1;
     int64_t *seq_at = (int64_t *)PyBytes_AS_STRING(seqs);
     double *ts_at = (double *)PyBytes_AS_STRING(ts);
     char *flag_at = PyBytes_AS_STRING(flags);
@@ -211,24 +250,31 @@ columns(PyObject *module, PyObject *args)
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *head = PyList_GET_ITEM(heads, i);
         int ok;
-        if (!(value = PyObject_GetAttr(head, keys.seq)))
+        if (Py_TYPE(head) != known) {
+            known = Py_TYPE(head);
+            seq_off = slot_offset(known, keys.seq);
+            ts_off = slot_offset(known, keys.timestamp);
+            id_off = slot_offset(known, keys.event_id);
+            event_off = slot_offset(known, keys.event);
+        }
+        if (!(value = field(head, keys.seq, seq_off)))
             goto fail;
         seq_at[i] = PyLong_AsLongLong(value);
         Py_CLEAR(value);
         if (seq_at[i] == -1 && PyErr_Occurred())
             goto fail;
-        if (!(value = PyObject_GetAttr(head, keys.timestamp)))
+        if (!(value = field(head, keys.timestamp, ts_off)))
             goto fail;
         int64_t ms = millis(value, &ok);
         Py_CLEAR(value);
         if (!ok)
             goto none;
         ts_at[i] = (double)ms / 1000.0;
-        if (!(value = PyObject_GetAttr(head, keys.event_id)))
+        if (!(value = field(head, keys.event_id, id_off)))
             goto fail;
         flag_at[i] = value != Py_None;
         Py_CLEAR(value);
-        if (!(value = PyObject_GetAttr(head, keys.event)))
+        if (!(value = field(head, keys.event, event_off)))
             goto fail;
         if (value != last) {
             PyObject *name = value;
@@ -297,6 +343,75 @@ fail:
     Py_XDECREF(chunk_names);
     Py_XDECREF(index);
     return NULL;
+}
+
+PyDoc_STRVAR(event_ids_doc,
+"event_ids(text, ends, flags, lo) -> list[str] | None\n\n"
+"A ring chunk's non-empty event_ids, entries lo and on, oldest first: from each\n"
+"line flagged 1 (in text, up to its end in the uint32 array `ends`), the value\n"
+"after its first \"event_id\":\". None for flags with 2 (kept aside) or ends of\n"
+"another item size.");
+
+static PyObject *
+event_ids(PyObject *module, PyObject *args)
+{
+    PyObject *text, *ends_obj, *flags;
+    Py_ssize_t lo;
+    if (!PyArg_ParseTuple(args, "O!OO!n:event_ids", &PyBytes_Type, &text, &ends_obj,
+                          &PyBytes_Type, &flags, &lo))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(ends_obj, &view, PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t count = view.len / 4;
+    if (view.itemsize != 4 || strcmp(view.format, "I") != 0) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (PyBytes_GET_SIZE(flags) != count || lo < 0 || lo > count) {
+        PyErr_SetString(PyExc_ValueError, "event_ids() needs a flag per end");
+        goto done;
+    }
+    const uint32_t *ends = view.buf;
+    const char *data = PyBytes_AS_STRING(text), *flag_at = PyBytes_AS_STRING(flags);
+    const size_t size = (size_t)PyBytes_GET_SIZE(text);
+    static const char key[] = "\"event_id\":\"";
+    if ((out = PyList_New(0)) == NULL)
+        goto done;
+    for (Py_ssize_t i = lo; i < count; i++) {
+        if (flag_at[i] & 2) {
+            Py_SETREF(out, Py_NewRef(Py_None));
+            goto done;
+        }
+        if (!(flag_at[i] & 1))
+            continue;
+        size_t start = i ? ends[i - 1] : 0, end = ends[i];
+        const char *at = NULL, *close = NULL;
+        if (start <= end && end <= size)
+            at = memmem(data + start, end - start, key, sizeof(key) - 1);
+        if (at != NULL) {
+            at += sizeof(key) - 1;
+            close = memchr(at, '"', data + end - at);
+        }
+        if (close == NULL) {
+            PyErr_Format(PyExc_ValueError, "entry %zd has no event_id to read", i);
+            Py_CLEAR(out);
+            goto done;
+        }
+        if (close == at)
+            continue; /* as replay always did: an empty id is no id */
+        PyObject *id = PyUnicode_DecodeUTF8(at, close - at, NULL);
+        if (id == NULL || PyList_Append(out, id) < 0) {
+            Py_XDECREF(id);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(id);
+    }
+done:
+    PyBuffer_Release(&view);
+    return out;
 }
 
 #define DIGIT(c) ((unsigned char)((c) - '0') < 10)
@@ -495,6 +610,7 @@ static PyMethodDef methods[] = {
     {"lines", format_lines, METH_VARARGS, lines_doc},
     {"bodies", bodies, METH_O, bodies_doc},
     {"rows", rows, METH_VARARGS, rows_doc},
+    {"event_ids", event_ids, METH_VARARGS, event_ids_doc},
     {NULL, NULL, 0, NULL},
 };
 

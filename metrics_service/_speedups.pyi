@@ -1,5 +1,6 @@
 # The C module _speedups.c; see its docstrings.
 
+from array import array
 from typing import Any, TypeVar
 
 _T = TypeVar("_T", bound=tuple[Any, ...])
@@ -14,3 +15,6 @@ def lines(
 ) -> list[bytes]: ...
 def bodies(encoded: bytes, /) -> tuple[list[bytes], int]: ...
 def rows(cls: type[_T], first: int, columns: tuple[list[Any], ...], /) -> list[_T]: ...
+def event_ids(
+    text: bytes, ends: array[int], flags: bytes, lo: int, /
+) -> list[str] | None: ...

@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import orjson
 
+from .speedups import native
+
 
 class Entry(NamedTuple):
     """A stored event as the ring keeps it: the JSONL line plus what filters need."""
@@ -232,6 +234,10 @@ class _Chunk:
 
     def event_ids(self, lo: int) -> list[str]:
         """The non-empty event_ids of entries lo and on, oldest first."""
+        if native is not None and not self.odd:
+            found = native.event_ids(self.lines, self.ends, self.flags, lo)
+            if found is not None:
+                return found
         lines, ends, flags = self.lines, self.ends, self.flags
         out: list[str] = []
         for i in range(lo, len(flags)):

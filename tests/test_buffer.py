@@ -3,6 +3,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from metrics_service import buffer
 from metrics_service.buffer import Entry, Ring, repacked
 
 
@@ -130,7 +131,12 @@ def test_packed_chunks_give_back_the_same_entries() -> None:
 
 
 @pytest.mark.parametrize("limit", [0, 1, 3, 9, 13, 30, 100])
-def test_event_ids_are_the_newest_entries_ids(limit: int) -> None:
+@pytest.mark.parametrize("native", [True, False])
+def test_event_ids_are_the_newest_entries_ids(
+    limit: int, native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not native:  # the Python path, as without the C extension
+        monkeypatch.setattr(buffer, "native", None)
     ids = [None, "id-x", "", 'odd "id"', "id-y"]  # "" counts as no id
     entries = [stored(seq, "a", "v", ids[seq % 5]) for seq in range(1, 40)]
     entries.append(Entry(40, 1.5, "c", "v", "id-40", b'{"seq":40}'))  # kept aside

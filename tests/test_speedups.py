@@ -307,3 +307,47 @@ def test_rows_checks_its_arguments() -> None:
         native.rows(dict, 1, ([1.0],))  # type: ignore[type-var]
     with pytest.raises(OverflowError):
         native.rows(Entry, 2**63 - 1, ([1.0, 2.0],))
+
+
+def test_event_ids_reads_each_flagged_line_and_leaves_odd_ones_to_python() -> None:
+    assert native is not None
+    lines = [
+        line(1, event_id="a"),
+        line(2),
+        line(3, event_id=""),
+        line(4, event_id="é"),
+    ]
+    text = b"".join(lines)
+    ends = array("I", itertools.accumulate(map(len, lines)))
+    flags = b"\x01\x00\x01\x01"
+    assert native.event_ids(text, ends, flags, 0) == ["a", "é"]
+    assert native.event_ids(text, ends, flags, 1) == ["é"]
+    assert native.event_ids(text, ends, flags, 4) == []
+    assert native.event_ids(text, ends, b"\x01\x00\x03\x01", 0) is None
+    assert native.event_ids(text, array("Q", ends), flags, 0) is None
+    with pytest.raises(ValueError):
+        native.event_ids(text, ends, b"\x01\x01\x01\x01", 0)  # line 2 has none
+    with pytest.raises(ValueError):
+        native.event_ids(text, ends, flags[:3], 0)
+
+
+class SlottedHead:
+    __slots__ = ("event", "event_id", "seq", "timestamp")
+
+
+def test_columns_reads_slots_directly_and_an_empty_one_still_raises() -> None:
+    assert native is not None
+    heads = []
+    for seq in (1, 2):
+        slotted = SlottedHead()
+        slotted.seq, slotted.timestamp = seq, "2026-01-01T00:00:00.000Z"
+        slotted.event, slotted.event_id = "a", None if seq == 1 else "x"
+        heads.append(slotted)
+    mixed = [heads[0], head(3, "2026-01-01T00:00:00.000Z", "b"), heads[1]]
+    found = native.columns(mixed, None)
+    assert found is not None
+    assert list(array("q", found[0])) == [1, 3, 2]
+    assert (found[2], found[4], found[5]) == (b"\x00\x00\x01", ["a", "b"], [2, 1])
+    del heads[1].event_id
+    with pytest.raises(AttributeError):
+        native.columns(heads, None)
