@@ -178,16 +178,16 @@ class _Chunk:
     def adopt(cls, part: Packed) -> _Chunk:
         """A chunk holding a Packed part's buffers as they are."""
         new = cls.__new__(cls)
-        new.seqs = part.seqs
-        new.ts = part.ts
-        new.ends = part.ends
-        new.lines = part.text
-        new.events = part.codes
-        new.codes = memoryview(part.codes).cast("H")
-        new.names = part.names
-        new.index = {name: code for code, name in enumerate(part.names)}
-        new.flags = part.flags
-        new.odd = {}
+        new._set(
+            part.seqs,
+            part.ts,
+            part.ends,
+            part.text,
+            part.codes,
+            part.names,
+            part.flags,
+            {},
+        )
         return new
 
     def _fill(
@@ -202,15 +202,31 @@ class _Chunk:
         names = list(dict.fromkeys(events))
         index = {name: code for code, name in enumerate(names)}
         codes = array("H", map(index.__getitem__, events))
+        ends = list(accumulate(map(len, lines)))
+        offsets = array("I" if ends[-1] < 2**32 else "Q", ends)
+        joined = b"".join(lines)
+        self._set(seqs, ts, offsets, joined, codes.tobytes(), names, flags, odd)
+
+    def _set(
+        self,
+        seqs: array[int],
+        ts: array[float],
+        ends: array[int],
+        lines: bytes,
+        events: bytes,
+        names: list[str],
+        flags: bytes,
+        odd: dict[int, tuple[str, str | None]],
+    ) -> None:
+        """Keep the buffers, and derive the code view and name index from them."""
         self.seqs = seqs
         self.ts = ts
-        ends = list(accumulate(map(len, lines)))
-        self.ends = array("I" if ends[-1] < 2**32 else "Q", ends)
-        self.lines = b"".join(lines)
-        self.events = codes.tobytes()  # searched with rfind for `event=` filters
-        self.codes = memoryview(self.events).cast("H")
+        self.ends = ends
+        self.lines = lines
+        self.events = events  # 2-byte codes, searched with rfind for `event=` filters
+        self.codes = memoryview(events).cast("H")
         self.names = names
-        self.index = index
+        self.index = {name: code for code, name in enumerate(names)}
         self.flags = flags
         self.odd = odd
 
@@ -220,16 +236,16 @@ class _Chunk:
     def copy(self) -> _Chunk:
         """The same chunk in freshly allocated objects (see Ring.compact)."""
         new = _Chunk.__new__(_Chunk)
-        new.seqs = array(self.seqs.typecode, self.seqs)
-        new.ts = array("d", self.ts)
-        new.ends = array(self.ends.typecode, self.ends)
-        new.lines = self.lines  # large: malloc'd apart from small objects
-        new.events = self.events
-        new.codes = memoryview(self.events).cast("H")
-        new.names = [(name + ".")[:-1] for name in self.names]
-        new.index = {name: code for code, name in enumerate(new.names)}
-        new.flags = self.flags
-        new.odd = {i: ((v + ".")[:-1], e) for i, (v, e) in self.odd.items()}
+        new._set(
+            array(self.seqs.typecode, self.seqs),
+            array("d", self.ts),
+            array(self.ends.typecode, self.ends),
+            self.lines,  # large: malloc'd apart from small objects
+            self.events,
+            [(name + ".")[:-1] for name in self.names],
+            self.flags,
+            {i: ((v + ".")[:-1], e) for i, (v, e) in self.odd.items()},
+        )
         return new
 
     def event_ids(self, lo: int) -> list[str]:
