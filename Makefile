@@ -35,14 +35,14 @@ chromium:
 	fi
 	@test -x $(CHROMIUM) || { echo "Chromium is still missing at $(CHROMIUM)" >&2; exit 1; }
 
-# A C compiler and Python's headers build replay's C extension. Without them the
-# service still installs and runs, slower (README.md); `make test` then fails.
+# A C compiler and Python's headers build the C extension (_speedups.c). Without
+# them the service still installs and runs, slower (README.md); `make test` then fails.
 cc:
 	@if ! command -v gcc >/dev/null || ! $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
 		if [ "$$(id -u)" = 0 ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev python3-dev >/dev/null; \
 		else \
-			echo "No C compiler or Python headers: run 'sudo apt-get install -y gcc python3-dev' for the fast replay." >&2; \
+			echo "No C compiler or Python headers: run 'sudo apt-get install -y gcc python3-dev' for the C extension." >&2; \
 		fi; \
 	fi
 
