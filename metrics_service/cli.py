@@ -158,6 +158,8 @@ def serve(args: argparse.Namespace) -> int:
         logging.getLogger("metrics_service").warning("%s", warning)
     import uvicorn
 
+    from .protocol import http_option
+
     options: dict[str, Any] = {
         "host": config.host,
         "port": config.port,
@@ -166,6 +168,7 @@ def serve(args: argparse.Namespace) -> int:
         "access_log": args.access_log,
         "log_level": args.log_level,
         "timeout_graceful_shutdown": 10,
+        "http": http_option(),
     }
     logging.getLogger("metrics_service").setLevel(args.log_level.upper())
     # A request leaves a few hundred short-lived objects; at the default gen-0

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metrics_service.protocol import http_option
 from metrics_service.testing import SERVE_ARGV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,11 +25,12 @@ HOST = "127.0.0.1"
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
 HEALTH = "/api/metrics/behavior/health"
-# Both servers run uvicorn with httptools and uvloop and no access log: `metrics-service
-# serve` gets them from uvicorn's "auto" choice, the ceiling names them.
+# Both servers run uvicorn with the same HTTP protocol (metrics_service.protocol, which
+# changes nothing for the ceiling's empty answer), uvloop and no access log:
+# `metrics-service serve` chooses them itself, the ceiling names them.
 CEILING_ARGV = [
     sys.executable, "-m", "uvicorn", "tests.perf.ceiling:app",
-    "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
+    "--http", http_option(), "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
 ]  # fmt: skip
 SERVICE_ARGV = SERVE_ARGV
 
