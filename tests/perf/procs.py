@@ -59,9 +59,15 @@ class Server:
     """One server process on SERVER_CPU; start() returns seconds until health answered 200."""
 
     def __init__(
-        self, name: str, argv: list[str], workdir: Path, env: Mapping[str, str] = {}
+        self,
+        name: str,
+        argv: list[str],
+        workdir: Path,
+        env: Mapping[str, str] = {},
+        cwd: Path = ROOT,
     ) -> None:
         self.name = name
+        self.cwd = cwd  # `python -m` serves the metrics_service package found here
         self.port = free_port()
         self.argv = argv
         self.extra_env = dict(env)
@@ -69,12 +75,14 @@ class Server:
         self.process: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def service(cls, name: str, workdir: Path, jsonl: Path, **env: str) -> Server:
+    def service(
+        cls, name: str, workdir: Path, jsonl: Path, cwd: Path = ROOT, **env: str
+    ) -> Server:
         values = {
             "METRICS_JSONL": str(jsonl),
             **{f"METRICS_{k.upper()}": v for k, v in env.items()},
         }
-        return cls(name, SERVICE_ARGV, workdir, values)
+        return cls(name, SERVICE_ARGV, workdir, values, cwd)
 
     @classmethod
     def ceiling(cls, workdir: Path) -> Server:
@@ -89,7 +97,7 @@ class Server:
         began = time.perf_counter()
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                argv, env=env, cwd=ROOT, stdout=log, stderr=log
+                argv, env=env, cwd=self.cwd, stdout=log, stderr=log
             )
         deadline = began + timeout
         while time.perf_counter() < deadline:
