@@ -2,7 +2,9 @@
 
 Environment: BENCH_ROUNDS (5) interleaved rounds of BENCH_SECONDS (5) per wrk run,
 BENCH_EVENTS (1,000,000) for the ring figures, BENCH_WAKEUPS (200) wait-for samples.
-Arguments pick sections: `ingest`, `ring`, `wait` (default: all).
+Arguments pick sections: `ingest`, `ring`, `wait` (default: all); `--tree PATH` serves the
+`metrics_service` of another source tree (default: this one). The measurements take the
+tree as a parameter: `tests.perf.sidebyside` runs them for several trees in one run.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from .data import EVENT_TEMPLATE, RARE_EVENT, write_sink
-from .procs import CLIENT_CPU, HOST, Server, WrkResult, request, wrk
+from .procs import CLIENT_CPU, HEALTH, HOST, ROOT, Server, WrkResult, request, wrk
 
 EVENT_PATH = "/api/metrics/event"
 BATCH_PATH = "/api/metrics/events"
@@ -29,6 +33,14 @@ SNAPSHOT_PATH = "/api/metrics/behavior"
 WAIT_PATH = "/api/metrics/behavior/wait"
 CONNECTIONS = 32
 BATCH = 100
+
+SINGLE_TARGET = "≥ 0.85 of ceiling"
+BATCH_TARGET = "≥ 240,000 events/s"
+SNAPSHOT_TARGET = "p50 ≤ 2 ms"
+RSS_TARGET = "≤ 350 bytes"
+REPLAY_TARGET = "≥ 500,000 lines/s"
+FSYNC_TARGET = "≥ 0.5"
+WAIT_TARGET = "p99 ≤ 5 ms"
 
 
 def setting(name: str, default: float) -> float:
@@ -71,55 +83,152 @@ def one_event(event_id: str = "probe-0000", name: str = "page_view") -> bytes:
     return body.replace(b'"page_view"', json.dumps(name).encode())
 
 
+# -- shared by the figures: rounds of runs ------------------------------------------
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+def named(label: str, name: str) -> str:
+    """A server's name (and log file) for one of several trees; `name` alone for one."""
+    return f"{label}-{name}" if label else name
+
+
+def in_turn(items: Sequence[T], round_no: int, alternate: bool) -> Sequence[T]:
+    """The order of one round: as given, or reversed every other round when alternating."""
+    return items[::-1] if alternate and round_no % 2 else items
+
+
+def interleaved(
+    runs: Mapping[K, Callable[[float], T]],
+    describe: Callable[[K, T], str],
+    *,
+    alternate: bool = False,
+) -> dict[K, list[T]]:
+    """A 1 s warm-up of each run, then ROUNDS rounds of each for SECONDS, one at a time."""
+    for name, run in runs.items():  # warm-up: imports, caches, first allocations
+        log(f"warm-up {name}")
+        run(1)
+    results: dict[K, list[T]] = {name: [] for name in runs}
+    for round_no in range(ROUNDS):
+        for name in in_turn(list(runs), round_no, alternate):
+            result = runs[name](SECONDS)
+            results[name].append(result)
+            log(f"round {round_no + 1}/{ROUNDS} {describe(name, result)}")
+    return results
+
+
+def concurrent(
+    runs: Mapping[K, Callable[[float], T]],
+    describe: Callable[[K, T], str],
+) -> dict[K, list[T]]:
+    """A 1 s warm-up, then ROUNDS rounds in which all runs go at once for SECONDS."""
+    names = list(runs)
+    results: dict[K, list[T]] = {name: [] for name in names}
+    with ThreadPoolExecutor(len(names)) as pool:
+        log(f"warm-up {', '.join(map(str, names))}")
+        list(pool.map(lambda name: runs[name](1), names))
+        for round_no in range(ROUNDS):
+            values = list(pool.map(lambda name: runs[name](SECONDS), names))
+            shown = []
+            for name, value in zip(names, values, strict=True):
+                results[name].append(value)
+                shown.append(describe(name, value))
+            log(f"round {round_no + 1}/{ROUNDS}: {'; '.join(shown)}")
+    return results
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """The median of round-by-round ratios: each pair shares the same background."""
+    return median([x / y for x, y in zip(a, b, strict=False) if y])
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    if not ordered:
+        return float("nan")
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
 # -- 1, 2, 3, 7: throughput ----------------------------------------------------------
 
 
-def ingest_section(work: Path) -> list[Row]:
+def event_template(work: Path) -> Path:
     template = work / "event.json"
     template.write_bytes(EVENT_TEMPLATE)
+    return template
+
+
+def load(
+    server: Server, template: Path, *, batch: int = 0
+) -> Callable[[float], WrkResult]:
+    """A wrk run of single-event (or, with `batch`, batch) ingest against `server`."""
+    path = BATCH_PATH if batch else EVENT_PATH
+    return lambda seconds: wrk(
+        server.url(path),
+        connections=CONNECTIONS,
+        seconds=seconds,
+        template=template,
+        batch=batch,
+    )
+
+
+def batch_works(server: Server) -> bool:
+    return probe(server, "POST", BATCH_PATH, b"[" + one_event() + b"]") < 300
+
+
+def ingest_servers(work: Path, tree: Path, label: str = "") -> dict[str, Server]:
+    """The services of figures 2, 3 and 7 for one tree: default, fsync=never, =always."""
+    return {
+        "service": Server.service(
+            named(label, "service"),
+            work,
+            work / f"{named(label, 'service')}.jsonl",
+            cwd=tree,
+        ),
+        "never": Server.service(
+            named(label, "never"),
+            work,
+            work / f"{named(label, 'never')}.jsonl",
+            cwd=tree,
+            fsync="never",
+        ),
+        "always": Server.service(
+            named(label, "always"),
+            work,
+            work / f"{named(label, 'always')}.jsonl",
+            cwd=tree,
+            fsync="always",
+        ),
+    }
+
+
+def describe_wrk(name: str, result: WrkResult) -> str:
+    return (
+        f"{name}: {result.rps:,.0f} req/s "
+        f"p99 {result.p99_ms:.2f} ms errors {result.errors}"
+    )
+
+
+def ingest_section(work: Path, tree: Path = ROOT) -> list[Row]:
+    template = event_template(work)
     ceiling = Server.ceiling(work)
-    service = Server.service("service", work, work / "service.jsonl")
-    never = Server.service("never", work, work / "never.jsonl", fsync="never")
-    always = Server.service("always", work, work / "always.jsonl", fsync="always")
+    services = ingest_servers(work, tree)
+    service, never, always = services["service"], services["never"], services["always"]
     servers = [ceiling, service, never, always]
     try:
         for server in servers:
             server.start()
-        batch_ok = probe(service, "POST", BATCH_PATH, b"[" + one_event() + b"]") < 300
+        batch_ok = batch_works(service)
         runs: dict[str, Callable[[float], WrkResult]] = {
-            "ceiling": lambda seconds: wrk(
-                ceiling.url(EVENT_PATH), connections=CONNECTIONS, seconds=seconds, template=template
-            ),
-            "single": lambda seconds: wrk(
-                service.url(EVENT_PATH), connections=CONNECTIONS, seconds=seconds, template=template
-            ),
-            "never": lambda seconds: wrk(
-                never.url(EVENT_PATH), connections=CONNECTIONS, seconds=seconds, template=template
-            ),
-            "always": lambda seconds: wrk(
-                always.url(EVENT_PATH), connections=CONNECTIONS, seconds=seconds, template=template
-            ),
-        }  # fmt: skip
+            "ceiling": load(ceiling, template),
+            "single": load(service, template),
+            "never": load(never, template),
+            "always": load(always, template),
+        }
         if batch_ok:
-            runs["batch"] = lambda seconds: wrk(
-                service.url(BATCH_PATH),
-                connections=CONNECTIONS,
-                seconds=seconds,
-                template=template,
-                batch=BATCH,
-            )
-        for name, run in runs.items():  # warm-up: imports, caches, first allocations
-            log(f"warm-up {name}")
-            run(1)
-        results: dict[str, list[WrkResult]] = {name: [] for name in runs}
-        for round_no in range(ROUNDS):
-            for name, run in runs.items():
-                result = run(SECONDS)
-                results[name].append(result)
-                log(
-                    f"round {round_no + 1}/{ROUNDS} {name}: {result.rps:,.0f} req/s "
-                    f"p99 {result.p99_ms:.2f} ms errors {result.errors}"
-                )
+            runs["batch"] = load(service, template, batch=BATCH)
+        results = interleaved(runs, describe_wrk)
     finally:
         for server in servers:
             server.stop()
@@ -132,8 +241,9 @@ def ingest_section(work: Path) -> list[Row]:
 
     def paired(a: str, b: str) -> float:
         # Each round runs the two back to back, so their ratio shares the same background.
-        pairs = zip(results.get(a, []), results.get(b, []), strict=False)
-        return median([x.rps / y.rps for x, y in pairs])
+        return paired_ratio(
+            [r.rps for r in results.get(a, [])], [r.rps for r in results.get(b, [])]
+        )
 
     ratio = paired("single", "ceiling")
     fsync_ratio = paired("always", "never")
@@ -148,7 +258,7 @@ def ingest_section(work: Path) -> list[Row]:
             "2. single-event ingest, 32 connections",
             f"{rps('single'):,.0f} req/s, p99 {p99('single'):.1f} ms, "
             f"**{ratio:.2f}** of ceiling",
-            "≥ 0.85 of ceiling",
+            SINGLE_TARGET,
             ratio >= 0.85,
         ),
     ]
@@ -158,7 +268,7 @@ def ingest_section(work: Path) -> list[Row]:
             Row(
                 f"3. batch ingest, {BATCH} events/request",
                 f"**{events:,.0f}** events/s ({rps('batch'):,.0f} req/s, p99 {p99('batch'):.1f} ms)",
-                "≥ 240,000 events/s",
+                BATCH_TARGET,
                 events >= 240_000,
             )
         )
@@ -167,7 +277,7 @@ def ingest_section(work: Path) -> list[Row]:
             Row(
                 "3. batch ingest",
                 "n/a (endpoint not available)",
-                "≥ 240,000 events/s",
+                BATCH_TARGET,
                 None,
             )
         )
@@ -175,7 +285,7 @@ def ingest_section(work: Path) -> list[Row]:
         Row(
             "7. fsync=always / fsync=never, 32 connections",
             f"**{fsync_ratio:.2f}** ({rps('always'):,.0f} / {rps('never'):,.0f} req/s)",
-            "≥ 0.5",
+            FSYNC_TARGET,
             fsync_ratio >= 0.5,
         )
     )
@@ -185,123 +295,235 @@ def ingest_section(work: Path) -> list[Row]:
 # -- 4, 5, 6: a ring of EVENTS -------------------------------------------------------
 
 
-def ring_section(work: Path) -> list[Row]:
-    capacity = str(EVENTS)
+@dataclass
+class Ring:
+    """One tree's start-ups on an empty sink and on the sink of EVENTS lines."""
+
+    empty_seconds: list[float] = field(default_factory=list)
+    empty_rss: list[int] = field(default_factory=list)
+    full_seconds: list[float] = field(default_factory=list)
+    full_rss: list[int] = field(default_factory=list)
+    ring_size: int = EVENTS  # the smallest the full start-ups reached
+    full: Server | None = None  # the last full start-up, left running for snapshots
+
+    @property
+    def filled(self) -> bool:
+        return bool(self.full_seconds) and self.ring_size >= EVENTS
+
+    @property
+    def replay_seconds(self) -> float:
+        return median(self.full_seconds) - median(self.empty_seconds)
+
+    @property
+    def replay_rate(self) -> float:
+        """Lines/s: EVENTS over (start-up on the full sink - start-up on an empty one)."""
+        return EVENTS / max(self.replay_seconds, 1e-9)
+
+    @property
+    def per_event(self) -> float:
+        """Bytes of RSS per buffered event: (full - empty) / EVENTS."""
+        return (median(self.full_rss) - median(self.empty_rss)) / EVENTS
+
+    def stop(self) -> None:
+        if self.full is not None:
+            self.full.stop()
+            self.full = None
+
+
+def full_sink(work: Path) -> Path:
     log(f"writing a {EVENTS:,}-line sink")
-    full_sink = work / "full.jsonl"
-    write_sink(full_sink, EVENTS)
-    empty_times: list[float] = []
-    empty_rss: list[int] = []
-    for i in range(3):
-        empty = Server.service(
-            f"empty{i}", work, work / f"empty{i}.jsonl", ring_capacity=capacity
-        )
-        try:
-            empty_times.append(empty.start())
-            probe(empty, "GET", SNAPSHOT_PATH + "?limit=50")
-            empty_rss.append(empty.rss())
-        finally:
-            empty.stop()
-    log(
-        f"empty start-up {median(empty_times):.3f} s, RSS {median(empty_rss) / 2**20:.1f} MiB"
-    )
-    full = Server.service("full", work, full_sink, ring_capacity=capacity)
+    sink = work / "full.jsonl"
+    write_sink(sink, EVENTS)
+    return sink
+
+
+def measure_rings(
+    work: Path,
+    trees: Mapping[str, Path],
+    sink: Path,
+    *,
+    empties: int = 3,
+    fulls: int = 1,
+) -> dict[str, Ring]:
+    """Start-ups of each tree (by label) with a ring of EVENTS, the trees taking turns:
+    `empties` on an empty sink, then `fulls` on `sink`; the last full start-up of each
+    tree is left running (Ring.full) once it has replayed every line: stop() it.
+    The RSS is read after one snapshot request, so the snapshot path has run too.
+    """
+    capacity = str(EVENTS)
+    labels = list(trees)
+    rings = {label: Ring() for label in labels}
+    try:
+        for i in range(empties):
+            for label in in_turn(labels, i, True):
+                empty = Server.service(
+                    named(label, f"empty{i}"),
+                    work,
+                    work / f"{named(label, f'empty{i}')}.jsonl",
+                    cwd=trees[label],
+                    ring_capacity=capacity,
+                )
+                try:
+                    rings[label].empty_seconds.append(empty.start())
+                    probe(empty, "GET", SNAPSHOT_PATH + "?limit=50")
+                    rings[label].empty_rss.append(empty.rss())
+                finally:
+                    empty.stop()
+        for label, ring in rings.items():
+            log(
+                f"{named(label, 'empty')} start-up {median(ring.empty_seconds):.3f} s, "
+                f"RSS {median(ring.empty_rss) / 2**20:.1f} MiB"
+            )
+        for i in range(fulls):
+            for label in in_turn(labels, i, True):
+                ring = rings[label]
+                full = Server.service(
+                    named(label, f"full{i}" if fulls > 1 else "full"),
+                    work,
+                    sink,
+                    cwd=trees[label],
+                    ring_capacity=capacity,
+                )
+                ring_size = 0
+                try:
+                    seconds = full.start(ring_size=0)
+                    _, body = request(full.port, "GET", HEALTH)
+                    ring_size = json.loads(body).get("ring_size", 0)
+                    log(
+                        f"{named(label, 'full')} start-up {seconds:.3f} s, "
+                        f"ring_size {ring_size:,}"
+                    )
+                    ring.ring_size = min(ring.ring_size, ring_size)
+                    ring.full_seconds.append(seconds)
+                    if ring_size >= EVENTS:
+                        probe(full, "GET", SNAPSHOT_PATH + "?limit=50")
+                        ring.full_rss.append(full.rss())
+                finally:
+                    if i < fulls - 1 or ring_size < EVENTS:
+                        full.stop()
+                    else:
+                        ring.full = full
+    except BaseException:
+        for ring in rings.values():
+            ring.stop()
+        raise
+    return rings
+
+
+def ring_section(work: Path, tree: Path = ROOT) -> list[Row]:
+    ring = measure_rings(work, {"": tree}, full_sink(work))[""]
     rows: list[Row] = []
     try:
-        full_time = full.start(ring_size=0)
-        _, body = request(full.port, "GET", "/api/metrics/behavior/health")
-        ring_size = json.loads(body).get("ring_size", 0)
-        log(f"full start-up {full_time:.3f} s, ring_size {ring_size:,}")
-        if ring_size >= EVENTS:
-            replay = EVENTS / max(full_time - median(empty_times), 1e-9)
+        if ring.filled and ring.full is not None:
             rows.append(
                 Row(
                     f"6. replay of a {EVENTS:,}-line sink at start-up",
-                    f"**{replay:,.0f}** lines/s ({full_time - median(empty_times):.2f} s "
-                    f"over a {median(empty_times):.2f} s empty start-up)",
-                    "≥ 500,000 lines/s",
-                    replay >= 500_000,
+                    f"**{ring.replay_rate:,.0f}** lines/s ({ring.replay_seconds:.2f} s "
+                    f"over a {median(ring.empty_seconds):.2f} s empty start-up)",
+                    REPLAY_TARGET,
+                    ring.replay_rate >= 500_000,
                 )
             )
-            probe(full, "GET", SNAPSHOT_PATH + "?limit=50")
-            per_event = (full.rss() - median(empty_rss)) / EVENTS
             rows.append(
                 Row(
                     f"5. RSS per buffered event at {EVENTS:,} events",
-                    f"**{per_event:,.0f}** bytes ({full.rss() / 2**20:,.0f} MiB - "
-                    f"{median(empty_rss) / 2**20:,.0f} MiB empty)",
-                    "≤ 350 bytes",
-                    per_event <= 350,
+                    f"**{ring.per_event:,.0f}** bytes ({median(ring.full_rss) / 2**20:,.0f} MiB - "
+                    f"{median(ring.empty_rss) / 2**20:,.0f} MiB empty)",
+                    RSS_TARGET,
+                    ring.per_event <= 350,
                 )
             )
-            rows.extend(snapshot_rows(full))
+            rows.extend(snapshot_rows(ring.full))
         else:
             rows.append(
                 Row(
                     "4-6. ring figures",
-                    f"n/a (replay filled {ring_size:,} of {EVENTS:,})",
+                    f"n/a (replay filled {ring.ring_size:,} of {EVENTS:,})",
                     "",
                     None,
                 )
             )
     finally:
-        full.stop()
+        ring.stop()
     return rows
 
 
-def snapshot_rows(server: Server) -> list[Row]:
-    variants = {
+def snapshot_variants() -> dict[str, str]:
+    return {
         "unfiltered": SNAPSHOT_PATH + "?limit=50",
         f"event={RARE_EVENT} (1% of the ring)": SNAPSHOT_PATH
         + f"?limit=50&event={RARE_EVENT}",
     }
+
+
+@dataclass
+class Latency:
+    p50: float
+    p99: float
+    note: str = ""
+
+
+def latencies(
+    targets: Mapping[K, tuple[Server, str]],
+    describe: Callable[[K], str],
+    *,
+    alternate: bool = False,
+) -> dict[K, Latency]:
+    """GET latency of each (server, path) at one connection: ROUNDS interleaved wrk runs
+    of max(2, SECONDS / 2) s, medians of their p50 and p99; a request slower than 200 ms
+    is timed one by one instead (5 requests, their median and maximum).
+    """
+    # wrk cannot give percentiles for a request slower than its run: time those here.
+    slow = {}
+    for key, (server, path) in targets.items():
+        samples = timed_gets(server, path, 3)
+        if median(samples) > 200:
+            slow[key] = samples + timed_gets(server, path, 2)
+    results: dict[K, list[WrkResult]] = {key: [] for key in targets if key not in slow}
+    seconds = max(2.0, SECONDS / 2)
+    for round_no in range(ROUNDS):
+        for key in in_turn(list(results), round_no, alternate):
+            server, path = targets[key]
+            result = wrk(server.url(path), connections=1, seconds=seconds)
+            results[key].append(result)
+            log(
+                f"round {round_no + 1}/{ROUNDS} snapshot {describe(key)}: "
+                f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms"
+            )
+    figures = {
+        key: Latency(median([r.p50_ms for r in runs]), median([r.p99_ms for r in runs]))
+        for key, runs in results.items()
+    }
+    for key, samples in slow.items():
+        note = f" ({len(samples)} requests, too slow for wrk)"
+        figures[key] = Latency(median(samples), max(samples), note)
+    return figures
+
+
+def snapshot_rows(server: Server) -> list[Row]:
     usable = {}
     rows: list[Row] = []
-    for name, path in variants.items():
+    for name, path in snapshot_variants().items():
         status = probe(server, "GET", path)
         if status == 200:
-            usable[name] = path
+            usable[name] = (server, path)
         else:
             rows.append(
                 Row(
                     f"4. snapshot limit=50, {name}",
                     f"n/a (HTTP {status})",
-                    "p50 ≤ 2 ms",
+                    SNAPSHOT_TARGET,
                     None,
                 )
             )
-    # wrk cannot give percentiles for a request slower than its run: time those here.
-    slow = {}
-    for name, path in usable.items():
-        samples = timed_gets(server, path, 3)
-        if median(samples) > 200:
-            slow[name] = samples + timed_gets(server, path, 2)
-    results: dict[str, list[WrkResult]] = {
-        name: [] for name in usable if name not in slow
-    }
-    seconds = max(2.0, SECONDS / 2)
-    for round_no in range(ROUNDS):
-        for name in results:
-            result = wrk(server.url(usable[name]), connections=1, seconds=seconds)
-            results[name].append(result)
-            log(
-                f"round {round_no + 1}/{ROUNDS} snapshot {name}: "
-                f"p50 {result.p50_ms:.2f} ms p99 {result.p99_ms:.2f} ms"
-            )
-    figures = {
-        name: (median([r.p50_ms for r in runs]), median([r.p99_ms for r in runs]), "")
-        for name, runs in results.items()
-    }
-    for name, samples in slow.items():
-        note = f" ({len(samples)} requests, too slow for wrk)"
-        figures[name] = (median(samples), max(samples), note)
-    for name, (p50, p99, note) in figures.items():
+    figures = latencies(usable, str)
+    for name, figure in figures.items():
         rows.append(
             Row(
                 f"4. snapshot limit=50 at {EVENTS:,} events, {name}",
-                f"p50 **{p50:.2f}** ms, p99 {p99:.2f} ms{note}",
-                "p50 ≤ 2 ms",
-                p50 <= 2,
+                f"p50 **{figure.p50:.2f}** ms, p99 {figure.p99:.2f} ms{figure.note}",
+                SNAPSHOT_TARGET,
+                figure.p50 <= 2,
             )
         )
     return rows
@@ -343,13 +565,16 @@ async def http(
     return int(status_line.split()[1]), data, time.perf_counter()
 
 
-async def wake_samples(port: int, count: int) -> tuple[list[float], str | None]:
+async def wake_samples(
+    port: int, count: int, first: int = 0
+) -> tuple[list[float], str | None]:
+    """`count` wake-ups in ms; `first` numbers their events, unique per server."""
     waiter = await asyncio.open_connection(HOST, port)
     poster = await asyncio.open_connection(HOST, port)
     reader = await asyncio.open_connection(HOST, port)
     samples: list[float] = []
     try:
-        for i in range(count):
+        for i in range(first, first + count):
             _, body, _ = await http(*reader, "GET", SNAPSHOT_PATH + "?limit=0")
             after = json.loads(body)["last_seq"]
             wait = asyncio.create_task(
@@ -377,32 +602,36 @@ async def wake_samples(port: int, count: int) -> tuple[list[float], str | None]:
     return samples, None
 
 
-def wait_section(work: Path) -> list[Row]:
-    server = Server.service("wait", work, work / "wait.jsonl")
-    target = "p99 ≤ 5 ms"
+def wait_works(server: Server) -> int:
+    """The wait endpoint's status for a short wait: 200 or 408 when it is there."""
+    return probe(server, "GET", f"{WAIT_PATH}?count=1&timeout=0.05&event=bench_probe")
+
+
+def wait_row(samples: Sequence[float], error: str | None) -> Row:
+    if error or not samples:
+        return Row("8. wait-for wake-up", f"n/a ({error})", WAIT_TARGET, None)
+    p50, p99 = percentile(samples, 0.5), percentile(samples, 0.99)
+    return Row(
+        "8. wait-for wake-up: POST's 202 → waiter's answer",
+        f"p50 {p50:.2f} ms, p99 **{p99:.2f}** ms ({len(samples)} samples)",
+        WAIT_TARGET,
+        p99 <= 5,
+    )
+
+
+def wait_section(work: Path, tree: Path = ROOT) -> list[Row]:
+    server = Server.service("wait", work, work / "wait.jsonl", cwd=tree)
     try:
         server.start()
-        status = probe(
-            server, "GET", f"{WAIT_PATH}?count=1&timeout=0.05&event=bench_probe"
-        )
+        status = wait_works(server)
         if status not in (200, 408):
-            return [Row("8. wait-for wake-up", f"n/a (HTTP {status})", target, None)]
+            return [
+                Row("8. wait-for wake-up", f"n/a (HTTP {status})", WAIT_TARGET, None)
+            ]
         samples, error = asyncio.run(wake_samples(server.port, WAKEUPS))
     finally:
         server.stop()
-    if error or not samples:
-        return [Row("8. wait-for wake-up", f"n/a ({error})", target, None)]
-    ordered = sorted(samples)
-    p50 = ordered[len(ordered) // 2]
-    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
-    return [
-        Row(
-            "8. wait-for wake-up: POST's 202 → waiter's answer",
-            f"p50 {p50:.2f} ms, p99 **{p99:.2f}** ms ({len(samples)} samples)",
-            target,
-            p99 <= 5,
-        )
-    ]
+    return [wait_row(samples, error)]
 
 
 # -- the table ------------------------------------------------------------------------
@@ -424,10 +653,22 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"ingest": ingest_section, "ring": ring_section, "wait": wait_section}
+SECTIONS: dict[str, Callable[[Path, Path], list[Row]]] = {
+    "ingest": ingest_section,
+    "ring": ring_section,
+    "wait": wait_section,
+}
 
 
 def main(argv: list[str]) -> int:
+    tree = ROOT
+    if "--tree" in argv:
+        at = argv.index("--tree")
+        if at + 1 >= len(argv):
+            print("--tree needs a path", file=sys.stderr)
+            return 2
+        tree = Path(argv[at + 1]).resolve()
+        argv = argv[:at] + argv[at + 2 :]
     chosen = argv or list(SECTIONS)
     unknown = [name for name in chosen if name not in SECTIONS]
     if unknown:
@@ -444,7 +685,7 @@ def main(argv: list[str]) -> int:
         for name in chosen:
             log(f"section {name}")
             try:
-                rows += SECTIONS[name](Path(tmp))
+                rows += SECTIONS[name](Path(tmp), tree)
             except Exception as exc:  # report, never fail: the table is the output
                 log(f"section {name} failed: {exc!r}")
                 rows.append(

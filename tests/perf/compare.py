@@ -10,6 +10,11 @@ all of them alike: ratios vary ~2% between rounds where the interleaved bench's 
 Each TREE is a checkout (a `git worktree`, say) whose `metrics_service` is served, with its
 C extension built in place (`python setup.py build_ext --inplace` there); the default
 is this one. Environment: BENCH_ROUNDS (6) rounds of BENCH_SECONDS (5).
+
+    python -m tests.perf.compare --all BASE_TREE [NEW_TREE ...]
+
+runs every figure of `make bench` for the trees side by side instead: see
+tests/perf/sidebyside.py.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ from .procs import ROOT, Server, wrk
 
 
 def main(argv: list[str]) -> int:
+    if "--all" in argv:
+        from .sidebyside import main as all_figures
+
+        return all_figures([arg for arg in argv if arg != "--all"])
     rounds, seconds = int(setting("ROUNDS", 6)), setting("SECONDS", 5)
     trees = [Path(tree).resolve() for tree in argv] or [ROOT]
     work = Path(tempfile.mkdtemp(prefix="compare-"))

@@ -16,23 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from metrics_service.protocol import http_option
-from metrics_service.testing import SERVE_ARGV
-
 ROOT = Path(__file__).resolve().parents[2]
 WRK_LUA = Path(__file__).with_name("wrk.lua")
 HOST = "127.0.0.1"
 SERVER_CPU = "0"
 CLIENT_CPU = "1"
 HEALTH = "/api/metrics/behavior/health"
-# Both servers run uvicorn with the same HTTP protocol (metrics_service.protocol, which
-# changes nothing for the ceiling's empty answer), uvloop and no access log:
-# `metrics-service serve` chooses them itself, the ceiling names them.
+# The ceiling runs stock uvicorn with httptools, uvloop and no access log. The service is
+# `python -m metrics_service serve` run in its source tree, which picks its own uvicorn
+# options: nothing here imports metrics_service, so a tree with another module layout
+# (an older commit, say) is served as it was.
 CEILING_ARGV = [
     sys.executable, "-m", "uvicorn", "tests.perf.ceiling:app",
-    "--http", http_option(), "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
+    "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
 ]  # fmt: skip
-SERVICE_ARGV = SERVE_ARGV
+SERVICE_ARGV = [
+    sys.executable,
+    "-m",
+    "metrics_service",
+    "serve",
+    "--log-level",
+    "warning",
+]
 
 
 def free_port() -> int:
@@ -55,6 +60,29 @@ def request(
         conn.close()
 
 
+def child_env(tree: Path) -> dict[str, str]:
+    """A server's environment: no METRICS_ settings of ours, `tree` first on PYTHONPATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METRICS_")}
+    paths = [str(tree), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
+def package_dir(tree: Path) -> Path:
+    """The folder of the metrics_service package a server started in `tree` imports."""
+    tree = Path(tree).resolve()
+    code = "import metrics_service; print(metrics_service.__file__)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tree,
+        env=child_env(tree),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return Path(out.stdout.strip()).resolve().parent
+
+
 class Server:
     """One server process on SERVER_CPU; start() returns seconds until health answered 200."""
 
@@ -67,7 +95,9 @@ class Server:
         cwd: Path = ROOT,
     ) -> None:
         self.name = name
-        self.cwd = cwd  # `python -m` serves the metrics_service package found here
+        # `python -m` serves the metrics_service package of this tree: the child runs in it
+        # with it first on PYTHONPATH, ahead of the editable install of ROOT.
+        self.cwd = Path(cwd).resolve()
         self.port = free_port()
         self.argv = argv
         self.extra_env = dict(env)
@@ -89,7 +119,7 @@ class Server:
         return cls("ceiling", CEILING_ARGV, workdir)
 
     def start(self, timeout: float = 300, ring_size: int = 0) -> float:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("METRICS_")}
+        env = child_env(self.cwd)
         env.update(self.extra_env, METRICS_HOST=HOST, METRICS_PORT=str(self.port))
         argv = ["taskset", "-c", SERVER_CPU, *self.argv]
         if self.argv is CEILING_ARGV:
@@ -112,6 +142,15 @@ class Server:
             time.sleep(0.005)
         self.stop()
         raise RuntimeError(f"{self.name} did not become healthy in {timeout}s")
+
+    def cpu_seconds(self) -> float:
+        """User and system CPU time the process (all its threads) has used so far."""
+        assert self.process is not None
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[
+            1
+        ].split()  # after "pid (comm)": state is fields[0]
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss(self) -> int:
         """Resident set size in bytes (VmRSS)."""
