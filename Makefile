@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py metrics_service/_speedups.c | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py metrics_service/_native/_speedups.c | cksum | cut -d' ' -f1)
 
 .PHONY: run test lint e2e bench chromium wrk cc clean
 
@@ -11,7 +11,7 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml setup.py metrics_service/_speedups.c | $(BIN)/python cc
+$(STAMP): pyproject.toml setup.py metrics_service/_native/_speedups.c | $(BIN)/python cc
 	$(BIN)/pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
@@ -67,4 +67,4 @@ bench: $(STAMP) wrk
 	$(BIN)/python -m tests.perf.soak
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache e2e/artifacts metrics_service/*.so
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache e2e/artifacts metrics_service/_native/*.so

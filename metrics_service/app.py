@@ -1,3 +1,5 @@
+"""The route table and the app: every path, its guard and its OpenAPI description."""
+
 from __future__ import annotations
 
 import contextlib
@@ -5,78 +7,282 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.requests import Request
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
-from . import dashboard, endpoints, observability, openapi, query, stream
-from .config import Config
-from .edge import Edge
-from .errors import EXCEPTION_HANDLERS, server_error
-from .service import Service
+from metrics_service.http import openapi
+from metrics_service.http.frontdoor import FrontDoor
+from metrics_service.http.openapi import (
+    BAD_QUERY,
+    BODY_ERRORS,
+    EVENT_STREAM,
+    FILTER_NOTE,
+    FILTERS,
+    REF,
+    Doc,
+    Endpoint,
+    query,
+)
+from metrics_service.http.schemas import (
+    BatchResult,
+    Cleared,
+    ErrorBody,
+    Health,
+    IngestResult,
+    Snapshot,
+    Timeseries,
+    WaitResult,
+)
+from metrics_service.ingest.contract import BehaviorEvent
+from metrics_service.ingest.endpoint import Ingest
+from metrics_service.read import dashboard, prometheus, snapshot, stream
+from metrics_service.read.timeseries import INTERVALS, MAX_BUCKETS, timeseries
+from metrics_service.read.wait import MAX_TIMEOUT, wait
+from metrics_service.service import Service
+from metrics_service.settings import Config
 
 API = "/api/metrics"
 
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint(
+        "POST",
+        f"{API}/event",
+        Ingest(batch=False),
+        "ingest",
+        Doc(
+            "Record one event",
+            {202: ("Stored (or a duplicate ignored)", IngestResult), **BODY_ERRORS},
+            body=BehaviorEvent,
+            description="JSON, text/plain (sendBeacon) or no Content-Type are accepted.",
+        ),
+    ),
+    Endpoint(
+        "POST",
+        f"{API}/events",
+        Ingest(batch=True),
+        "ingest",
+        Doc(
+            "Record a batch of events, all or nothing",
+            {202: ("Stored", BatchResult), **BODY_ERRORS},
+            body={
+                "oneOf": [
+                    {
+                        "type": "array",
+                        "items": {"$ref": REF.format(model="BehaviorEvent")},
+                    },
+                    {"$ref": REF.format(model="EventBatch")},
+                ]
+            },
+            description='A JSON array, `{"events": [...]}`, or NDJSON (one event a line).',
+        ),
+    ),
+    Endpoint(
+        "GET",
+        f"{API}/behavior",
+        snapshot.snapshot,
+        "read",
+        Doc(
+            "Snapshot of the ring: counts and the newest events",
+            {
+                200: (
+                    "The snapshot; with filters, counts cover matches only",
+                    Snapshot,
+                ),
+                BAD_QUERY[0]: BAD_QUERY[1],
+            },
+            params=(
+                query(
+                    "limit",
+                    {"type": "integer", "minimum": 0, "default": 50},
+                    "How many of the newest events to return (clamped to capacity).",
+                ),
+                *FILTERS,
+            ),
+            description=FILTER_NOTE,
+        ),
+    ),
+    Endpoint(
+        "DELETE",
+        f"{API}/behavior",
+        snapshot.reset,
+        "read",
+        Doc(
+            "Empty the ring and its counters (never the file)",
+            {200: ("Cleared", Cleared)},
+            description="Global: parallel tests should isolate with `after` instead.",
+        ),
+    ),
+    Endpoint(
+        "GET",
+        f"{API}/behavior/health",
+        snapshot.health,
+        "open",
+        Doc(
+            "Liveness and sink status",
+            {200: ("Healthy", Health), 503: ("The sink is failing", Health)},
+        ),
+    ),
+    Endpoint(
+        "GET",
+        f"{API}/behavior/wait",
+        wait,
+        "read",
+        Doc(
+            "Wait until enough matching events are in the ring",
+            {
+                200: ("`count` matches reached; events oldest first", WaitResult),
+                408: ("Timed out; the matches so far, oldest first", WaitResult),
+                BAD_QUERY[0]: BAD_QUERY[1],
+                503: ("The service is shutting down", ErrorBody),
+            },
+            params=(
+                query(
+                    "count",
+                    {"type": "integer", "minimum": 1, "default": 1},
+                    "Matches needed.",
+                ),
+                query(
+                    "timeout",
+                    {
+                        "type": "number",
+                        "minimum": 0,
+                        "maximum": MAX_TIMEOUT,
+                        "default": 5,
+                    },
+                    "Seconds to wait, fractions allowed.",
+                ),
+                *FILTERS,
+            ),
+            description="Events already in the ring count. Woken by ingestion, no "
+            "polling. " + FILTER_NOTE,
+        ),
+    ),
+    Endpoint(
+        "GET",
+        f"{API}/behavior/timeseries",
+        timeseries,
+        "read",
+        Doc(
+            "Event counts per time bucket over the ring",
+            {
+                200: ("Buckets oldest first, empty ones included", Timeseries),
+                422: (
+                    f"A bad parameter, or more than {MAX_BUCKETS} buckets",
+                    ErrorBody,
+                ),
+            },
+            params=(
+                query(
+                    "interval",
+                    {"type": "string", "enum": list(INTERVALS), "default": "1m"},
+                    "Bucket width; buckets are aligned to the Unix epoch (UTC).",
+                ),
+                *FILTERS,
+            ),
+            description=FILTER_NOTE,
+        ),
+    ),
+    Endpoint(
+        "GET",
+        f"{API}/behavior/stream",
+        stream.stream,
+        "read",
+        Doc(
+            "Server-Sent Events: one `behavior` message per accepted event",
+            {200: ("The event stream", EVENT_STREAM), BAD_QUERY[0]: BAD_QUERY[1]},
+            params=(
+                {
+                    "name": "Last-Event-ID",
+                    "in": "header",
+                    "schema": {"type": "integer"},
+                    "description": "Resume: first the ring's events after this seq.",
+                },
+                *FILTERS,
+            ),
+            description="`id: <seq>`, `event: behavior`, `data: <stored event>`; a"
+            " comment every 15 s; a client 1000 events behind gets `event: reset` and"
+            " the stream ends (reconnect with Last-Event-ID). " + FILTER_NOTE,
+        ),
+    ),
+    Endpoint(
+        "GET",
+        "/openapi.json",
+        openapi.openapi,
+        "open",
+        Doc("This document", {200: ("OpenAPI 3.1", "application/json")}),
+    ),
+    Endpoint(
+        "GET",
+        "/metrics",
+        prometheus.metrics,
+        "read",
+        Doc("Prometheus metrics", {200: ("Prometheus text format", "text/plain")}),
+    ),
+    Endpoint(
+        "GET",
+        "/",
+        dashboard.dashboard,
+        "open",
+        Doc("The live dashboard", {200: ("HTML page", "text/html")}),
+    ),
+    Endpoint(
+        "GET",
+        "/tracker.js",
+        dashboard.tracker,
+        "open",
+        Doc("The browser tracker", {200: ("JavaScript", "text/javascript")}),
+    ),
+    Endpoint(
+        "GET",
+        "/static/{name}",
+        dashboard.asset,
+        "open",
+        Doc(
+            "Dashboard assets",
+            {
+                200: ("The file", "application/octet-stream"),
+                304: ("Not modified", None),
+                404: ("No such asset", ErrorBody),
+            },
+            params=(
+                {
+                    "name": "name",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                },
+            ),
+        ),
+    ),
+)
+
 
 def routes() -> list[Route]:
-    return [
-        Route(f"{API}/event", endpoints.ingest_event, methods=["POST"]),
-        Route(f"{API}/events", endpoints.ingest_batch, methods=["POST"]),
-        Route(f"{API}/behavior", endpoints.snapshot, methods=["GET"]),
-        Route(f"{API}/behavior", endpoints.reset, methods=["DELETE"]),
-        Route(f"{API}/behavior/health", endpoints.health, methods=["GET"]),
-        Route(f"{API}/behavior/wait", query.wait, methods=["GET"]),
-        Route(f"{API}/behavior/timeseries", query.timeseries, methods=["GET"]),
-        Route(f"{API}/behavior/stream", stream.stream, methods=["GET"]),
-        Route("/openapi.json", openapi.openapi, methods=["GET"]),
-        Route("/metrics", observability.metrics, methods=["GET"]),
-        Route("/", dashboard.dashboard, methods=["GET"]),
-        Route("/tracker.js", dashboard.tracker, methods=["GET"]),
-        Route("/static/{name}", dashboard.asset, methods=["GET"]),
-    ]
+    """ENDPOINTS for Starlette's router, one Route per path."""
+    by_path: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        by_path.setdefault(endpoint.path, {})[endpoint.method] = endpoint.handler
+    out: list[Route] = []
+    for path, handlers in by_path.items():
+        for method, handler in handlers.items():
+            out.append(Route(path, handler, methods=[method]))
+    return out
 
 
-def middleware(config: Config) -> list[Middleware]:
-    # CORS, auth and the body deadline, in that order, as one layer (see edge.py).
-    lanes = {
-        f"{API}/event": endpoints.ingest_event,
-        f"{API}/events": endpoints.ingest_batch,
-    }
-    return [Middleware(Edge, config=config, lanes=lanes)]
+class App(Starlette):
+    """Starlette with the front door (http/frontdoor.py) as its whole middleware stack:
+    CORS, tokens, the body deadline, errors, and the ingest endpoints' own lane."""
 
+    endpoints = ENDPOINTS  # for GET /openapi.json
 
-class MetricsApp(Starlette):
-    """Starlette, but a plain POST to an ingest endpoint (Edge.direct) goes straight to
-    its lane with the body deadline, skipping the layers that have nothing to do for
-    it: ~20% of an event's time on the server."""
-
-    def __init__(self, *, config: Config, **kwargs: Any) -> None:
+    def __init__(self, service: Service, **kwargs: Any) -> None:
+        self.service = service
         super().__init__(**kwargs)
-        lanes = {
-            f"{API}/event": endpoints.direct_event,
-            f"{API}/events": endpoints.direct_batch,
-        }
-        self.edge = Edge(self.router, config=config, lanes=lanes, vary=True)
-        self.service: Service | None = None  # set by create_app
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not self.edge.direct(scope):
-            await super().__call__(scope, receive, send)
-            return
-        scope["app"] = self
-        try:
-            await self.edge.deadline(scope, receive, send)
-        except Exception:
-            # What ServerErrorMiddleware does for the other requests.
-            response = await server_error(Request(scope), Exception())
-            # uvicorn refuses a second start if the answer had begun; keep the cause.
-            with contextlib.suppress(RuntimeError):
-                await response(scope, receive, send)
-            raise
+    def build_middleware_stack(self) -> FrontDoor:
+        return FrontDoor(self.router, config=self.service.config, endpoints=ENDPOINTS)
 
 
-def create_app(config: Config | None = None) -> Starlette:
+def create_app(config: Config | None = None) -> App:
     config = config or Config.from_env()
     service = Service(config)
 
@@ -88,13 +294,6 @@ def create_app(config: Config | None = None) -> Starlette:
         finally:
             await service.stop()
 
-    app = MetricsApp(
-        config=config,
-        routes=routes(),
-        middleware=middleware(config),
-        exception_handlers=EXCEPTION_HANDLERS,
-        lifespan=lifespan,
-    )
+    app = App(service, routes=routes(), lifespan=lifespan)
     app.state.service = service
-    app.service = service  # for the ingest endpoints: no State lookup per request
     return app

@@ -11,10 +11,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import stats
-from .config import Config, ConfigError
-from .policy import Policy
-from .sink import Sink
+from metrics_service import stats
+from metrics_service.ingest.policy import Policy
+from metrics_service.settings import Config, ConfigError
+from metrics_service.store.sink import Sink
 
 PROG = "metrics-service"
 
@@ -158,8 +158,6 @@ def serve(args: argparse.Namespace) -> int:
         logging.getLogger("metrics_service").warning("%s", warning)
     import uvicorn
 
-    from .protocol import http_option
-
     options: dict[str, Any] = {
         "host": config.host,
         "port": config.port,
@@ -168,12 +166,10 @@ def serve(args: argparse.Namespace) -> int:
         "access_log": args.access_log,
         "log_level": args.log_level,
         "timeout_graceful_shutdown": 10,
-        "http": http_option(),
     }
     logging.getLogger("metrics_service").setLevel(args.log_level.upper())
-    # A request leaves a few hundred short-lived objects; at the default gen-0
-    # threshold (700) a collection runs every few requests: ~5 us per single-event
-    # request and ~1.2 us per batched event of CPU, measured in-process.
+    # A request leaves a few hundred short-lived objects: at the default gen-0
+    # threshold a collection would run every few requests.
     gc.set_threshold(10_000, 10, 10)
     uvicorn.run("metrics_service.app:create_app", **options)
     return 0

@@ -6,13 +6,14 @@ from importlib.metadata import PackageNotFoundError, version
 
 import orjson
 
-from . import recovery
-from .buffer import Ring, repacked
-from .collector import Collector
-from .config import Config
-from .policy import Policy
-from .rotation import Rotator
-from .sink import Sink
+from metrics_service.ingest.policy import Policy
+from metrics_service.read.hub import Hub
+from metrics_service.settings import Config
+from metrics_service.store import replay as recovery
+from metrics_service.store.ring import Ring, repacked
+from metrics_service.store.rotation import Rotator
+from metrics_service.store.sink import Sink
+from metrics_service.store.writer import Writer
 
 logger = logging.getLogger("metrics_service")
 
@@ -31,7 +32,7 @@ class Service:
         self.ring = Ring(config.ring_capacity)
         self.rotator = Rotator(config.jsonl, config.rotate_bytes, config.rotate_keep)
         self.sink = Sink(config.jsonl, rotator=self.rotator)
-        self.collector = Collector(
+        self.writer = Writer(
             self.ring,
             self.sink,
             fsync=config.fsync,
@@ -41,6 +42,7 @@ class Service:
         # Rejections by HTTP status (errors.py counts them) and sampled-out events,
         # both for GET /metrics.
         self.rejected: dict[int, int] = {}
+        self.hub = Hub(self.writer)  # the waiters and stream subscribers
         self.sampled_out = 0
         self.file_json = orjson.dumps(str(config.jsonl))  # in every ingest answer
 
@@ -56,11 +58,12 @@ class Service:
         # over from the file, the one source of truth.
         self.ring.clear()
         self.ring.load(found.parts)
-        self.collector.last_seq = found.last_seq
+        self.hub = Hub(self.writer)
+        self.writer.last_seq = found.last_seq
         try:
-            self.collector.loop = asyncio.get_running_loop()
+            self.writer.loop = asyncio.get_running_loop()
         except RuntimeError:  # started outside a loop: the collector looks it up
-            self.collector.loop = None
+            self.writer.loop = None
         # Only the window's worth: a set never shrinks its table after discards.
         ids = self.ring.event_ids(max(config.dedupe_window, 1))
         # Replay's ~1M line strings are freed before the ring compacts and the
@@ -68,13 +71,12 @@ class Service:
         del found
         ids = repacked(ids)
         self.ring.compact()
-        self.collector.remember(ids)
+        self.writer.remember(ids)
         self.rotator.resume()
 
     async def stop(self) -> None:
-        await self.collector.close()
-        self.collector.loop = None
+        self.hub.close()
+        await self.writer.close()
+        self.writer.loop = None
         await asyncio.to_thread(self.rotator.wait, 30)
-        logger.info(
-            "closed %s after seq %d", self.config.jsonl, self.collector.last_seq
-        )
+        logger.info("closed %s after seq %d", self.config.jsonl, self.writer.last_seq)

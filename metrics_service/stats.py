@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import orjson
 
-from .rotation import readable_segments
+from metrics_service.store.rotation import readable_segments
 
 EXACT_VISITORS = 1_000_000
 SKETCH_SIZE = 4096
@@ -249,7 +249,7 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: Any) -> int:
-    from .config import Config, ConfigError
+    from metrics_service.settings import Config, ConfigError
 
     files: list[Path] = list(args.files)
     if not files:

@@ -20,7 +20,7 @@ import httpx
 import orjson
 import pytest
 
-from .filters import flat_params
+from metrics_service.read.filters import flat_params
 
 
 class MetricsClient:

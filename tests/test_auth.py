@@ -15,8 +15,9 @@ from starlette.testclient import TestClient
 
 from metrics_service import cli
 from metrics_service.app import create_app
-from metrics_service.auth import guard_of, split_token
-from metrics_service.config import Config
+from metrics_service.app import ENDPOINTS
+from metrics_service.http.auth import Guards, split_token
+from metrics_service.settings import Config
 from metrics_service.testing import MetricsServer, free_port
 
 INGEST = "ingest-secret-7f3a"
@@ -212,12 +213,13 @@ def test_unknown_paths_do_not_reveal_themselves_without_a_token(
 
 
 def test_guard_of_paths() -> None:
+    guard_of = Guards(ENDPOINTS).of
     assert guard_of("/api/metrics/event") == "ingest"
     assert guard_of("/api/metrics/events") == "ingest"
     assert guard_of("/api/metrics/behavior") == "read"
     assert guard_of("/api/metrics/behavior/stream") == "read"
-    assert guard_of("/api/metrics/behavior/health") is None
-    assert guard_of("/static/dashboard.js") is None
+    assert guard_of("/api/metrics/behavior/health") == "open"
+    assert guard_of("/static/dashboard.js") == "open"
     assert guard_of("/static/../api/metrics/behavior") == "read"
     assert guard_of("/static/") == "read"
     assert guard_of("/api/metrics/behavior/health/") == "read"

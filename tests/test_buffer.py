@@ -3,8 +3,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from metrics_service import buffer
-from metrics_service.buffer import Entry, Ring, repacked
+from metrics_service.store import ring as buffer
+from metrics_service.store.ring import Entry, Ring, repacked
 
 
 def entry(seq: int, name: str = "page_view") -> Entry:
@@ -131,12 +131,7 @@ def test_packed_chunks_give_back_the_same_entries() -> None:
 
 
 @pytest.mark.parametrize("limit", [0, 1, 3, 9, 13, 30, 100])
-@pytest.mark.parametrize("native", [True, False])
-def test_event_ids_are_the_newest_entries_ids(
-    limit: int, native: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not native:  # the Python path, as without the C extension
-        monkeypatch.setattr(buffer, "native", None)
+def test_event_ids_are_the_newest_entries_ids(limit: int) -> None:
     ids = [None, "id-x", "", 'odd "id"', "id-y"]  # "" counts as no id
     entries = [stored(seq, "a", "v", ids[seq % 5]) for seq in range(1, 40)]
     entries.append(Entry(40, 1.5, "c", "v", "id-40", b'{"seq":40}'))  # kept aside

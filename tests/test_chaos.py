@@ -37,7 +37,7 @@ from test_properties import (
 )
 
 from metrics_service import Config, create_app
-from metrics_service import sink as sink_module
+from metrics_service.store import sink as sink_module
 from metrics_service.testing import MetricsServer
 
 ENV = {

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from metrics_service.config import Config, ConfigError
+from metrics_service.settings import Config, ConfigError
 
 
 def test_defaults() -> None:

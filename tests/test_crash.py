@@ -11,7 +11,7 @@ import httpx
 import orjson
 from conftest import EVENT_URL, SNAPSHOT_URL, event
 
-from metrics_service.rotation import readable_segments
+from metrics_service.store.rotation import readable_segments
 from metrics_service.testing import MetricsServer
 
 CAPACITY = 100

@@ -5,7 +5,7 @@ from pathlib import Path
 from starlette.testclient import TestClient
 
 from metrics_service.app import create_app
-from metrics_service.config import Config
+from metrics_service.settings import Config
 
 STATIC = Path(__file__).resolve().parent.parent / "metrics_service" / "static"
 

@@ -19,7 +19,8 @@ import pytest
 from conftest import EVENT_URL, HEALTH_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
-from metrics_service import Config, create_app, sink
+from metrics_service import Config, create_app
+from metrics_service.store import sink
 from metrics_service.testing import MetricsServer, free_port
 
 
@@ -253,7 +254,7 @@ def test_a_failing_listener_does_not_hang_writers(config: Config) -> None:
         def broken(entries: object) -> None:
             raise RuntimeError("subscriber bug")
 
-        app.state.service.collector.subscribe(broken)
+        app.state.service.writer.subscribe(broken)
         r = c.post(EVENT_URL, json=event())
         assert r.status_code == 202
         assert r.json()["seq"] == 1

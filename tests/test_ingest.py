@@ -9,9 +9,10 @@ import pytest
 from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
-from metrics_service import Config, create_app, ingest
-from metrics_service.errors import ApiError
-from metrics_service.ingest import Gunzip
+from metrics_service import Config, create_app
+from metrics_service.ingest import clock
+from metrics_service.http.errors import ApiError
+from metrics_service.http.body import Gunzip
 
 BATCH_URL = "/api/metrics/events"
 MiB = 1024 * 1024
@@ -301,10 +302,10 @@ def test_cors_configured_origins(config: Config) -> None:
 def test_the_cached_receive_time_matches_iso(
     monkeypatch: pytest.MonkeyPatch, nanos: int
 ) -> None:
-    monkeypatch.setattr(ingest.time, "time_ns", lambda: nanos)
-    received = ingest.received_now()
+    monkeypatch.setattr(clock.time, "time_ns", lambda: nanos)
+    received = clock.received_now()
     moment = received.moment
     assert received.micros == nanos // 1000
-    assert received.text == ingest.iso(moment)
+    assert received.text == clock.iso(moment)
     assert received.iso == received.text.encode()
     assert received.ts == moment.timestamp()

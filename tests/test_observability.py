@@ -10,7 +10,8 @@ from conftest import EVENT_URL, event
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from metrics_service import Config, create_app, sink
+from metrics_service import Config, create_app
+from metrics_service.store import sink
 
 
 def scrape(c: TestClient) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -14,9 +14,9 @@ from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
 from metrics_service.cli import main
-from metrics_service.config import ConfigError
-from metrics_service.models import BehaviorEvent
-from metrics_service.policy import REDACTED, Policy, sample_point
+from metrics_service.settings import ConfigError
+from metrics_service.ingest.contract import BehaviorEvent
+from metrics_service.ingest.policy import REDACTED, Policy, sample_point
 
 BATCH_URL = "/api/metrics/events"
 TAXONOMY = {
@@ -214,7 +214,7 @@ def test_sample_parsed_from_env() -> None:
 def test_sampling_is_stable_across_processes() -> None:
     """Not Python's hash(): another interpreter with another hash seed agrees."""
     code = (
-        "from metrics_service.policy import sample_point;"
+        "from metrics_service.ingest.policy import sample_point;"
         "print(repr(sample_point('visitor-42', 'scroll')))"
     )
     out = subprocess.run(

@@ -10,9 +10,11 @@ import pytest
 from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
-from metrics_service import Config, create_app, recovery
-from metrics_service.buffer import Columns, Entry, Packed, Ring, readback
-from metrics_service.recovery import repair_torn_tail, replay, reverse_lines
+from metrics_service import Config, create_app
+from metrics_service import _native
+from metrics_service.store import replay as recovery
+from metrics_service.store.ring import Columns, Entry, Packed, Ring, readback
+from metrics_service.store.replay import repair_torn_tail, replay, reverse_lines
 
 
 def stored(seq: int, name: str = "page_view", **extra: object) -> bytes:
@@ -196,13 +198,10 @@ def _ring_of(parts: list[Columns | Packed], capacity: int) -> Ring:
     return ring
 
 
-@pytest.fixture(params=["native", "python"], autouse=True)
-def native(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Each replay test once with the C module (which must be built) and once without."""
-    assert recovery.native is not None, "metrics_service._speedups was not built"
-    if request.param == "python":
-        monkeypatch.setattr(recovery, "native", None)
-    return request.param == "native"
+@pytest.fixture
+def native() -> bool:
+    """Whether C does the work: `make test` runs the suite with it and without."""
+    return _native.c is not None
 
 
 def _forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -387,7 +386,7 @@ def test_replay_without_the_native_module_says_so(
     sink.write_bytes(stored(1))
     with caplog.at_level(logging.WARNING, logger="metrics_service"):
         assert recovery.load(sink, 10).last_seq == 1
-    assert ("no C compiler" in caplog.text) != native
+    assert ("without its C extension" in caplog.text) != native
 
 
 def test_a_block_msgspec_rejects_still_loads_its_good_lines(

@@ -13,7 +13,7 @@ from conftest import EVENT_URL, HEALTH_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
-from metrics_service.rotation import readable_segments, segments
+from metrics_service.store.rotation import readable_segments, segments
 from metrics_service.testing import MetricsServer
 
 SEGMENT = re.compile(r"^m-\d{8}T\d{6}-(\d+)\.jsonl\.gz$")

@@ -8,7 +8,7 @@ from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
-from metrics_service.sink import Sink, SinkError, read_tail_lines
+from metrics_service.store.sink import Sink, SinkError, read_tail_lines
 
 
 def lines(*seqs: int) -> bytes:

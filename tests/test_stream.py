@@ -13,10 +13,10 @@ import httpx
 import orjson
 import pytest
 
-from metrics_service.buffer import Entry, Ring
-from metrics_service.filters import Filters
-from metrics_service.hub import Hub
-from metrics_service.stream import events as sse_events
+from metrics_service.store.ring import Entry, Ring
+from metrics_service.read.filters import Filters
+from metrics_service.read.hub import Hub
+from metrics_service.read.stream import events as sse_events
 from metrics_service.testing import MetricsServer
 
 STREAM = "/api/metrics/behavior/stream"

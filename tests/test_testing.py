@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from metrics_service.filters import flat_params
+from metrics_service.read.filters import flat_params
 from metrics_service.testing import MetricsServer
 
 pytest_plugins = ("pytester",)

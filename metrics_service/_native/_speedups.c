@@ -1,0 +1,647 @@
+/* Per-line work in C, each function beside a Python path that gives the same
+ * result (_native/__init__.py says which is used): replay's index() and columns(),
+ * which answer None for a line they leave to store/replay.py, event_ids()
+ * (store/ring.py), and ingest's long_digits() and bodies() (ingest/fast.py),
+ * lines() and rows() (store/writer.py). */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Both keys hold the only '_' of their text: a line is searched for '_', far
+ * rarer than '"', and each one is checked for the key around it. */
+static const char VISITOR[] = "\"visitor_id\"";
+static const char EVENT_ID[] = "\"event_id\"";
+#define VISITOR_AT 8 /* the '_' in "visitor_id" */
+#define EVENT_ID_AT 6
+#define VISITOR_LEN (sizeof(VISITOR) - 1)
+#define EVENT_ID_LEN (sizeof(EVENT_ID) - 1)
+
+static int
+holds(const char *p, const char *end, const char *at, const char *what, size_t len)
+{
+    return at >= p && (size_t)(end - at) >= len && memcmp(at, what, len) == 0;
+}
+
+/* One line (without its newline): 0 or 1 for its event_id flag, -1 when it is not plain. */
+static int
+line_flag(const char *p, const char *end)
+{
+    if (end - p < 2 || p[0] != '{' || end[-1] != '}')
+        return -1;
+    int visitors = 0, ids = 0, flag = 0;
+    for (const char *q = p; (q = memchr(q, '_', end - q)) != NULL; q++) {
+        const char *key = q - VISITOR_AT;
+        if (holds(p, end, key, VISITOR, VISITOR_LEN)) {
+            if (++visitors > 1 || !holds(p, end, key + VISITOR_LEN, ":\"", 2))
+                return -1;
+            continue;
+        }
+        key = q - EVENT_ID_AT;
+        if (holds(p, end, key, EVENT_ID, EVENT_ID_LEN)) {
+            if (++ids > 1)
+                return -1;
+            key += EVENT_ID_LEN;
+            if (holds(p, end, key, ":\"", 2))
+                flag = 1;
+            else if (!holds(p, end, key, ":null", 5))
+                return -1;
+        }
+    }
+    return visitors == 1 ? flag : -1;
+}
+
+PyDoc_STRVAR(index_doc,
+"index(block) -> (text, ends, flags) | None\n\n"
+"Whole lines (each ending in a newline) as the ring packs them: the lines joined\n"
+"without newlines, each line's end in text as native uint32, and each line's\n"
+"event_id flag. None unless every line is plain: no backslash in the block, and\n"
+"each line opens with '{', closes with '}', and holds the string \"visitor_id\"\n"
+"once, followed by :\" and \"event_id\" at most once, followed by :\" or :null.");
+
+static PyObject *
+index_lines(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "index() takes bytes");
+        return NULL;
+    }
+    const char *data = PyBytes_AS_STRING(arg);
+    Py_ssize_t size = PyBytes_GET_SIZE(arg);
+    if (size == 0 || size > UINT32_MAX || data[size - 1] != '\n'
+        || memchr(data, '\\', size) != NULL)
+        Py_RETURN_NONE;
+    Py_ssize_t count = 0;
+    for (const char *q = data; (q = memchr(q, '\n', data + size - q)) != NULL; q++)
+        count++;
+    PyObject *text = PyBytes_FromStringAndSize(NULL, size - count);
+    PyObject *ends = PyBytes_FromStringAndSize(NULL, count * sizeof(uint32_t));
+    PyObject *flags = PyBytes_FromStringAndSize(NULL, count);
+    if (text == NULL || ends == NULL || flags == NULL)
+        goto fail;
+    char *out = PyBytes_AS_STRING(text);
+    uint32_t *end_at = (uint32_t *)PyBytes_AS_STRING(ends);
+    char *flag_at = PyBytes_AS_STRING(flags);
+    uint32_t filled = 0;
+    const char *p = data;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        const char *q = memchr(p, '\n', data + size - p);
+        int flag = line_flag(p, q);
+        if (flag < 0) {
+            Py_DECREF(text);
+            Py_DECREF(ends);
+            Py_DECREF(flags);
+            Py_RETURN_NONE;
+        }
+        memcpy(out + filled, p, q - p);
+        filled += (uint32_t)(q - p);
+        end_at[i] = filled;
+        flag_at[i] = (char)flag;
+        p = q + 1;
+    }
+    return Py_BuildValue("(NNN)", text, ends, flags);
+fail:
+    Py_XDECREF(text);
+    Py_XDECREF(ends);
+    Py_XDECREF(flags);
+    return NULL;
+}
+
+static int
+digits(const Py_UCS1 *s, int n)
+{
+    int value = 0;
+    for (int i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        value = value * 10 + (s[i] - '0');
+    }
+    return value;
+}
+
+/* Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+static int64_t
+days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    int64_t era = (y >= 0 ? y : y - 399) / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + doe - 719468;
+}
+
+static int
+month_days(int y, int m)
+{
+    static const int days[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    return m == 2 && leap ? 29 : days[m - 1];
+}
+
+/* Unix milliseconds of "YYYY-MM-DDTHH:MM:SS.mmmZ", or 0 with *ok cleared. */
+static int64_t
+millis(PyObject *stamp, int *ok)
+{
+    *ok = 0;
+    if (!PyUnicode_CheckExact(stamp) || !PyUnicode_IS_ASCII(stamp)
+        || PyUnicode_GET_LENGTH(stamp) != 24)
+        return 0;
+    const Py_UCS1 *s = PyUnicode_1BYTE_DATA(stamp);
+    if (s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':'
+        || s[19] != '.' || s[23] != 'Z')
+        return 0;
+    int year = digits(s, 4), month = digits(s + 5, 2), day = digits(s + 8, 2);
+    int hour = digits(s + 11, 2), minute = digits(s + 14, 2);
+    int second = digits(s + 17, 2), ms = digits(s + 20, 3);
+    if (year < 1 || month < 1 || month > 12 || day < 1
+        || day > month_days(year, month) || hour < 0 || hour > 23 || minute < 0
+        || minute > 59 || second < 0 || second > 59 || ms < 0)
+        return 0;
+    *ok = 1;
+    int64_t days = days_from_civil(year, month, day);
+    return ((days * 24 + hour) * 60 + minute) * 60000 + second * 1000 + ms;
+}
+
+PyDoc_STRVAR(columns_doc,
+"columns(heads, names) -> (seqs, ts, flags, codes, chunk_names, counts) | None\n\n"
+"The ring's columns of decoded heads (each with .seq, .timestamp, .event and\n"
+".event_id): seqs as native int64, ts as native doubles (Unix seconds of a\n"
+"\"YYYY-MM-DDTHH:MM:SS.mmmZ\" timestamp, rounded as Python's ms / 1000),\n"
+"event_id flags, and events as native uint16 codes into chunk_names, whose\n"
+"counts go alongside. `names` (or None) maps an event to the one string kept\n"
+"for it. None when a timestamp is anything else or there are over 65536 names.");
+
+typedef struct {
+    PyObject *seq, *timestamp, *event, *event_id;
+} Keys;
+
+static Keys keys;
+
+/* Where instances of `type` keep attribute `name`: the offset of its object slot
+ * (msgspec keeps a Struct's fields in such slots), or -1 to ask getattr. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, PyObject *name)
+{
+    if (type->tp_getattro != PyObject_GenericGetAttr)
+        return -1;
+    PyObject *descr = PyObject_GetAttr((PyObject *)type, name);
+    if (descr == NULL) {
+        PyErr_Clear();
+        return -1;
+    }
+    Py_ssize_t offset = -1;
+    if (Py_IS_TYPE(descr, &PyMemberDescr_Type)) {
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type == T_OBJECT_EX)
+            offset = member->offset;
+    }
+    Py_DECREF(descr);
+    return offset;
+}
+
+/* head.<name> (a new reference), read from its slot when `offset` says where. */
+static PyObject *
+field(PyObject *head, PyObject *name, Py_ssize_t offset)
+{
+    if (offset >= 0) {
+        PyObject *value = *(PyObject **)((char *)head + offset);
+        if (value != NULL) {
+            Py_INCREF(value);
+            return value;
+        }
+    }
+    return PyObject_GetAttr(head, name); /* also the AttributeError of an empty slot */
+}
+
+static PyObject *
+columns(PyObject *module, PyObject *args)
+{
+    PyObject *heads, *names;
+    if (!PyArg_ParseTuple(args, "O!O:columns", &PyList_Type, &heads, &names))
+        return NULL;
+    if (names != Py_None && !PyDict_CheckExact(names)) {
+        PyErr_SetString(PyExc_TypeError, "columns() takes a dict or None of names");
+        return NULL;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(heads);
+    PyObject *seqs = PyBytes_FromStringAndSize(NULL, count * sizeof(int64_t));
+    PyObject *ts = PyBytes_FromStringAndSize(NULL, count * sizeof(double));
+    PyObject *flags = PyBytes_FromStringAndSize(NULL, count);
+    PyObject *codes = PyBytes_FromStringAndSize(NULL, count * sizeof(uint16_t));
+    PyObject *chunk_names = PyList_New(0);
+    PyObject *index = PyDict_New();
+    PyObject *value = NULL, *last = NULL;
+    Py_ssize_t last_code = 0, *counts = NULL;
+    if (!seqs || !ts || !flags || !codes || !chunk_names || !index)
+        goto fail;
+    counts = PyMem_Calloc(count ? count : 1, sizeof(Py_ssize_t));
+    if (counts == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    PyTypeObject *known = NULL; /* the type whose slot offsets are these */
+    Py_ssize_t seq_off = -1, ts_off = -1, id_off = -1, event_off = -1;
+    int64_t *seq_at = (int64_t *)PyBytes_AS_STRING(seqs);
+    double *ts_at = (double *)PyBytes_AS_STRING(ts);
+    char *flag_at = PyBytes_AS_STRING(flags);
+    uint16_t *code_at = (uint16_t *)PyBytes_AS_STRING(codes);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *head = PyList_GET_ITEM(heads, i);
+        int ok;
+        if (Py_TYPE(head) != known) {
+            known = Py_TYPE(head);
+            seq_off = slot_offset(known, keys.seq);
+            ts_off = slot_offset(known, keys.timestamp);
+            id_off = slot_offset(known, keys.event_id);
+            event_off = slot_offset(known, keys.event);
+        }
+        if (!(value = field(head, keys.seq, seq_off)))
+            goto fail;
+        seq_at[i] = PyLong_AsLongLong(value);
+        Py_CLEAR(value);
+        if (seq_at[i] == -1 && PyErr_Occurred())
+            goto fail;
+        if (!(value = field(head, keys.timestamp, ts_off)))
+            goto fail;
+        int64_t ms = millis(value, &ok);
+        Py_CLEAR(value);
+        if (!ok)
+            goto none;
+        ts_at[i] = (double)ms / 1000.0;
+        if (!(value = field(head, keys.event_id, id_off)))
+            goto fail;
+        flag_at[i] = value != Py_None;
+        Py_CLEAR(value);
+        if (!(value = field(head, keys.event, event_off)))
+            goto fail;
+        if (value != last) {
+            PyObject *name = value;
+            if (names != Py_None) {
+                name = PyDict_GetItemWithError(names, value);
+                if (name == NULL && PyErr_Occurred())
+                    goto fail;
+                if (name == NULL)
+                    name = value;
+            }
+            PyObject *code = PyDict_GetItemWithError(index, name);
+            if (code == NULL) {
+                if (PyErr_Occurred())
+                    goto fail;
+                last_code = PyList_GET_SIZE(chunk_names);
+                if (last_code > 65535)
+                    goto none;
+                code = PyLong_FromSsize_t(last_code);
+                if (!code || PyDict_SetItem(index, name, code) < 0
+                    || PyList_Append(chunk_names, name) < 0) {
+                    Py_XDECREF(code);
+                    goto fail;
+                }
+                Py_DECREF(code);
+            }
+            else
+                last_code = PyLong_AsSsize_t(code);
+            last = value; /* held by the head, which the list holds */
+        }
+        Py_CLEAR(value);
+        code_at[i] = (uint16_t)last_code;
+        counts[last_code]++;
+    }
+    Py_ssize_t named = PyList_GET_SIZE(chunk_names);
+    PyObject *tally = PyList_New(named);
+    if (tally == NULL)
+        goto fail;
+    for (Py_ssize_t k = 0; k < named; k++) {
+        PyObject *n = PyLong_FromSsize_t(counts[k]);
+        if (n == NULL) {
+            Py_DECREF(tally);
+            goto fail;
+        }
+        PyList_SET_ITEM(tally, k, n);
+    }
+    PyMem_Free(counts);
+    Py_DECREF(index);
+    return Py_BuildValue("(NNNNNN)", seqs, ts, flags, codes, chunk_names, tally);
+none:
+    PyMem_Free(counts);
+    Py_XDECREF(value);
+    Py_XDECREF(seqs);
+    Py_XDECREF(ts);
+    Py_XDECREF(flags);
+    Py_XDECREF(codes);
+    Py_XDECREF(chunk_names);
+    Py_XDECREF(index);
+    Py_RETURN_NONE;
+fail:
+    PyMem_Free(counts);
+    Py_XDECREF(value);
+    Py_XDECREF(seqs);
+    Py_XDECREF(ts);
+    Py_XDECREF(flags);
+    Py_XDECREF(codes);
+    Py_XDECREF(chunk_names);
+    Py_XDECREF(index);
+    return NULL;
+}
+
+PyDoc_STRVAR(event_ids_doc,
+"event_ids(text, ends, flags, lo) -> list[str] | None\n\n"
+"A ring chunk's non-empty event_ids, entries lo and on, oldest first: from each\n"
+"line flagged 1 (in text, up to its end in the uint32 array `ends`), the value\n"
+"after its first \"event_id\":\". None for flags with 2 (kept aside) or ends of\n"
+"another item size.");
+
+static PyObject *
+event_ids(PyObject *module, PyObject *args)
+{
+    PyObject *text, *ends_obj, *flags;
+    Py_ssize_t lo;
+    if (!PyArg_ParseTuple(args, "O!OO!n:event_ids", &PyBytes_Type, &text, &ends_obj,
+                          &PyBytes_Type, &flags, &lo))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(ends_obj, &view, PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *out = NULL;
+    Py_ssize_t count = view.len / 4;
+    if (view.itemsize != 4 || strcmp(view.format, "I") != 0) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    if (PyBytes_GET_SIZE(flags) != count || lo < 0 || lo > count) {
+        PyErr_SetString(PyExc_ValueError, "event_ids() needs a flag per end");
+        goto done;
+    }
+    const uint32_t *ends = view.buf;
+    const char *data = PyBytes_AS_STRING(text), *flag_at = PyBytes_AS_STRING(flags);
+    const size_t size = (size_t)PyBytes_GET_SIZE(text);
+    static const char key[] = "\"event_id\":\"";
+    if ((out = PyList_New(0)) == NULL)
+        goto done;
+    for (Py_ssize_t i = lo; i < count; i++) {
+        if (flag_at[i] & 2) {
+            Py_SETREF(out, Py_NewRef(Py_None));
+            goto done;
+        }
+        if (!(flag_at[i] & 1))
+            continue;
+        size_t start = i ? ends[i - 1] : 0, end = ends[i];
+        const char *at = NULL, *close = NULL;
+        if (start <= end && end <= size)
+            at = memmem(data + start, end - start, key, sizeof(key) - 1);
+        if (at != NULL) {
+            at += sizeof(key) - 1;
+            close = memchr(at, '"', data + end - at);
+        }
+        if (close == NULL) {
+            PyErr_Format(PyExc_ValueError, "entry %zd has no event_id to read", i);
+            Py_CLEAR(out);
+            goto done;
+        }
+        if (close == at)
+            continue; /* as replay always did: an empty id is no id */
+        PyObject *id = PyUnicode_DecodeUTF8(at, close - at, NULL);
+        if (id == NULL || PyList_Append(out, id) < 0) {
+            Py_XDECREF(id);
+            Py_CLEAR(out);
+            goto done;
+        }
+        Py_DECREF(id);
+    }
+done:
+    PyBuffer_Release(&view);
+    return out;
+}
+
+#define DIGIT(c) ((unsigned char)((c) - '0') < 10)
+
+PyDoc_STRVAR(long_digits_doc,
+"long_digits(body) -> bool\n\n"
+"True when `body` has 20 or more ASCII digits in a row.");
+
+static PyObject *
+long_digits(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "long_digits() takes bytes");
+        return NULL;
+    }
+    const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(arg);
+    Py_ssize_t len = PyBytes_GET_SIZE(arg);
+    /* A run of 20 holds one of every 20th byte: look at those only, and measure
+     * the run around each digit found there. */
+    for (Py_ssize_t j = 19; j < len; j += 20) {
+        if (!DIGIT(buf[j]))
+            continue;
+        Py_ssize_t lo = j, hi = j;
+        while (lo > 0 && DIGIT(buf[lo - 1]))
+            lo--;
+        while (hi - lo < 19 && hi + 1 < len && DIGIT(buf[hi + 1]))
+            hi++;
+        if (hi - lo >= 19)
+            Py_RETURN_TRUE;
+    }
+    Py_RETURN_FALSE;
+}
+
+PyDoc_STRVAR(lines_doc,
+"lines(first, received, heads, bodies) -> list[bytes]\n\n"
+"Stored lines, without newlines: for each body, with seqs counting up from\n"
+"`first`, b'{\"seq\":<seq>,\"received_at\":\"<received>\",' + head + body.");
+
+static PyObject *
+format_lines(PyObject *module, PyObject *args)
+{
+    long long first;
+    PyObject *received, *heads, *bodies;
+    if (!PyArg_ParseTuple(args, "LO!O!O!:lines", &first, &PyBytes_Type, &received,
+                          &PyList_Type, &heads, &PyList_Type, &bodies))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(bodies);
+    if (PyList_GET_SIZE(heads) != count) {
+        PyErr_SetString(PyExc_ValueError, "lines() needs a head per body");
+        return NULL;
+    }
+    if (first < 0 || first > LLONG_MAX - count) {
+        PyErr_SetString(PyExc_OverflowError, "lines() seqs out of range");
+        return NULL;
+    }
+    static const char open[] = "{\"seq\":";
+    static const char middle[] = ",\"received_at\":\"";
+    static const char close[] = "\",";
+    const Py_ssize_t fixed = sizeof(open) - 1 + sizeof(middle) - 1 + sizeof(close) - 1
+                             + PyBytes_GET_SIZE(received);
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *head = PyList_GET_ITEM(heads, i), *body = PyList_GET_ITEM(bodies, i);
+        if (!PyBytes_Check(head) || !PyBytes_Check(body)) {
+            PyErr_SetString(PyExc_TypeError, "lines() takes lists of bytes");
+            Py_DECREF(out);
+            return NULL;
+        }
+        char digits[24];
+        int n = snprintf(digits, sizeof(digits), "%lld", first + i);
+        Py_ssize_t size = fixed + n + PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(body);
+        PyObject *line = PyBytes_FromStringAndSize(NULL, size);
+        if (line == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        char *at = PyBytes_AS_STRING(line);
+#define PUT(src, len) (memcpy(at, (src), (len)), at += (len))
+        PUT(open, sizeof(open) - 1);
+        PUT(digits, n);
+        PUT(middle, sizeof(middle) - 1);
+        PUT(PyBytes_AS_STRING(received), PyBytes_GET_SIZE(received));
+        PUT(close, sizeof(close) - 1);
+        PUT(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
+        PUT(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body));
+#undef PUT
+        PyList_SET_ITEM(out, i, line);
+    }
+    return out;
+}
+
+PyDoc_STRVAR(bodies_doc,
+"bodies(encoded) -> (bodies, longest)\n\n"
+"msgspec's encode_lines() output, one JSON object a line, as each object without\n"
+"its opening brace (what a stored line ends with), and the longest one's length.");
+
+static PyObject *
+bodies(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "bodies() takes bytes");
+        return NULL;
+    }
+    const char *p = PyBytes_AS_STRING(arg), *end = p + PyBytes_GET_SIZE(arg);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t longest = 0;
+    while (p < end) {
+        const char *q = memchr(p, '\n', end - p);
+        if (q == NULL)
+            q = end;
+        if (q == p || *p != '{') {
+            PyErr_SetString(PyExc_ValueError, "bodies() takes lines of JSON objects");
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_ssize_t size = q - p - 1;
+        PyObject *body = PyBytes_FromStringAndSize(p + 1, size);
+        if (body == NULL || PyList_Append(out, body) < 0) {
+            Py_XDECREF(body);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(body);
+        if (size > longest)
+            longest = size;
+        p = q + 1;
+    }
+    return Py_BuildValue("(Nn)", out, longest);
+}
+
+PyDoc_STRVAR(rows_doc,
+"rows(cls, first, columns) -> list\n\n"
+"cls((first + i, *(column[i] for column in columns))) for each i, where cls is a\n"
+"tuple subclass with no fields of its own (a NamedTuple) and the columns are lists\n"
+"of one length.");
+
+static PyObject *
+rows(PyObject *module, PyObject *args)
+{
+    PyTypeObject *cls;
+    long long first;
+    PyObject *columns;
+    if (!PyArg_ParseTuple(args, "O!LO!:rows", &PyType_Type, &cls, &first,
+                          &PyTuple_Type, &columns))
+        return NULL;
+    if (!PyType_IsSubtype(cls, &PyTuple_Type) || cls->tp_itemsize != sizeof(PyObject *)
+        || cls->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "rows() takes a plain tuple subclass");
+        return NULL;
+    }
+    Py_ssize_t width = PyTuple_GET_SIZE(columns), count = -1;
+    for (Py_ssize_t k = 0; k < width; k++) {
+        PyObject *column = PyTuple_GET_ITEM(columns, k);
+        if (!PyList_Check(column) || (count >= 0 && PyList_GET_SIZE(column) != count)) {
+            PyErr_SetString(PyExc_ValueError, "rows() takes lists of one length");
+            return NULL;
+        }
+        count = PyList_GET_SIZE(column);
+    }
+    if (count < 0)
+        count = 0;
+    if (first > LLONG_MAX - count) {
+        PyErr_SetString(PyExc_OverflowError, "rows() seqs out of range");
+        return NULL;
+    }
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *row = cls->tp_alloc(cls, width + 1);
+        PyObject *seq = row ? PyLong_FromLongLong(first + i) : NULL;
+        if (seq == NULL) {
+            Py_XDECREF(row);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(row, 0, seq);
+        for (Py_ssize_t k = 0; k < width; k++) {
+            PyObject *value = PyList_GET_ITEM(PyTuple_GET_ITEM(columns, k), i);
+            Py_INCREF(value);
+            PyTuple_SET_ITEM(row, k + 1, value);
+        }
+        PyList_SET_ITEM(out, i, row);
+    }
+    return out;
+}
+
+static PyMethodDef methods[] = {
+    {"index", index_lines, METH_O, index_doc},
+    {"columns", columns, METH_VARARGS, columns_doc},
+    {"long_digits", long_digits, METH_O, long_digits_doc},
+    {"lines", format_lines, METH_VARARGS, lines_doc},
+    {"bodies", bodies, METH_O, bodies_doc},
+    {"rows", rows, METH_VARARGS, rows_doc},
+    {"event_ids", event_ids, METH_VARARGS, event_ids_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyModuleDef_Slot slots[] = {
+#ifdef Py_mod_multiple_interpreters
+    /* `keys` holds interned strings in a static: one interpreter only. */
+    {Py_mod_multiple_interpreters, Py_MOD_MULTIPLE_INTERPRETERS_NOT_SUPPORTED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "metrics_service._native._speedups",
+    .m_doc = "Per-line work in C for replay and ingest (see _native/__init__.py).",
+    .m_size = 0,
+    .m_methods = methods,
+    .m_slots = slots,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    if (!keys.seq) {
+        keys.seq = PyUnicode_InternFromString("seq");
+        keys.timestamp = PyUnicode_InternFromString("timestamp");
+        keys.event = PyUnicode_InternFromString("event");
+        keys.event_id = PyUnicode_InternFromString("event_id");
+        if (!keys.seq || !keys.timestamp || !keys.event || !keys.event_id)
+            return NULL;
+    }
+    return PyModuleDef_Init(&module);
+}

@@ -1,0 +1,42 @@
+"""The Python implementations of what _speedups.c does in C, for installs without it."""
+
+from __future__ import annotations
+
+from itertools import repeat
+from typing import Any
+
+from metrics_service.store.line import LINE
+
+# A 64-bit integer has at most 20 digits: translate() then a substring test finds a
+# longer run without a regex.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_TWENTY_DIGITS = b"0" * 20
+_new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
+
+
+def long_digits(body: bytes) -> bool:
+    """True when `body` has 20 or more digits in a row."""
+    return _TWENTY_DIGITS in body.translate(_DIGITS_AS_ZERO)
+
+
+def bodies(encoded: bytes) -> tuple[list[bytes], int]:
+    """msgspec's encode_lines() output as each event's body (from its first key to its
+    last "}"), and the longest one's length."""
+    # Each line is `{…}`; a raw newline is always escaped inside one, so "\n{" splits
+    # them exactly.
+    parts = encoded[1:-1].split(b"\n{")
+    return parts, max(map(len, parts))
+
+
+def lines(
+    first: int, received: bytes, heads: list[bytes], bodies: list[bytes]
+) -> list[bytes]:
+    """Stored lines, without newlines, with seqs counting up from `first`."""
+    seqs = range(first, first + len(bodies))
+    return list(map(LINE.__mod__, zip(seqs, repeat(received), heads, bodies)))
+
+
+def rows(cls: Any, first: int, columns: tuple[list[Any], ...]) -> list[Any]:
+    """cls((first + i, *(column[i] for column in columns))) for each i."""
+    seqs = range(first, first + len(columns[0]))
+    return list(map(_new, repeat(cls), zip(seqs, *columns, strict=True)))

@@ -1,0 +1,164 @@
+"""Reading a request body: its headers, Content-Type, gzip and size limit."""
+
+from __future__ import annotations
+
+import zlib
+from typing import NamedTuple
+
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive
+
+from metrics_service.http.errors import ApiError
+
+# text/plain is what sendBeacon and keepalive fetch send; form-urlencoded is what
+# `curl -d` sends when the user forgets -H. The body is parsed as JSON either way.
+ACCEPTED_TYPES = (
+    "application/json",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "",
+)
+NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
+BATCH_TYPES = ACCEPTED_TYPES[:-1] + NDJSON_TYPES + ("",)
+GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+class Head(NamedTuple):
+    """The request headers ingest needs, found in one pass (first occurrence wins)."""
+
+    content_type: str | None
+    content_encoding: str | None
+    content_length: str | None
+    user_agent: str | None
+
+
+def read_head(headers: list[tuple[bytes, bytes]]) -> Head:
+    content_type = encoding = length = user_agent = None
+    for name, value in headers:
+        if name == b"content-type" and content_type is None:
+            content_type = value.decode("latin-1")
+        elif name == b"content-length" and length is None:
+            length = value.decode("latin-1")
+        elif name == b"user-agent" and user_agent is None:
+            user_agent = value.decode("latin-1")
+        elif name == b"content-encoding" and encoding is None:
+            encoding = value.decode("latin-1")
+    return Head(content_type, encoding, length, user_agent)
+
+
+_media_types: dict[str | None, str] = {}
+
+
+def media_type(head: Head) -> str:
+    raw = head.content_type
+    kind = _media_types.get(raw)
+    if kind is None:
+        kind = (raw or "").split(";", 1)[0].strip().lower()
+        if len(_media_types) < 64:  # clients send a handful; odd ones are not kept
+            _media_types[raw] = kind
+    return kind
+
+
+def content_encoding(head: Head) -> str:
+    """ "gzip" or "" (none); anything else is refused before the body is read."""
+    raw = (head.content_encoding or "").strip().lower()
+    if raw in ("", "identity"):
+        return ""
+    if raw in ("gzip", "x-gzip"):
+        return "gzip"
+    raise ApiError(415, f"unsupported Content-Encoding {raw!r}; send gzip or none")
+
+
+class Gunzip:
+    """Inflates a gzip body piece by piece, never producing more than limit + 1 bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.fed = 0
+        self._inflater = zlib.decompressobj(GZIP_WBITS)
+
+    def feed(self, data: bytes) -> bytes:
+        self.fed += len(data)
+        parts: list[bytes] = []
+        while data:
+            room = self.limit - self.size + 1
+            try:
+                part = self._inflater.decompress(data, room)
+            except zlib.error as exc:
+                raise ApiError(400, f"body is not valid gzip: {exc}") from None
+            self.size += len(part)
+            if self.size > self.limit:
+                # Inflating stops here, so a gzip bomb costs at most limit + 1 bytes.
+                raise ApiError(
+                    413,
+                    "decompressed " + too_large(self.limit, self.size, at_least=True),
+                )
+            parts.append(part)
+            if self._inflater.eof:
+                # Concatenated gzip members are one valid gzip body.
+                data = self._inflater.unused_data
+                if data:
+                    self._inflater = zlib.decompressobj(GZIP_WBITS)
+            else:
+                data = self._inflater.unconsumed_tail
+        return b"".join(parts)
+
+    def finish(self) -> None:
+        if self.fed and not self._inflater.eof:
+            raise ApiError(400, "body is not valid gzip: the stream is truncated")
+
+
+async def read_body(head: Head, receive: Receive, limit: int) -> bytes:
+    """The request body, decompressed; 413 as soon as it would pass `limit` bytes.
+
+    For gzip the limit applies both to the bytes received and to the inflated body.
+    Raises ClientDisconnect when the client leaves mid-body, as Request.stream() does.
+    """
+    gunzip = Gunzip(limit) if content_encoding(head) == "gzip" else None
+    declared = head.content_length
+    if declared is not None:
+        try:
+            size = int(declared)
+        except ValueError:
+            raise ApiError(400, "Content-Length is not a number") from None
+        if size > limit:
+            raise ApiError(413, too_large(limit, size))
+    if gunzip is None:
+        # The common case: the whole body in the first message, as the server
+        # buffered it before starting the app.
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            body: bytes = message.get("body", b"")
+            if len(body) > limit:
+                raise ApiError(413, too_large(limit, len(body), at_least=True))
+            return body
+        first = [message]
+    else:
+        first = []
+    chunks: list[bytes] = []
+    received = 0
+    while True:
+        message = first.pop() if first else await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                received += len(chunk)
+                if received > limit:
+                    raise ApiError(413, too_large(limit, received, at_least=True))
+                chunks.append(chunk if gunzip is None else gunzip.feed(chunk))
+            if not message.get("more_body", False):
+                break
+        elif kind == "http.disconnect":
+            raise ClientDisconnect()
+    if gunzip is not None:
+        gunzip.finish()
+    if len(chunks) == 1:
+        return chunks[0]
+    return b"".join(chunks)
+
+
+def too_large(limit: int, size: int, *, at_least: bool = False) -> str:
+    actual = f"at least {size:,}" if at_least else f"{size:,}"
+    return f"body is {actual} bytes; the limit is {limit:,} bytes"

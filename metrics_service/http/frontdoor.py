@@ -1,0 +1,116 @@
+"""The one ASGI front door: CORS, tokens, the body deadline, dispatch and errors.
+
+Every HTTP request passes here once. A POST to an ingest path goes straight to its
+handler (ingest/endpoint.py); everything else to Starlette's router. Whatever either
+raises is answered here, `{"detail": ...}` with its status, and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+from starlette.datastructures import MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from metrics_service.http.auth import Guards, Tokens, route_path, split_token
+from metrics_service.http.deadline import deadline
+from metrics_service.http.errors import ApiError, as_api_error, count_rejection, encode
+from metrics_service.http.openapi import Endpoint
+from metrics_service.settings import Config
+
+
+class FrontDoor:
+    def __init__(
+        self, router: ASGIApp, *, config: Config, endpoints: Iterable[Endpoint]
+    ) -> None:
+        endpoints = list(endpoints)
+        self.router = router
+        self.timeout = config.body_timeout
+        self.guards = Guards(endpoints)
+        self.tokens = Tokens(ingest=config.ingest_token, read=config.read_token)
+        # The ingest handlers, served without the router: they are most requests.
+        self.lanes: dict[str, ASGIApp] = {
+            e.path: e.handler for e in endpoints if e.guard == "ingest"
+        }
+        # CORS comes before tokens, so preflights are answered without one and 401s
+        # still carry the CORS headers.
+        self.cors = CORSMiddleware(
+            self.handle,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            allow_credentials=False,
+            max_age=600,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # lifespan
+            await self.router(scope, receive, send)
+            return
+        for name, _ in scope["headers"]:
+            if name == b"origin":
+                await self.cors(scope, receive, send)
+                return
+        await self.handle(scope, receive, send, vary=True)
+
+    async def handle(
+        self, scope: Scope, receive: Receive, send: Send, *, vary: bool = False
+    ) -> None:
+        """`vary`: add the `Vary: Origin` CORS adds to answers to requests with one."""
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if vary:
+                    vary_origin(message)
+            await send(message)
+
+        try:
+            # The token never reaches a log line, an error or a filter parser
+            # ("unknown parameter 'token'"), with or without tokens configured.
+            query_token = None
+            if scope.get("query_string"):
+                query_token, scope["query_string"] = split_token(scope["query_string"])
+            path = route_path(scope)
+            if self.tokens.any:
+                self.tokens.check(scope, self.guards.of(path), query_token)
+            timed = deadline(receive, self.timeout)
+            lane = self.lanes.get(path) if scope["method"] == "POST" else None
+            await (lane or self.router)(scope, timed, tracked_send)
+        except ClientDisconnect:
+            pass  # the client left mid-body: nobody is there to read an answer
+        except Exception as exc:
+            if started:
+                raise
+            error = as_api_error(exc, scope)
+            count_rejection(scope, error.status_code)
+            body, headers = encode(error)
+            headers.append((b"content-length", b"%d" % len(body)))
+            # uvicorn refuses a second start if sending the first one failed.
+            with contextlib.suppress(RuntimeError):
+                await tracked_send(
+                    {
+                        "type": "http.response.start",
+                        "status": error.status_code,
+                        "headers": headers,
+                    }
+                )
+                await tracked_send({"type": "http.response.body", "body": body})
+            if not isinstance(exc, ApiError) and error.status_code == 500:
+                raise  # as Starlette's ServerErrorMiddleware does, for the server's log
+
+
+def vary_origin(message: Message) -> None:
+    headers = message.get("headers")
+    if not headers:
+        message["headers"] = [(b"vary", b"Origin")]
+    elif any(name == b"vary" for name, _ in headers):
+        mutable = MutableHeaders(scope=message)
+        mutable["Vary"] = ", ".join([*mutable.getlist("Vary"), "Origin"])
+    else:
+        message["headers"] = [*headers, (b"vary", b"Origin")]

@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Iterable
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from metrics_service.http.errors import ApiError
+from metrics_service.read.filters import Filters, parse_filters
+from metrics_service.read.hub import QUEUE_LIMIT, Hub
+from metrics_service.service import Service
+from metrics_service.store.ring import Entry, Ring
+
+HEARTBEAT = 15.0
+CHUNK = 500  # messages per write while sending the backlog
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def message(entry: Entry) -> bytes:
+    # Stored lines are compact JSON: never a newline inside, so one data: line.
+    return b"id: %d\nevent: behavior\ndata: %s\n\n" % (entry.seq, entry.line)
+
+
+def _join(entries: Iterable[Entry]) -> bytes:
+    return b"".join(message(entry) for entry in entries)
+
+
+async def events(
+    hub: Hub,
+    ring: Ring,
+    filters: Filters,
+    *,
+    heartbeat: float = HEARTBEAT,
+    limit: int = QUEUE_LIMIT,
+) -> AsyncIterator[bytes]:
+    """The SSE body: the ring's matches after `filters.after` (when resuming), then live ones.
+
+    Ends with `event: reset` when the client fell `limit` events behind, and ends
+    quietly when the hub closes.
+    """
+    # Subscribing and reading the backlog happen in one loop step: no gap, no repeat.
+    sub = hub.subscribe(filters, limit)
+    backlog = filters.scan(ring) if filters.after is not None else []
+    last_sent = filters.after
+    try:
+        yield b"retry: 1000\n: connected\n\n"
+        for start in range(0, len(backlog), CHUNK):
+            yield _join(backlog[start : start + CHUNK])
+        if backlog:
+            last_sent = backlog[-1].seq
+        del backlog
+        while not sub.closed:
+            if not sub.queue and not sub.overflowed:
+                try:
+                    await asyncio.wait_for(sub.wakeup.wait(), heartbeat)
+                except TimeoutError:
+                    yield b": heartbeat\n\n"
+                    continue
+            entries = sub.take()
+            if entries:
+                yield _join(entries)
+                last_sent = entries[-1].seq
+            if sub.overflowed:
+                note = f"fell {limit} events behind; reconnect with Last-Event-ID"
+                yield b'event: reset\ndata: {"reason":"%s","last_seq":%s}\n\n' % (
+                    note.encode(),
+                    b"null" if last_sent is None else b"%d" % last_sent,
+                )
+                return
+    finally:
+        hub.unsubscribe(sub)
+
+
+def _resume_from(request: Request, filters: Filters) -> Filters:
+    # EventSource reconnects to the same URL, so a `?after=` there is only where the
+    # stream started; the Last-Event-ID header it adds says how far it really got.
+    raw = request.headers.get("last-event-id")
+    if raw is None or not raw.strip():
+        return filters
+    try:
+        after = int(raw)
+    except ValueError:
+        raise ApiError(
+            422,
+            [
+                {
+                    "loc": ["header", "last-event-id"],
+                    "msg": f"expected a seq, got {raw!r}",
+                }
+            ],
+        ) from None
+    return dataclasses.replace(filters, after=after)
+
+
+async def stream(request: Request) -> Response:
+    service: Service = request.app.service
+    filters = _resume_from(request, parse_filters(request.query_params))
+    body = events(service.hub, service.ring, filters)
+    return StreamingResponse(body, media_type="text/event-stream", headers=HEADERS)

@@ -1,0 +1,82 @@
+"""The stored line, the one format of the JSONL file, the ring and every answer:
+
+    {"seq":…,"received_at":"…","timestamp":"…","event":…,"visitor_id":…,
+     ["event_id":…,]"metadata":{…},"user_agent":…}
+
+seq and received_at are the collector's; the rest is the event's, in this order.
+"""
+
+from __future__ import annotations
+
+from itertools import compress
+from typing import Any, NamedTuple
+
+import msgspec
+
+# The keys of a stored line, in order; `event_id` only when the client sent one.
+KEYS = (
+    "seq",
+    "received_at",
+    "timestamp",
+    "event",
+    "visitor_id",
+    "event_id",
+    "metadata",
+    "user_agent",
+)
+# seq, received_at, then a group's head and body for the event (see Group).
+LINE = b'{"seq":%d,"received_at":"%s",%s%s'
+
+
+def head(stamp: str) -> bytes:
+    """A stored event's head: its `timestamp`, ISO-8601 with Z."""
+    return b'"timestamp":"%s",' % stamp.encode()
+
+
+class Body(msgspec.Struct, omit_defaults=True, gc=False):
+    """An event's body, the keys after `timestamp`, as the slow path writes it."""
+
+    event: str
+    visitor_id: str
+    event_id: str | None = None
+    metadata: dict[str, Any] = msgspec.field(default_factory=dict)
+    user_agent: str | None = None
+
+
+_encode_body = msgspec.json.Encoder().encode
+
+
+def body(event: Body) -> bytes:
+    """`event` from its first key to its closing brace; raises msgspec.EncodeError or
+    OverflowError for metadata JSON cannot hold."""
+    # omit_defaults would also drop an empty metadata and a null user_agent, which
+    # every line carries: those two are written by hand after the struct's keys.
+    return _encode_body(event)[1:]
+
+
+class Group(NamedTuple):
+    """One request's accepted events as columns, oldest first, waiting for their seqs.
+
+    Each stored line is LINE % (seq, received, heads[i], bodies[i]): `heads[i]` is
+    head(timestamp) and `bodies[i]` runs from `"event"` to the closing brace.
+    """
+
+    received: bytes  # received_at, ISO-8601 with Z
+    ts: list[float]  # `timestamp` as Unix seconds
+    events: list[str]
+    visitor_ids: list[str]
+    event_ids: list[str | None]
+    heads: list[bytes]
+    bodies: list[bytes]
+
+    def select(self, keep: list[bool]) -> Group:
+        """The group without the events whose `keep` is false."""
+        return Group(
+            self.received,
+            list(compress(self.ts, keep)),
+            list(compress(self.events, keep)),
+            list(compress(self.visitor_ids, keep)),
+            list(compress(self.event_ids, keep)),
+            list(compress(self.heads, keep)),
+            list(compress(self.bodies, keep)),
+        )

@@ -1,0 +1,191 @@
+"""The fast path for plain events must store exactly what the full path stores."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from metrics_service import _native
+from metrics_service.ingest import fast as plain
+from metrics_service.store.line import Group
+from metrics_service.http.errors import ApiError
+from metrics_service.ingest.clock import Received, received_now
+from metrics_service.ingest.decode import check_events, parse_batch, to_group
+from metrics_service.ingest.policy import Policy
+
+MAX_EVENT = 32 * 1024
+
+
+def fast(body: bytes, received: Received, *, batch: bool = True) -> Group | None:
+    return plain.group(
+        body,
+        batch=batch,
+        max_batch=1000,
+        max_event_bytes=MAX_EVENT,
+        received=received.iso,
+        stamp=received.text,
+        ts=received.ts,
+        header_user_agent="agent/1.0",
+    )
+
+
+def full(body: bytes, received: Received) -> Group:
+    objs = parse_batch(body, "application/json", 1000)
+    events = check_events(objs, Policy(), MAX_EVENT, batch=True)
+    group, _ = to_group(
+        events, Policy(), received=received, header_user_agent="agent/1.0", batch=True
+    )
+    return group
+
+
+def stored(group: Group) -> list[tuple[Any, ...]]:
+    return [
+        (ts, name, visitor, event_id, head + body)
+        for ts, name, visitor, event_id, head, body in zip(
+            group.ts,
+            group.events,
+            group.visitor_ids,
+            group.event_ids,
+            group.heads,
+            group.bodies,
+            strict=True,
+        )
+    ]
+
+
+def test_a_plain_batch_is_stored_as_the_full_path_stores_it() -> None:
+    received = received_now()
+    body = orjson.dumps(
+        [
+            {"visitor_id": "visitor-1", "event": "page_view", "event_id": "e-1"},
+            {
+                "visitor_id": "visitor-2",
+                "event": "Button Clicked",
+                "metadata": {"plan": "pro", "n": 1e16, "deep": [{"a": None}]},
+                "user_agent": None,
+            },
+        ]
+    )
+    group = fast(body, received)
+    assert group is not None
+    assert stored(group) == stored(full(body, received))
+    line = group.heads[1] + group.bodies[1]
+    assert orjson.loads(b"{" + line)["user_agent"] is None
+    assert orjson.loads(b"{" + group.heads[0] + group.bodies[0])["user_agent"] == (
+        "agent/1.0"
+    )
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"visitor_id": " visitor-1", "event": "page_view"},  # pydantic strips
+        {"visitor_id": "visitor-1", "event": "page_view\u2028"},  # strips too
+        {"visitor_id": "visitor-1", "event": "page\x7fview"},  # control character
+        {"visitor_id": "visitor-1", "event": "x", "timestamp": "2026-01-01T00:00:00Z"},
+        {"visitor_id": "visitor-1", "event": "x", "sent_at": "2026-01-01T00:00:00Z"},
+        {"visitor_id": "visitor-1", "event": "x", "metadata": None},
+        {"visitor_id": "visitor-1", "event": "x", "metadata": {"n": "9" * 20}},
+        {"visitor_id": "short", "event": "x"},
+        {"visitor_id": "visitor-1", "event": "x", "extra": 1},
+        {"visitor_id": "visitor-1", "event": "x", "metadata": {"s": "x" * 20_000}},
+    ],
+)
+def test_anything_not_plain_takes_the_full_path(event: dict[str, Any]) -> None:
+    body = orjson.dumps([{"visitor_id": "visitor-0", "event": "ok"}, event])
+    assert fast(body, received_now()) is None
+
+
+def test_an_integer_past_64_bits_takes_the_full_path() -> None:
+    body = b'[{"visitor_id":"visitor-1","event":"x","metadata":{"n":%d}}]' % 10**20
+    assert fast(body, received_now()) is None
+    with pytest.raises(ApiError) as refused:
+        full(body, received_now())
+    assert refused.value.status_code == 422
+
+
+def test_deep_metadata_takes_the_full_path() -> None:
+    deep: Any = 1
+    for _ in range(plain._BRACKETS + 1):
+        deep = [deep]
+    event = {"visitor_id": "visitor-1", "event": "x", "metadata": {"d": deep}}
+    assert fast(orjson.dumps([event]), received_now()) is None
+    event["metadata"] = {"d": [[1]]}
+    assert fast(orjson.dumps([event]), received_now()) is not None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[]",  # empty: the full path has the message
+        b" [" + orjson.dumps({"visitor_id": "visitor-1", "event": "x"}) + b"]",
+        b'{"visitor_id":"visitor-1","event":"x"}\n{"visitor_id":"visitor-1","event":"y"}',
+        b'[{"visitor_id":"visitor-1","event":"\xff"}]',  # not UTF-8
+        b'[{"visitor_id":"visitor-1","event":"\\udc00"}]',  # lone surrogate
+        b'[{"visitor_id":"visitor-1","event":"x","metadata":{"n":1e400}}]',
+    ],
+)
+def test_bodies_the_fast_path_leaves_alone(body: bytes) -> None:
+    assert fast(body, received_now()) is None
+
+
+def test_envelope_and_single_event_shapes() -> None:
+    received = received_now()
+    event = {"visitor_id": "visitor-1", "event": "x", "event_id": "id-1"}
+    wrapped = fast(orjson.dumps({"events": [event]}), received)
+    single = fast(orjson.dumps(event), received, batch=False)
+    array = fast(orjson.dumps([event]), received)
+    assert wrapped is not None and single is not None and array is not None
+    assert stored(wrapped) == stored(single) == stored(array)
+    assert fast(orjson.dumps([event]), received, batch=False) is None
+
+
+def test_long_digits() -> None:
+    assert _native.long_digits(b'{"n":12345678901234567890}')
+    assert not _native.long_digits(b'{"n":1234567890123456789,"m":1234567890}')
+
+
+names = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"]),
+    min_size=0,
+    max_size=8,
+)
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | names,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(names, inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+near_plain = st.fixed_dictionaries(
+    {"visitor_id": st.text(min_size=4, max_size=10), "event": names},
+    optional={
+        "event_id": st.none() | st.text(min_size=0, max_size=4),
+        "metadata": st.none() | st.dictionaries(names, json_values, max_size=4),
+        "user_agent": st.none() | names | st.integers(),
+    },
+)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(near_plain, min_size=1, max_size=4))
+def test_whatever_the_fast_path_takes_the_full_path_stores_the_same(
+    events: list[dict[str, Any]],
+) -> None:
+    try:
+        body = orjson.dumps(events)
+    except orjson.JSONEncodeError:
+        return  # integers past 64 bits: orjson cannot write the request
+    received = received_now()
+    group = fast(body, received)
+    if group is None:
+        return
+    assert stored(group) == stored(full(body, received))

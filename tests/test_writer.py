@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import orjson
+
+from metrics_service.store.ring import Entry, Ring
+from metrics_service.store.writer import WAIT_TURNS, Writer, Outcome
+from metrics_service.store.line import Group
+from metrics_service.store.sink import Sink
+
+
+def group(*events: tuple[str, str, str | None], ts: float = 1.5) -> Group:
+    bodies = []
+    for name, visitor_id, event_id in events:
+        fields = {"event": name, "visitor_id": visitor_id, "event_id": event_id}
+        bodies.append(orjson.dumps(fields)[1:])
+    return Group(
+        b"2026-01-01T00:00:00.000Z",
+        [ts] * len(events),
+        [name for name, _, _ in events],
+        [visitor_id for _, visitor_id, _ in events],
+        [event_id for _, _, event_id in events],
+        [b'"timestamp":"2026-01-01T00:00:01.500Z",'] * len(events),
+        bodies,
+    )
+
+
+def store(
+    tmp_path: Path,
+    groups: list[Group],
+    *,
+    capacity: int = 100,
+    listen: bool = True,
+) -> tuple[list[Outcome], Ring, list[bytes], list[list[Entry]]]:
+    """Submit `groups` in one loop step (one flush); outcomes, ring, file lines, and
+    what a listener saw."""
+    ring = Ring(capacity)
+    sink = Sink(tmp_path / "events.jsonl")
+    heard: list[list[Entry]] = []
+
+    async def run() -> list[Outcome]:
+        writer = Writer(ring, sink, fsync="never", dedupe_window=100)
+        if listen:
+            writer.subscribe(heard.append)
+        futures = [writer.enqueue(g) for g in groups]
+        outcomes = [await future for future in futures]
+        await writer.close()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    return outcomes, ring, lines, heard
+
+
+def test_groups_submitted_while_the_write_waits_share_it(tmp_path: Path) -> None:
+    sink = Sink(tmp_path / "events.jsonl")
+    writes: list[bytes] = []
+    write = sink.write
+    sink.write = lambda data: (writes.append(data), write(data))[1]  # type: ignore[method-assign]
+
+    async def run() -> list[Outcome]:
+        writer = Writer(Ring(10), sink, fsync="never")
+        futures = [writer.enqueue(group(("a", "visitor-1", None)))]
+        for name in ("b", "c")[:WAIT_TURNS]:
+            await asyncio.sleep(0)  # one turn of the loop
+            futures.append(writer.enqueue(group((name, "visitor-1", None))))
+        await asyncio.sleep(0)
+        late = writer.enqueue(group(("d", "visitor-1", None)))
+        outcomes = [await future for future in [*futures, late]]
+        await writer.close()
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert [o.first_seq for o in outcomes] == [1, 2, 3, 4]
+    assert len(writes) == 2
+    assert writes[0].count(b"\n") == 3
+    assert (tmp_path / "events.jsonl").read_bytes().count(b"\n") == 4
+
+
+def test_a_lone_group_is_written_after_the_wait(tmp_path: Path) -> None:
+    async def run() -> tuple[bool, bool]:
+        writer = Writer(Ring(10), Sink(tmp_path / "e.jsonl"), fsync="never")
+        future = writer.enqueue(group(("a", "visitor-1", None)))
+        for _ in range(WAIT_TURNS):
+            await asyncio.sleep(0)
+        waited = future.done()
+        await asyncio.sleep(0)
+        written = future.done()
+        await writer.close()
+        return waited, written
+
+    assert asyncio.run(run()) == (False, True)
+
+
+def test_groups_of_one_flush_get_consecutive_seqs_in_order(tmp_path: Path) -> None:
+    groups = [
+        group(("a", "visitor-1", "id-1")),
+        group(("b", "visitor-2", None), ("c", "visitor-3", "id-3")),
+        group(("d", "visitor-4", "id-4"), ("e", "visitor-5", None), ts=2.5),
+    ]
+    outcomes, ring, lines, heard = store(tmp_path, groups)
+    assert outcomes == [
+        Outcome(1, 0, 1, 1),
+        Outcome(2, 0, 2, 3),
+        Outcome(2, 0, 4, 5),
+    ]
+    stored = [orjson.loads(line) for line in lines]
+    assert [s["seq"] for s in stored] == [1, 2, 3, 4, 5]
+    assert [s["event"] for s in stored] == ["a", "b", "c", "d", "e"]
+    expected = [
+        (1, 1.5, "a", "visitor-1", "id-1"),
+        (2, 1.5, "b", "visitor-2", None),
+        (3, 1.5, "c", "visitor-3", "id-3"),
+        (4, 2.5, "d", "visitor-4", "id-4"),
+        (5, 2.5, "e", "visitor-5", None),
+    ]
+    assert [tuple(e[:5]) for e in ring] == expected
+    assert [e.line for e in ring] == lines
+    assert [[tuple(e[:5]) for e in entries] for entries in heard] == [expected]
+
+
+def test_duplicates_within_and_across_groups_are_left_out(tmp_path: Path) -> None:
+    groups = [
+        group(("a", "visitor-1", "id-1")),
+        group(("b", "visitor-2", "id-1"), ("c", "visitor-3", "id-2")),
+        group(("d", "visitor-4", "id-2"), ("e", "visitor-5", "id-2")),
+        group(("f", "visitor-6", "id-3"), ("g", "visitor-7", "id-3")),
+    ]
+    outcomes, ring, lines, _ = store(tmp_path, groups)
+    assert outcomes == [
+        Outcome(1, 0, 1, 1),
+        Outcome(1, 1, 2, 2),
+        Outcome(0, 2, None, None),
+        Outcome(1, 1, 3, 3),
+    ]
+    assert [orjson.loads(line)["event"] for line in lines] == ["a", "c", "f"]
+    assert [(e.seq, e.event, e.event_id) for e in ring] == [
+        (1, "a", "id-1"),
+        (2, "c", "id-2"),
+        (3, "f", "id-3"),
+    ]
+
+
+def test_a_flush_larger_than_the_ring_keeps_the_newest(tmp_path: Path) -> None:
+    groups = [
+        group(*[(f"e{i}", f"visitor-{i}", f"id-{i}") for i in range(k, k + 3)])
+        for k in range(0, 12, 3)
+    ]
+    # Without listeners, entries are built only for what the ring keeps.
+    outcomes, ring, lines, _ = store(tmp_path, groups, capacity=5, listen=False)
+    assert [o.stored for o in outcomes] == [3, 3, 3, 3]
+    assert len(lines) == 12
+    assert [(e.seq, e.event, e.visitor_id) for e in ring] == [
+        (seq, f"e{seq - 1}", f"visitor-{seq - 1}") for seq in range(8, 13)
+    ]
+    assert ring.evicted == 7
+
+
+def test_one_group_of_several_events(tmp_path: Path) -> None:
+    groups = [group(("a", "visitor-1", None), ("b", "visitor-2", "id-2"), ts=3.0)]
+    outcomes, ring, lines, _ = store(tmp_path, groups)
+    assert outcomes == [Outcome(2, 0, 1, 2)]
+    assert [tuple(e[:5]) for e in ring] == [
+        (1, 3.0, "a", "visitor-1", None),
+        (2, 3.0, "b", "visitor-2", "id-2"),
+    ]
+    assert [e.line for e in ring] == lines
+
+
+def test_the_one_event_stored_follows_a_group_of_duplicates(tmp_path: Path) -> None:
+    ring = Ring(10)
+    sink = Sink(tmp_path / "events.jsonl")
+
+    async def run() -> list[Outcome]:
+        writer = Writer(ring, sink, fsync="never", dedupe_window=100)
+        await writer.enqueue(group(("a", "visitor-1", "id-1")))
+        # The next flush: a group whose only event is a duplicate, then a new one.
+        futures = [
+            writer.enqueue(group(("b", "visitor-2", "id-1"))),
+            writer.enqueue(group(("c", "visitor-3", "id-3"))),
+        ]
+        outcomes = [await future for future in futures]
+        await writer.close()
+        return outcomes
+
+    assert asyncio.run(run()) == [Outcome(0, 1, None, None), Outcome(1, 0, 2, 2)]
+    assert [(e.seq, e.event, e.visitor_id, e.event_id) for e in ring] == [
+        (1, "a", "visitor-1", "id-1"),
+        (2, "c", "visitor-3", "id-3"),
+    ]
