@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -118,23 +118,34 @@ def interleaved(
     return results
 
 
-def concurrent(
-    runs: Mapping[K, Callable[[float], T]],
+def at_once(
+    groups: Sequence[Mapping[K, Callable[[float], T]]],
     describe: Callable[[K, T], str],
 ) -> dict[K, list[T]]:
-    """A 1 s warm-up, then ROUNDS rounds in which all runs go at once for SECONDS."""
-    names = list(runs)
-    results: dict[K, list[T]] = {name: [] for name in names}
-    with ThreadPoolExecutor(len(names)) as pool:
-        log(f"warm-up {', '.join(map(str, names))}")
-        list(pool.map(lambda name: runs[name](1), names))
+    """A 1 s warm-up of each group, then ROUNDS rounds in which the groups take turns
+    and the runs of a group go at once for SECONDS (a group of one runs alone).
+    """
+    results: dict[K, list[T]] = {name: [] for group in groups for name in group}
+    assert len(results) == sum(map(len, groups)), "a run's name is in two groups"
+
+    def run_group(
+        pool: Executor, group: Mapping[K, Callable[[float], T]], seconds: float
+    ) -> list[T]:
+        return list(pool.map(lambda name: group[name](seconds), list(group)))
+
+    with ThreadPoolExecutor(max(map(len, groups), default=1)) as pool:
+        for group in groups:
+            log(f"warm-up {', '.join(map(str, group))}")
+            run_group(pool, group, 1)
         for round_no in range(ROUNDS):
-            values = list(pool.map(lambda name: runs[name](SECONDS), names))
-            shown = []
-            for name, value in zip(names, values, strict=True):
-                results[name].append(value)
-                shown.append(describe(name, value))
-            log(f"round {round_no + 1}/{ROUNDS}: {'; '.join(shown)}")
+            for group in groups:
+                shown = []
+                for name, value in zip(
+                    group, run_group(pool, group, SECONDS), strict=True
+                ):
+                    results[name].append(value)
+                    shown.append(describe(name, value))
+                log(f"round {round_no + 1}/{ROUNDS}: {'; '.join(shown)}")
     return results
 
 
@@ -345,64 +356,68 @@ def measure_rings(
     empties: int = 3,
     fulls: int = 1,
 ) -> dict[str, Ring]:
-    """Start-ups of each tree (by label) with a ring of EVENTS, the trees taking turns:
-    `empties` on an empty sink, then `fulls` on `sink`; the last full start-up of each
-    tree is left running (Ring.full) once it has replayed every line: stop() it.
-    The RSS is read after one snapshot request, so the snapshot path has run too.
+    """Start-ups of each tree (by label) with a ring of EVENTS, in rounds in which the
+    trees take turns: `empties` on an empty sink and, in the last `fulls` rounds, one on
+    `sink` after the empty one. The last full start-up of each tree is left running
+    (Ring.full) when it replayed every line: stop() it. The RSS is read after one
+    snapshot request, so the snapshot path has run too.
     """
     capacity = str(EVENTS)
     labels = list(trees)
     rings = {label: Ring() for label in labels}
-    try:
-        for i in range(empties):
-            for label in in_turn(labels, i, True):
-                empty = Server.service(
-                    named(label, f"empty{i}"),
-                    work,
-                    work / f"{named(label, f'empty{i}')}.jsonl",
-                    cwd=trees[label],
-                    ring_capacity=capacity,
-                )
-                try:
-                    rings[label].empty_seconds.append(empty.start())
-                    probe(empty, "GET", SNAPSHOT_PATH + "?limit=50")
-                    rings[label].empty_rss.append(empty.rss())
-                finally:
-                    empty.stop()
-        for label, ring in rings.items():
+    rounds = max(empties, fulls)
+
+    def empty_start(label: str, i: int) -> None:
+        ring = rings[label]
+        name = named(label, f"empty{i}")
+        empty = Server.service(
+            name, work, work / f"{name}.jsonl", cwd=trees[label], ring_capacity=capacity
+        )
+        try:
+            ring.empty_seconds.append(empty.start())
+            probe(empty, "GET", SNAPSHOT_PATH + "?limit=50")
+            ring.empty_rss.append(empty.rss())
+        finally:
+            empty.stop()
+        if len(ring.empty_seconds) == empties:
             log(
                 f"{named(label, 'empty')} start-up {median(ring.empty_seconds):.3f} s, "
                 f"RSS {median(ring.empty_rss) / 2**20:.1f} MiB"
             )
-        for i in range(fulls):
+
+    def full_start(label: str, i: int, keep: bool) -> None:
+        ring = rings[label]
+        name = named(label, f"full{i}" if fulls > 1 else "full")
+        full = Server.service(
+            name, work, sink, cwd=trees[label], ring_capacity=capacity
+        )
+        ring_size = 0
+        try:
+            seconds = full.start(ring_size=0)
+            _, body = request(full.port, "GET", HEALTH)
+            ring_size = json.loads(body).get("ring_size", 0)
+            log(
+                f"{named(label, 'full')} start-up {seconds:.3f} s, "
+                f"ring_size {ring_size:,}"
+            )
+            ring.ring_size = min(ring.ring_size, ring_size)
+            ring.full_seconds.append(seconds)
+            if ring_size >= EVENTS:
+                probe(full, "GET", SNAPSHOT_PATH + "?limit=50")
+                ring.full_rss.append(full.rss())
+        finally:
+            if keep and ring_size >= EVENTS:
+                ring.full = full
+            else:
+                full.stop()
+
+    try:
+        for i in range(rounds):
             for label in in_turn(labels, i, True):
-                ring = rings[label]
-                full = Server.service(
-                    named(label, f"full{i}" if fulls > 1 else "full"),
-                    work,
-                    sink,
-                    cwd=trees[label],
-                    ring_capacity=capacity,
-                )
-                ring_size = 0
-                try:
-                    seconds = full.start(ring_size=0)
-                    _, body = request(full.port, "GET", HEALTH)
-                    ring_size = json.loads(body).get("ring_size", 0)
-                    log(
-                        f"{named(label, 'full')} start-up {seconds:.3f} s, "
-                        f"ring_size {ring_size:,}"
-                    )
-                    ring.ring_size = min(ring.ring_size, ring_size)
-                    ring.full_seconds.append(seconds)
-                    if ring_size >= EVENTS:
-                        probe(full, "GET", SNAPSHOT_PATH + "?limit=50")
-                        ring.full_rss.append(full.rss())
-                finally:
-                    if i < fulls - 1 or ring_size < EVENTS:
-                        full.stop()
-                    else:
-                        ring.full = full
+                if i < empties:
+                    empty_start(label, i)
+                if i >= rounds - fulls:
+                    full_start(label, i - (rounds - fulls), keep=i == rounds - 1)
     except BaseException:
         for ring in rings.values():
             ring.stop()
