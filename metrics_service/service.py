@@ -9,8 +9,9 @@ import orjson
 from metrics_service.ingest.policy import Policy
 from metrics_service.read.hub import Hub
 from metrics_service.settings import Config
-from metrics_service.store import replay as recovery
-from metrics_service.store.ring import Ring, repacked
+from metrics_service.store import replay, tail
+from metrics_service.store.chunk import repacked
+from metrics_service.store.ring import Ring
 from metrics_service.store.rotation import Rotator
 from metrics_service.store.sink import Sink
 from metrics_service.store.writer import Writer
@@ -49,11 +50,9 @@ class Service:
     def start(self) -> None:
         """Repair a torn tail, open the sink, and replay the newest events into the ring."""
         config = self.config
-        recovery.repair_torn_tail(config.jsonl)
+        tail.repair_torn_tail(config.jsonl)
         self.sink.open()
-        found = recovery.load(
-            config.jsonl, config.ring_capacity if config.replay else 0
-        )
+        found = replay.load(config.jsonl, config.ring_capacity if config.replay else 0)
         # A lifespan run again on the same app (as ASGI test clients do) starts
         # over from the file, the one source of truth.
         self.ring.clear()
@@ -71,7 +70,7 @@ class Service:
         del found
         ids = repacked(ids)
         self.ring.compact()
-        self.writer.remember(ids)
+        self.writer.dedupe.remember(ids)
         self.rotator.resume()
 
     async def stop(self) -> None:

@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from metrics_service import _native
-from metrics_service.ingest import fast as plain
-from metrics_service.store.line import Group
 from metrics_service.http.errors import ApiError
+from metrics_service.ingest import fast as plain
 from metrics_service.ingest.clock import Received, received_now
 from metrics_service.ingest.decode import check_events, parse_batch, to_group
 from metrics_service.ingest.policy import Policy
+from metrics_service.store.line import Group
 
 MAX_EVENT = 32 * 1024
 

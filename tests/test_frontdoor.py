@@ -9,11 +9,10 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
-from metrics_service.settings import Config
+from metrics_service.http.errors import ApiError
 from metrics_service.http.frontdoor import FrontDoor
 from metrics_service.http.openapi import Doc, Endpoint
-from metrics_service.http.errors import ApiError
-from metrics_service.http.errors import BodyTimeout
+from metrics_service.settings import Config
 
 
 def scope(

@@ -10,9 +10,9 @@ from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
-from metrics_service.ingest import clock
-from metrics_service.http.errors import ApiError
 from metrics_service.http.body import Gunzip
+from metrics_service.http.errors import ApiError
+from metrics_service.ingest import clock
 
 BATCH_URL = "/api/metrics/events"
 MiB = 1024 * 1024

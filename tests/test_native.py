@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import itertools
+import os
 import struct
 from array import array
 from types import SimpleNamespace
@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from metrics_service import _native
 from metrics_service._native import PURE_PYTHON_VAR, python
-from metrics_service.store import replay as recovery
-from metrics_service.store.ring import Entry
 
 # The C module itself, whichever _native chose: these tests hold it to python.py.
 # setup.py builds it optionally: here a missing compiler must fail, not slow down.
 from metrics_service._native import _speedups as native
+from metrics_service.store import replay as recovery
+from metrics_service.store.chunk import Entry
 
 python_lines, python_rows = python.lines, python.rows
 python_bodies, python_long_digits = python.bodies, python.long_digits

@@ -9,9 +9,9 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from metrics_service.app import create_app, routes
-from metrics_service.settings import Config
-from metrics_service.ingest.contract import BehaviorEvent
 from metrics_service.http.schemas import Snapshot
+from metrics_service.ingest.contract import BehaviorEvent
+from metrics_service.settings import Config
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
 from metrics_service.cli import main
-from metrics_service.settings import ConfigError
 from metrics_service.ingest.contract import BehaviorEvent
 from metrics_service.ingest.policy import REDACTED, Policy, sample_point
+from metrics_service.settings import ConfigError
 
 BATCH_URL = "/api/metrics/events"
 TAXONOMY = {

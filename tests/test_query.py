@@ -12,10 +12,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from metrics_service.app import create_app
-from metrics_service.store.ring import Entry
-from metrics_service.settings import Config
 from metrics_service.read.filters import Filters
 from metrics_service.read.hub import Hub, ShuttingDown
+from metrics_service.settings import Config
+from metrics_service.store.chunk import Entry
 from metrics_service.testing import MetricsServer
 
 SNAPSHOT = "/api/metrics/behavior"

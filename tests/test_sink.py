@@ -8,7 +8,9 @@ from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
-from metrics_service.store.sink import Sink, SinkError, read_tail_lines
+from metrics_service.store import tail
+from metrics_service.store.replay import replay
+from metrics_service.store.sink import Sink, SinkError
 
 
 def lines(*seqs: int) -> bytes:
@@ -36,31 +38,31 @@ def test_open_appends_and_counts_existing_bytes(tmp_path: Path) -> None:
     assert [r["seq"] for r in read_lines(path)] == [1, 2]
 
 
-def test_last_seq(tmp_path: Path) -> None:
+def test_the_last_seq_is_the_newest_complete_line(tmp_path: Path) -> None:
     sink = Sink(tmp_path / "m.jsonl")
-    assert sink.last_seq() == 0  # no file yet
+    assert replay(sink.path, 0).last_seq == 0  # no file yet
     sink.open()
-    assert sink.last_seq() == 0  # empty file
+    assert replay(sink.path, 0).last_seq == 0  # empty file
     sink.write(lines(1, 2, 41))
-    assert sink.last_seq() == 41
     sink.close()
-    assert Sink(sink.path).last_seq() == 41
+    assert replay(sink.path, 0).last_seq == 41
 
 
-def test_last_seq_ignores_a_torn_last_line(tmp_path: Path) -> None:
+def test_the_last_seq_ignores_a_torn_last_line(tmp_path: Path) -> None:
     path = tmp_path / "m.jsonl"
     path.write_bytes(lines(6, 7) + b'{"seq":8,"ev')
-    assert Sink(path).last_seq() == 7
+    assert replay(path, 0).last_seq == 7
 
 
-def test_read_tail_lines(tmp_path: Path) -> None:
+def test_lines_read_backwards_across_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "m.jsonl"
-    assert read_tail_lines(path, 3) == []
     path.write_bytes(lines(*range(1, 101)))
-    tail = read_tail_lines(path, 3, chunk=16)  # small chunks: lines straddle them
-    assert [orjson.loads(line)["seq"] for line in tail] == [98, 99, 100]
-    everything = read_tail_lines(path, 1000, chunk=7)
-    assert [orjson.loads(line)["seq"] for line in everything] == list(range(1, 101))
+    for block in (16, 7, 10_000):  # small blocks: lines straddle them
+        monkeypatch.setattr(tail, "BLOCK", block)
+        seqs = [orjson.loads(line)["seq"] for line in tail.reverse_lines(path)]
+        assert seqs == list(range(100, 0, -1))
 
 
 def test_write_to_an_impossible_path_raises_sink_error(tmp_path: Path) -> None:

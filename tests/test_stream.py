@@ -13,10 +13,11 @@ import httpx
 import orjson
 import pytest
 
-from metrics_service.store.ring import Entry, Ring
 from metrics_service.read.filters import Filters
 from metrics_service.read.hub import Hub
 from metrics_service.read.stream import events as sse_events
+from metrics_service.store.chunk import Entry
+from metrics_service.store.ring import Ring
 from metrics_service.testing import MetricsServer
 
 STREAM = "/api/metrics/behavior/stream"

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import orjson
 
-from metrics_service.store.ring import Entry, Ring
-from metrics_service.store.writer import WAIT_TURNS, Writer, Outcome
+from metrics_service.store.chunk import Entry
 from metrics_service.store.line import Group
+from metrics_service.store.ring import Ring
 from metrics_service.store.sink import Sink
+from metrics_service.store.writer import Outcome, Writer
 
 
 def group(*events: tuple[str, str, str | None], ts: float = 1.5) -> Group:
@@ -54,7 +55,7 @@ def store(
     return outcomes, ring, lines, heard
 
 
-def test_groups_submitted_while_the_write_waits_share_it(tmp_path: Path) -> None:
+def test_groups_submitted_before_the_write_share_it(tmp_path: Path) -> None:
     sink = Sink(tmp_path / "events.jsonl")
     writes: list[bytes] = []
     write = sink.write
@@ -62,13 +63,11 @@ def test_groups_submitted_while_the_write_waits_share_it(tmp_path: Path) -> None
 
     async def run() -> list[Outcome]:
         writer = Writer(Ring(10), sink, fsync="never")
-        futures = [writer.enqueue(group(("a", "visitor-1", None)))]
-        for name in ("b", "c")[:WAIT_TURNS]:
-            await asyncio.sleep(0)  # one turn of the loop
-            futures.append(writer.enqueue(group((name, "visitor-1", None))))
-        await asyncio.sleep(0)
-        late = writer.enqueue(group(("d", "visitor-1", None)))
-        outcomes = [await future for future in [*futures, late]]
+        futures = [
+            writer.enqueue(group((name, "visitor-1", None))) for name in ("a", "b", "c")
+        ]
+        outcomes = [await future for future in futures]
+        outcomes.append(await writer.enqueue(group(("d", "visitor-1", None))))
         await writer.close()
         return outcomes
 
@@ -79,19 +78,16 @@ def test_groups_submitted_while_the_write_waits_share_it(tmp_path: Path) -> None
     assert (tmp_path / "events.jsonl").read_bytes().count(b"\n") == 4
 
 
-def test_a_lone_group_is_written_after_the_wait(tmp_path: Path) -> None:
-    async def run() -> tuple[bool, bool]:
+def test_a_lone_group_is_written_with_nothing_else_going_on(tmp_path: Path) -> None:
+    async def run() -> Outcome:
         writer = Writer(Ring(10), Sink(tmp_path / "e.jsonl"), fsync="never")
-        future = writer.enqueue(group(("a", "visitor-1", None)))
-        for _ in range(WAIT_TURNS):
-            await asyncio.sleep(0)
-        waited = future.done()
-        await asyncio.sleep(0)
-        written = future.done()
+        outcome = await asyncio.wait_for(
+            writer.enqueue(group(("a", "visitor-1", None))), 5
+        )
         await writer.close()
-        return waited, written
+        return outcome
 
-    assert asyncio.run(run()) == (False, True)
+    assert asyncio.run(run()).first_seq == 1
 
 
 def test_groups_of_one_flush_get_consecutive_seqs_in_order(tmp_path: Path) -> None:

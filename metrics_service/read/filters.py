@@ -9,7 +9,8 @@ import orjson
 from starlette.datastructures import QueryParams
 
 from metrics_service.http.errors import ApiError
-from metrics_service.store.ring import Entry, Ring
+from metrics_service.store.chunk import Entry
+from metrics_service.store.ring import Ring
 
 UTC = dt.UTC
 FILTER_PARAMS = frozenset(

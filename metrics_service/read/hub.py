@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable
 from types import FrameType
 
-from metrics_service.store.ring import Entry, Predicate
+from metrics_service.store.chunk import Entry, Predicate
 from metrics_service.store.writer import Writer
 
 QUEUE_LIMIT = 1000

@@ -11,7 +11,8 @@ from metrics_service.http.errors import ApiError
 from metrics_service.read.filters import Filters, parse_filters
 from metrics_service.read.hub import QUEUE_LIMIT, Hub
 from metrics_service.service import Service
-from metrics_service.store.ring import Entry, Ring
+from metrics_service.store.chunk import Entry
+from metrics_service.store.ring import Ring
 
 HEARTBEAT = 15.0
 CHUNK = 500  # messages per write while sending the backlog

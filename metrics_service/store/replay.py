@@ -1,156 +1,31 @@
-"""Start-up work on the sink: repair a torn tail, find the last seq, replay into the ring."""
+"""Replay: the newest stored events back into the ring at start-up, and the last seq."""
 
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import itertools
 import logging
 import operator
-import os
 import re
-import stat
 from array import array
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, Literal, NamedTuple, get_args
+from typing import Annotated, Any, Literal, NamedTuple, get_args
 
 import msgspec
 import orjson
 
 from metrics_service import _native
-from metrics_service.store.ring import ODD, Columns, Entry, Packed, readback
-from metrics_service.store.rotation import readable_segments
+from metrics_service.store import tail
+from metrics_service.store.chunk import ODD, Columns, Entry, Packed, readback
 
 logger = logging.getLogger("metrics_service")
-
-CHUNK = 256 * 1024
-BLOCK = 1024 * 1024  # replay's read: about a ring chunk's worth of lines
 
 
 class Replay(NamedTuple):
     entries: list[Entry]  # oldest first, at most the requested count
     last_seq: int  # the highest seq seen, 0 when there is none
     skipped: int  # lines that did not parse as stored events
-
-
-def is_regular(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.stat(path).st_mode)
-    except OSError:
-        return False
-
-
-def repair_torn_tail(path: Path) -> int:
-    """Move a final fragment without a newline to `<path>.torn`; returns its size.
-
-    The fragment is appended to the .torn file (and flushed) before the sink is
-    truncated, so a crash during the repair can duplicate it there but never lose it.
-    """
-    if not is_regular(path):
-        return 0
-    with open(path, "r+b") as fh:
-        end = fh.seek(0, os.SEEK_END)
-        if end == 0:
-            return 0
-        fh.seek(end - 1)
-        if fh.read(1) == b"\n":
-            return 0
-        cut = _last_newline_end(fh, end)
-        fh.seek(cut)
-        fragment = fh.read(end - cut)
-        torn = path.with_name(path.name + ".torn")
-        with open(torn, "ab") as out:
-            out.write(fragment + b"\n")
-            out.flush()
-            os.fsync(out.fileno())
-        fh.truncate(cut)
-        fh.flush()
-        os.fsync(fh.fileno())
-    logger.warning(
-        "%s ended in a torn line: moved %d bytes to %s", path, len(fragment), torn
-    )
-    return len(fragment)
-
-
-def _last_newline_end(fh: BinaryIO, end: int) -> int:
-    """The offset just after the last newline before `end`, or 0."""
-    pos = end
-    while pos > 0:
-        step = min(CHUNK, pos)
-        pos -= step
-        fh.seek(pos)
-        index = fh.read(step).rfind(b"\n")
-        if index >= 0:
-            return pos + index + 1
-    return 0
-
-
-def reverse_lines(path: Path) -> Iterator[bytes]:
-    """Complete lines of `path`, newest first, read backwards in chunks.
-
-    A final fragment without a newline is not a line and is never returned.
-    """
-    with open(path, "rb") as fh:
-        pos = _last_newline_end(fh, fh.seek(0, os.SEEK_END))
-        rest = b""
-        first = True
-        while pos > 0:
-            step = min(CHUNK, pos)
-            pos -= step
-            fh.seek(pos)
-            parts = (fh.read(step) + rest).split(b"\n")
-            if first:
-                parts.pop()  # the nothing after the final newline
-                first = False
-            rest = parts[0]
-            yield from reversed(parts[1:])
-        if rest:
-            yield rest
-
-
-def _segment_lines(segment: Path, count: int) -> list[bytes]:
-    """The last `count` lines of a segment, newest first (a .gz is read through)."""
-    if segment.suffix != ".gz":
-        out: list[bytes] = []
-        for line in reverse_lines(segment):
-            out.append(line)
-            if len(out) >= count:
-                break
-        return out
-    newest: deque[bytes] = deque(maxlen=count)
-    with gzip.open(segment, "rb") as fh:
-        for line in fh:
-            if line.endswith(b"\n"):
-                newest.append(line[:-1])
-    newest.reverse()
-    return list(newest)
-
-
-def newest_lines(path: Path, count: int) -> Iterator[bytes]:
-    """Lines newest first: the sink from its end, then rotated segments, newest first."""
-    sources: list[Path] = []
-    if is_regular(path):
-        sources.append(path)
-    yield from _source_lines(path, sources, count)
-    yield from older_lines(path, count)
-
-
-def older_lines(path: Path, count: int) -> Iterator[bytes]:
-    """The rotated segments' lines, newest first."""
-    yield from _source_lines(path, list(reversed(readable_segments(path))), count)
-
-
-def _source_lines(path: Path, sources: list[Path], count: int) -> Iterator[bytes]:
-    for source in sources:
-        try:
-            if source == path:
-                yield from reverse_lines(source)
-            else:
-                yield from _segment_lines(source, max(count, 1))
-        except (OSError, EOFError) as exc:
-            logger.warning("could not read %s for replay: %s", source, exc)
 
 
 def parse_entry(line: bytes) -> tuple[int | None, Entry | None]:
@@ -189,7 +64,7 @@ def replay(path: Path, count: int) -> Replay:
 
     With count 0 only the last seq is looked up (the newest line that parses).
     """
-    found, last_seq, skipped = _scan(newest_lines(path, count), count, 0)
+    found, last_seq, skipped = _scan(tail.newest_lines(path, count), count, 0)
     found.reverse()
     # Seq order is ring order; a hand-edited file is the only way to be out of order.
     if any(a.seq >= b.seq for a, b in itertools.pairwise(found)):
@@ -451,32 +326,6 @@ def _named_decoder(names: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(head)
 
 
-def _reverse_blocks(path: Path) -> Iterator[bytes]:
-    """Runs of whole lines (each ending in a newline), newest run first."""
-    with open(path, "rb") as fh:
-        end = pos = _last_newline_end(fh, fh.seek(0, os.SEEK_END))
-        while pos > 0:
-            pos -= min(BLOCK, pos)
-            fh.seek(pos)
-            # The partial line in front is read again with the next block rather
-            # than carried over and joined on: each block is copied once, and
-            # fewer fresh 256 KiB buffers mean fewer page faults.
-            data = fh.read(end - pos)
-            cut = data.find(b"\n") + 1 if pos > 0 else 0
-            if cut < len(data):
-                yield data[cut:] if cut else data
-                end = pos + cut
-
-
-def _sink_blocks(path: Path) -> Iterator[bytes]:
-    if not is_regular(path):
-        return
-    try:
-        yield from _reverse_blocks(path)
-    except (OSError, EOFError) as exc:
-        logger.warning("could not read %s for replay: %s", path, exc)
-
-
 def _scan(
     lines: Iterable[bytes], need: int, last_seq: int
 ) -> tuple[list[Entry], int, int]:
@@ -515,7 +364,7 @@ def load(path: Path, count: int) -> Loaded:
     parser = _Parser()
     parts: list[Columns | Packed] = []  # newest block first
     have = skipped = last_seq = 0
-    blocks = _sink_blocks(path)
+    blocks = tail.sink_blocks(path)
     rest: Iterable[bytes] = ()
     for block in blocks:
         part, top, lost = parser.block(block)
@@ -531,12 +380,12 @@ def load(path: Path, count: int) -> Loaded:
             (line for more in blocks for line in reversed(more[:-1].split(b"\n"))),
         )
         break
-    tail, last_seq, lost = _scan(
-        itertools.chain(rest, older_lines(path, count)), count - have, last_seq
+    older, last_seq, lost = _scan(
+        itertools.chain(rest, tail.older_lines(path, count)), count - have, last_seq
     )
     skipped += lost
     oldest = _empty()
-    for entry in reversed(tail):
+    for entry in reversed(older):
         _add_entry(oldest, entry)
     parts.append(oldest)
     parts.reverse()

@@ -7,8 +7,6 @@ import stat
 import threading
 from pathlib import Path
 
-import orjson
-
 from metrics_service.store.rotation import Rotator
 
 logger = logging.getLogger("metrics_service")
@@ -128,15 +126,6 @@ class Sink:
         finally:
             os.close(fd)
 
-    def last_seq(self) -> int:
-        """The highest seq in the file's last complete line, or 0."""
-        for line in reversed(read_tail_lines(self.path, 1)):
-            try:
-                return int(orjson.loads(line)["seq"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                continue
-        return 0
-
 
 def _close(fd: int, *, sync: bool) -> None:
     if sync:
@@ -144,29 +133,6 @@ def _close(fd: int, *, sync: bool) -> None:
             os.fsync(fd)
     with contextlib.suppress(OSError):
         os.close(fd)
-
-
-def read_tail_lines(path: Path, count: int, chunk: int = 64 * 1024) -> list[bytes]:
-    """The last `count` complete lines of `path`, oldest first, read from the end."""
-    if not path.exists():
-        return []
-    with open(path, "rb") as fh:
-        pos = fh.seek(0, os.SEEK_END)
-        chunks: list[bytes] = []
-        newlines = 0
-        while pos > 0 and newlines <= count:
-            step = min(chunk, pos)
-            pos -= step
-            fh.seek(pos)
-            block = fh.read(step)
-            chunks.append(block)
-            newlines += block.count(b"\n")
-    data = b"".join(reversed(chunks))
-    lines = data.split(b"\n")
-    lines.pop()  # what follows the last newline: empty, or a torn fragment
-    if pos > 0:
-        lines.pop(0)  # may be the tail of a line that started before `pos`
-    return [line for line in lines[-count:] if line.strip()]
 
 
 def _describe(exc: OSError, path: Path) -> str:

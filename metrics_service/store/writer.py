@@ -3,14 +3,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from metrics_service import _native
 from metrics_service.settings import FsyncPolicy
+from metrics_service.store.chunk import Entry
+from metrics_service.store.dedupe import Dedupe
 from metrics_service.store.line import Group
-from metrics_service.store.ring import Entry, Ring
+from metrics_service.store.ring import Ring
 from metrics_service.store.sink import Sink, SinkError
 
 _new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
@@ -70,51 +71,13 @@ class Writer:
         self._fsync_timer: asyncio.TimerHandle | None = None
         self._fsync_task: asyncio.Future[None] | None = None
         self._interval_task: asyncio.Future[None] | None = None
-        self._dedupe_window = dedupe_window
+        self.dedupe = Dedupe(dedupe_window)
         self.loop: asyncio.AbstractEventLoop | None = None  # set by Service.start()
-        self._seen_ids: set[str] = set()
-        # The remembered ids, oldest first, one list per remember() call, so a window
-        # slides with a few set operations in C rather than one Python step per id.
-        self._seen_order: deque[list[str]] = deque()
-        self._seen_count = 0
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call `listener` with every group of entries added to the ring."""
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
-
-    def seen(self, event_id: str) -> bool:
-        return event_id in self._seen_ids
-
-    def remember(self, event_ids: list[str]) -> None:
-        """Mark ids as accepted (also used by replay), forgetting the oldest past the window."""
-        if self._dedupe_window <= 0:
-            return
-        seen = self._seen_ids
-        fresh = [
-            event_id for event_id in dict.fromkeys(event_ids) if event_id not in seen
-        ]
-        seen.update(fresh)
-        self._slide(fresh)
-
-    def _slide(self, fresh: list[str]) -> None:
-        """Queue ids already added to the seen set, forgetting the oldest past the window."""
-        if not fresh:
-            return
-        seen, order = self._seen_ids, self._seen_order
-        order.append(fresh)
-        self._seen_count += len(fresh)
-        excess = self._seen_count - self._dedupe_window
-        while excess > 0:
-            oldest = order[0]
-            if len(oldest) <= excess:
-                order.popleft()
-                gone = oldest
-            else:
-                gone, order[0] = oldest[:excess], oldest[excess:]
-            seen.difference_update(gone)
-            self._seen_count -= len(gone)
-            excess -= len(gone)
 
     def enqueue(self, group: Group) -> asyncio.Future[Outcome]:
         """Store the group's events in order, all or nothing, as a future to await: it
@@ -136,38 +99,6 @@ class Writer:
         else:
             self._flush()
 
-    def _unseen(self, group: Group, taken: list[str]) -> list[bool] | None:
-        """Which events to keep, or None for all: an event_id seen before, or earlier in
-        this flush, makes its event a duplicate. The others' ids join the seen set at
-        once and are listed in `taken` (taken back if the write fails)."""
-        event_ids = group.event_ids
-        seen = self._seen_ids
-        if len(event_ids) == 1:  # a single event: no lists, sets or dicts to build
-            event_id = event_ids[0]
-            if event_id is None:
-                return None
-            if event_id in seen:
-                return [False]
-            seen.add(event_id)
-            taken.append(event_id)
-            return None
-        ids = [event_id for event_id in event_ids if event_id is not None]
-        if seen.isdisjoint(ids):
-            before = len(seen)
-            seen.update(ids)
-            if len(seen) - before == len(ids):  # no repeats within the group either
-                taken += ids
-                return None
-            seen.difference_update(ids)
-        keep: list[bool] = []
-        for event_id in event_ids:
-            unseen = event_id is None or event_id not in seen
-            if unseen and event_id is not None:
-                seen.add(event_id)
-                taken.append(event_id)
-            keep.append(unseen)
-        return keep
-
     def _flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, []
@@ -180,7 +111,7 @@ class Writer:
         except Exception as exc:
             # A bug, not a disk error: answer the requests (500) rather than hang them.
             logger.exception("storing events failed")
-            self._seen_ids.difference_update(taken)
+            self.dedupe.give_back(taken)
             for _, future in pending:
                 if not future.done():
                     future.set_exception(exc)
@@ -193,11 +124,11 @@ class Writer:
         lines: list[bytes] = []
         groups: list[Group] = []  # what is stored of each
         outcomes: list[Outcome] = []
-        dedupe = self._dedupe_window > 0
+        dedupe = self.dedupe.window > 0
         for group, _ in pending:
             duplicates = 0
             if dedupe:
-                keep = self._unseen(group, taken)
+                keep = self.dedupe.take(group.event_ids, taken)
                 if keep is not None:
                     duplicates = keep.count(False)
                     group = group.select(keep)
@@ -218,7 +149,7 @@ class Writer:
             except SinkError as exc:
                 # Nothing reached the file: seqs are not burned, the ring is untouched,
                 # and the ids may come again.
-                self._seen_ids.difference_update(taken)
+                self.dedupe.give_back(taken)
                 del taken[:]
                 self.write_errors += 1
                 self.error = str(exc)
@@ -232,7 +163,7 @@ class Writer:
             self.last_seq = seq
             self.accepted += len(lines)
             if taken:
-                self._slide(list(taken))
+                self.dedupe.slide(list(taken))
                 del taken[:]  # stored: not to be taken back
             entries = self._entries(groups, first, lines)
             self.ring.extend(entries, written=True, passed=len(lines) - len(entries))

@@ -10,11 +10,13 @@ import pytest
 from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
-from metrics_service import Config, create_app
-from metrics_service import _native
+from metrics_service import Config, _native, create_app
 from metrics_service.store import replay as recovery
-from metrics_service.store.ring import Columns, Entry, Packed, Ring, readback
-from metrics_service.store.replay import repair_torn_tail, replay, reverse_lines
+from metrics_service.store import tail
+from metrics_service.store.chunk import Columns, Entry, Packed, readback
+from metrics_service.store.replay import replay
+from metrics_service.store.ring import Ring
+from metrics_service.store.tail import repair_torn_tail, reverse_lines
 
 
 def stored(seq: int, name: str = "page_view", **extra: object) -> bytes:
@@ -263,7 +265,7 @@ def test_fast_load_equals_the_full_parse(
 ) -> None:
     sink = tmp_path / "m.jsonl"
     sink.write_bytes(b"".join(lines * 3))
-    monkeypatch.setattr(recovery, "BLOCK", chunk)
+    monkeypatch.setattr(tail, "BLOCK", chunk)
     slow = replay(sink, count)
     fast = recovery.load(sink, count)
     assert (fast.last_seq, fast.skipped) == (slow.last_seq, slow.skipped)
@@ -332,7 +334,7 @@ def _load_like_replay(sink: Path, monkeypatch: pytest.MonkeyPatch) -> list[Entry
     the whole file as one block and with (about) a block per line."""
     slow = replay(sink, 100)
     for chunk in (256 * 1024, 64):
-        monkeypatch.setattr(recovery, "BLOCK", chunk)
+        monkeypatch.setattr(tail, "BLOCK", chunk)
         fast = recovery.load(sink, 100)
         assert (fast.last_seq, fast.skipped) == (slow.last_seq, slow.skipped)
         ring = Ring(1000, chunk=4)
@@ -351,7 +353,7 @@ def test_clean_blocks_take_the_fast_path(
     lines = [stored(i, event_id=f"id-{i}" if i % 2 else None) for i in range(1, 40)]
     sink.write_bytes(b"".join(lines).replace(b',"event_id":null', b""))
     expected = replay(sink, 100).entries
-    monkeypatch.setattr(recovery, "BLOCK", 300)
+    monkeypatch.setattr(tail, "BLOCK", 300)
 
     _forbid(monkeypatch, "parse_entry")
     found = recovery.load(sink, 100)
@@ -368,7 +370,7 @@ def test_clean_blocks_are_packed_by_the_native_module(
     lines = [stored(i, "ab"[i % 2], event_id=ids[i % 4]) for i in range(1, 40)]
     sink.write_bytes(b"".join(lines))
     expected = replay(sink, 100).entries
-    monkeypatch.setattr(recovery, "BLOCK", 600)
+    monkeypatch.setattr(tail, "BLOCK", 600)
 
     _forbid(monkeypatch, "parse_entry")
     found = recovery.load(sink, 100)
@@ -566,7 +568,7 @@ def test_a_name_first_seen_in_an_older_block_keeps_the_fast_path(
     names = ["old"] * 5 + ["mid", "a"] * 5 + ["a", "b"] * 10
     sink.write_bytes(b"".join(stored(i, name) for i, name in enumerate(names, 1)))
     expected = replay(sink, 100).entries
-    monkeypatch.setattr(recovery, "BLOCK", 600)  # a few lines a block
+    monkeypatch.setattr(tail, "BLOCK", 600)  # a few lines a block
     monkeypatch.setattr(recovery, "_NAMED", named)
 
     _forbid(monkeypatch, "parse_entry")
@@ -584,7 +586,7 @@ def test_a_block_with_a_new_name_and_a_bad_line_loads_its_good_lines(
     bad = stored(2, "new").replace(b'"seq":2', b'"seq":"2"')
     lines = [stored(1, "new"), bad, stored(3, "new"), *(stored(i) for i in range(4, 9))]
     sink.write_bytes(b"".join(lines))
-    monkeypatch.setattr(recovery, "BLOCK", 3 * len(lines[0]))
+    monkeypatch.setattr(tail, "BLOCK", 3 * len(lines[0]))
     fast = recovery.load(sink, 100)
     assert (fast.last_seq, fast.skipped) == (8, 1)
     ring = _ring_of(fast.parts, 100)
@@ -599,8 +601,8 @@ def test_blocks_are_whole_lines_that_rebuild_the_file(
     sink = tmp_path / "m.jsonl"
     data = b"a\n" + b"x" * 300 + b"\n\nbc\n" + stored(1) + b"torn"
     sink.write_bytes(data)
-    monkeypatch.setattr(recovery, "BLOCK", chunk)
-    blocks = list(recovery._reverse_blocks(sink))
+    monkeypatch.setattr(tail, "BLOCK", chunk)
+    blocks = list(tail.reverse_blocks(sink))
     assert all(block.endswith(b"\n") for block in blocks)
     assert all(len(block) < chunk + 302 for block in blocks)  # 302: longest line
     assert b"".join(reversed(blocks)) == data[: data.rindex(b"\n") + 1]
