@@ -6,25 +6,24 @@ import gc
 import ipaddress
 import logging
 import os
+import shutil
 import socket
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from metrics_service import stats
+from metrics_service import settings, stats
 from metrics_service.ingest.policy import Policy
-from metrics_service.settings import Config, ConfigError
+from metrics_service.settings import Config, ConfigError, Setting
 from metrics_service.store.sink import Sink
 
 PROG = "metrics-service"
 
-# CLI flag -> Config field; flags win over METRICS_* variables.
-SERVE_FLAGS = {
-    "--host": "host",
-    "--port": "port",
-    "--jsonl": "jsonl",
-    "--capacity": "ring_capacity",
-}
+# The settings `serve` has a flag for; a flag wins over its METRICS_* variable.
+FLAGGED: tuple[Setting, ...] = tuple(s for s in settings.SETTINGS if s.flag)
+# CLI flag -> Config field.
+SERVE_FLAGS = {s.flag: s.name for s in FLAGGED}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="A small, fast behavior-analytics collector."
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the collector")
-    serve.add_argument("--host", help="bind address (METRICS_HOST)")
-    serve.add_argument("--port", help="port (METRICS_PORT)")
-    serve.add_argument("--jsonl", help="append-only sink file (METRICS_JSONL)")
-    serve.add_argument(
-        "--capacity", help="events kept in memory (METRICS_RING_CAPACITY)"
+    serve = commands.add_parser(
+        "serve",
+        help="run the collector",
+        description=textwrap.fill(
+            "Run the collector. Every setting is a METRICS_* environment variable; "
+            "a flag wins over its variable.",
+            width=_help_width(),
+        ),
+        epilog=serve_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    for each in FLAGGED:
+        assert each.flag is not None
+        # A string, parsed with the variable's parser, so that a bad flag and a bad
+        # variable get the same message; None when not given, so the variable holds.
+        serve.add_argument(
+            each.flag,
+            dest=each.dest,
+            help=_percent(
+                f"{each.description()} [{each.var}; default: {each.shown_default()}]"
+            ),
+        )
     serve.add_argument("--reload", action="store_true", help="restart on code changes")
     serve.add_argument("--access-log", action="store_true", help="log every request")
     serve.add_argument(
@@ -51,6 +65,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def serve_epilog(width: int | None = None) -> str:
+    """The settings without a flag, and the other variables, with their defaults."""
+    if width is None:
+        width = _help_width()
+    others = [s for s in settings.SETTINGS if not s.flag]
+    column = max(len(s.var) for s in others) + 4
+    lines = ["settings without a flag (environment variables only):"]
+    for each in others:
+        default = each.shown_default().replace(" ", _KEEP)
+        text = f"{each.description()} [default:{_KEEP}{default}]"
+        lines += _entry(each.var, text, column, width)
+    lines += ["", "also read:"]
+    for name, text in settings.OTHER_VARIABLES.items():
+        if not settings.is_pattern(name):
+            lines += _entry(name, text, column, width)
+    return "\n".join(lines)
+
+
+_KEEP = "\0"  # a space that wrapping must not break at
+
+
+def _entry(name: str, text: str, column: int, width: int) -> list[str]:
+    lines = textwrap.wrap(
+        text,
+        width=max(width, column + 20),
+        initial_indent=f"  {name}".ljust(column),
+        subsequent_indent=" " * column,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+    return [line.replace(_KEEP, " ") for line in lines]
+
+
+def _help_width() -> int:
+    # As argparse wraps the rest of the help.
+    return max(shutil.get_terminal_size().columns - 2, 40)
+
+
+def _percent(text: str) -> str:
+    return text.replace("%", "%%")  # argparse %-formats help texts
+
+
+def warn_unknown_variables(env: Mapping[str, str]) -> None:
+    log = logging.getLogger("metrics_service")
+    for warning in settings.unknown_variables(env):
+        log.warning("%s", warning)
+
+
 def fail(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
@@ -59,10 +121,10 @@ def fail(message: str) -> int:
 def serve_config(args: argparse.Namespace) -> Config:
     """The settings with flags applied, checked the way start-up would check them."""
     env = dict(os.environ)
-    for flag, field in SERVE_FLAGS.items():
-        value = getattr(args, flag[2:])
+    for each in FLAGGED:
+        value = getattr(args, each.dest)
         if value is not None:
-            env[f"METRICS_{field.upper()}"] = value
+            env[each.var] = value
     try:
         config = Config.from_env(env)
         Policy.from_config(config)  # a broken taxonomy file stops start-up here
@@ -74,7 +136,7 @@ def serve_config(args: argparse.Namespace) -> Config:
         sink.close()
     except OSError as exc:
         raise ConfigError(
-            _flag_name("METRICS_JSONL", args),
+            _flag_name(settings.BY_NAME["jsonl"].var, args),
             f"cannot open {config.jsonl} for appending: {_open_reason(config, exc)}",
         ) from None
     check_listen(config, args)
@@ -91,7 +153,7 @@ def check_listen(config: Config, args: argparse.Namespace) -> None:
         )
     except socket.gaierror as exc:
         raise ConfigError(
-            _flag_name("METRICS_HOST", args),
+            _flag_name(settings.BY_NAME["host"].var, args),
             f"cannot resolve {config.host!r}: {exc.strerror}",
         ) from None
     family, kind, proto, _, address = infos[0]
@@ -101,7 +163,8 @@ def check_listen(config: Config, args: argparse.Namespace) -> None:
         try:
             sock.bind(address)
         except OSError as exc:
-            name = "METRICS_PORT" if exc.errno == errno.EADDRINUSE else "METRICS_HOST"
+            culprit = "port" if exc.errno == errno.EADDRINUSE else "host"
+            name = settings.BY_NAME[culprit].var
             raise ConfigError(
                 _flag_name(name, args),
                 f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}",
@@ -119,9 +182,10 @@ def _open_reason(config: Config, exc: OSError) -> str:
 
 
 def _flag_name(var: str, args: argparse.Namespace) -> str:
-    for flag, field in SERVE_FLAGS.items():
-        if var == f"METRICS_{field.upper()}" and getattr(args, flag[2:]) is not None:
-            return flag
+    """The flag when it gave the value, else the variable."""
+    each = settings.BY_VAR.get(var)
+    if each is not None and each.flag and getattr(args, each.dest) is not None:
+        return each.flag
     return var
 
 
@@ -149,6 +213,8 @@ def is_loopback(host: str) -> bool:
 
 
 def serve(args: argparse.Namespace) -> int:
+    # First: a misspelt variable is often why a setting seems to have no effect.
+    warn_unknown_variables(os.environ)
     try:
         config = serve_config(args)
     except ConfigError as exc:
