@@ -61,11 +61,11 @@ class Service:
         self.writer.last_seq = found.last_seq
         try:
             self.writer.loop = asyncio.get_running_loop()
-        except RuntimeError:  # started outside a loop: the collector looks it up
+        except RuntimeError:  # started outside a loop: the writer looks it up
             self.writer.loop = None
         # Only the window's worth: a set never shrinks its table after discards.
         ids = self.ring.event_ids(max(config.dedupe_window, 1))
-        # Replay's ~1M line strings are freed before the ring compacts and the
+        # Replay's line strings are freed before the ring compacts and the
         # ids are copied, or the survivors would pin the freed memory (RSS).
         del found
         ids = repacked(ids)

@@ -15,8 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from metrics_service._native import python
-
-PURE_PYTHON_VAR = "METRICS_PURE_PYTHON"
+from metrics_service.settings import PURE_PYTHON_VAR
 
 
 def _load() -> ModuleType | None:

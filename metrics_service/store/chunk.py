@@ -112,10 +112,10 @@ class Packed(NamedTuple):
 
 
 class Chunk:
-    """CHUNK entries packed into a few flat buffers (~25 bytes each plus the line).
+    """CHUNK entries packed into a few flat buffers: a few bytes each plus the line.
 
-    Entry tuples, seq ints, ts floats and string objects would cost ~200 bytes per
-    event; visitor_id and event_id are read back from the line on demand instead.
+    Entry tuples, seq ints, ts floats and string objects would cost several times
+    more per event; visitor_id and event_id are read back from the line on demand.
     """
 
     __slots__ = (

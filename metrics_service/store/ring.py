@@ -197,7 +197,7 @@ class Ring:
     def compact(self) -> None:
         """Reallocate the packed chunks' small objects, after a bulk load's garbage is gone.
 
-        Replay builds ~1M tuples and strings, then frees them; the chunks' few small
+        Replay builds a tuple and strings per line, then frees them; the chunks' few small
         objects allocated among them would keep most of those 1 MiB allocator arenas
         (hundreds of MiB of RSS) alive. Fresh copies land in the arenas still in use.
         """
