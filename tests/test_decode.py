@@ -13,7 +13,12 @@ from metrics_service import _native
 from metrics_service.http.errors import ApiError
 from metrics_service.ingest import fast as plain
 from metrics_service.ingest.clock import Received, received_now
-from metrics_service.ingest.decode import check_events, parse_batch, to_group
+from metrics_service.ingest.decode import (
+    check_events,
+    parse_batch,
+    parse_json,
+    to_group,
+)
 from metrics_service.ingest.policy import Policy
 from metrics_service.store.line import Group
 
@@ -189,3 +194,79 @@ def test_whatever_the_fast_path_takes_the_full_path_stores_the_same(
     if group is None:
         return
     assert stored(group) == stored(full(body, received))
+
+
+def _edge_events() -> list[dict[str, Any]]:
+    base = {"visitor_id": "visitor-1", "event": "page_view"}
+    out: list[dict[str, Any]] = []
+    for n in (5, 6, 64, 65):
+        out.append({**base, "visitor_id": "v" * n})
+    for n in (0, 1, 64, 65):
+        out.append({**base, "event": "e" * n})
+    for n in (0, 1, 100, 101):
+        out.append({**base, "event_id": "i" * n})
+    for char in ("\x00", "\x1f", "\x7f", "\x80", "\x9f", "\xa0", "\u200b", "\u2028"):
+        out.append({**base, "event": f"page{char}view"})
+        out.append({**base, "event": f"{char}page"})
+    for number in (2**63 - 1, 2**64 - 1, -(2**63), 1e16, 1.5e308):
+        out.append({**base, "metadata": {"n": number}})
+    return out
+
+
+def _raw_edge_bodies() -> list[bytes]:
+    # What orjson cannot write: lone surrogates, 2**64, 1e400.
+    one = b'{"visitor_id":"visitor-1","event":"%s","metadata":{"n":%s}}'
+    return [
+        one % (b"\\ud800", b"1"),
+        one % (b"x", b'"\\udfff"'),
+        one % (b"x", b"%d" % 2**64),
+        one % (b"x", b"1e400"),
+        one % (b"x", b"-1e400"),
+    ]
+
+
+def _agree(body: bytes, *, batch: bool) -> None:
+    """The fast path stores what the full path stores, or leaves the body to it."""
+    received = received_now()
+    got = fast(body, received, batch=batch)
+    try:
+        objs = (
+            parse_batch(body, "application/json", 1000) if batch else [parse_json(body)]
+        )
+        events = check_events(objs, Policy(), MAX_EVENT, batch=batch)
+        want, _ = to_group(
+            events,
+            Policy(),
+            received=received,
+            header_user_agent="agent/1.0",
+            batch=batch,
+        )
+    except ApiError:
+        assert got is None
+        return
+    if got is not None:
+        assert stored(got) == stored(want)
+
+
+@pytest.mark.parametrize("event", _edge_events(), ids=repr)
+def test_both_paths_agree_on_the_contracts_edges(event: dict[str, Any]) -> None:
+    _agree(orjson.dumps(event), batch=False)
+    _agree(orjson.dumps([event]), batch=True)
+    _agree(orjson.dumps({"events": [event, event]}), batch=True)
+
+
+@pytest.mark.parametrize("body", _raw_edge_bodies(), ids=repr)
+def test_both_paths_agree_on_what_orjson_cannot_write(body: bytes) -> None:
+    _agree(body, batch=False)
+    _agree(b"[" + body + b"]", batch=True)
+
+
+def test_the_fast_struct_is_derived_from_the_public_model() -> None:
+    from metrics_service.ingest.contract import BehaviorEvent, PlainEvent
+    from metrics_service.store.line import KEYS
+
+    fields = PlainEvent.__struct_fields__
+    # The stored line's keys after `timestamp`, which the fast path leaves to the
+    # full path along with sent_at.
+    assert fields == KEYS[KEYS.index("timestamp") + 1 :]
+    assert set(BehaviorEvent.model_fields) - set(fields) == {"timestamp", "sent_at"}

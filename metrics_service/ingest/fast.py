@@ -33,11 +33,13 @@ _encoder = msgspec.json.Encoder()
 _UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
 
 
-def decode(body: bytes, max_batch: int) -> list[PlainEvent] | None:
-    """A batch's events when all are plain: an array or `{"events": [...]}` of 1 to
-    max_batch objects; else None (a single event is _single's)."""
+def decode(body: bytes, *, batch: bool, max_batch: int) -> list[PlainEvent] | None:
+    """The body's events when all are plain, else None: one object, or for a batch an
+    array or `{"events": [...]}` of 1 to max_batch objects."""
     first = body[:1]
     try:
+        if not batch:
+            return [_one.decode(body)] if first == b"{" else None
         if first == b"[":
             events = _many.decode(body)
         elif first == b"{":
@@ -75,9 +77,7 @@ def group(
     """The body's events as one group stamped `stamp`, when all are plain; else None."""
     if _native.long_digits(body):
         return None
-    if not batch:
-        return _single(body, max_event_bytes, received, stamp, ts, header_user_agent)
-    events = decode(body, max_batch)
+    events = decode(body, batch=batch, max_batch=max_batch)
     if events is None:
         return None
     names = [event.event for event in events]
@@ -117,51 +117,4 @@ def group(
         [event.event_id for event in events],
         list(repeat(head(stamp), count)),
         bodies,
-    )
-
-
-def _single(
-    body: bytes,
-    max_event_bytes: int,
-    received: bytes,
-    stamp: str,
-    ts: float,
-    header_user_agent: str | None,
-) -> Group | None:
-    """group() for one event, without the batch's lists and joins: the same rules,
-    written out for one value, since most requests carry one event."""
-    if body[:1] != b"{":
-        return None
-    try:
-        event = _one.decode(body)
-    except _UNDECODABLE:
-        return None
-    name, visitor_id = event.event, event.visitor_id
-    if (
-        has_control_chars(name)
-        or name.strip() != name
-        or visitor_id.strip() != visitor_id
-    ):
-        return None
-    if event.metadata is UNSET:
-        event.metadata = {}
-    if event.user_agent is UNSET:
-        event.user_agent = header_user_agent
-    try:
-        encoded = _encoder.encode(event)
-    except (msgspec.EncodeError, OverflowError):
-        return None
-    if 2 * len(encoded) + 32 > max_event_bytes or (
-        len(encoded) > 2 * _BRACKETS
-        and encoded.count(b"{") + encoded.count(b"[") > _BRACKETS
-    ):
-        return None
-    return Group(
-        received,
-        [ts],
-        [name],
-        [visitor_id],
-        [event.event_id],
-        [head(stamp)],
-        [encoded[1:]],
     )
