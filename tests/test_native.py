@@ -19,7 +19,7 @@ from metrics_service._native import PURE_PYTHON_VAR, python
 # The C module itself, whichever _native chose: these tests hold it to python.py.
 # setup.py builds it optionally: here a missing compiler must fail, not slow down.
 from metrics_service._native import _speedups as native
-from metrics_service.store import replay as recovery
+from metrics_service.store import columns
 from metrics_service.store.chunk import Entry
 
 python_lines, python_rows = python.lines, python.rows
@@ -173,7 +173,7 @@ def test_columns_reads_a_timestamp_as_the_full_parse_does(moment: dt.datetime) -
     found = native.columns([head(1, stamp)], None)
     assert found is not None
     (ts,) = struct.unpack("d", found[1])
-    assert ts == recovery._timestamp(stamp)
+    assert ts == columns._timestamp(stamp)
 
 
 def reference_index(block: bytes) -> tuple[bytes, list[int], bytes] | None:

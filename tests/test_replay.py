@@ -11,8 +11,8 @@ from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, _native, create_app
+from metrics_service.store import columns, tail
 from metrics_service.store import replay as recovery
-from metrics_service.store import tail
 from metrics_service.store.chunk import Columns, Entry, Packed, readback
 from metrics_service.store.replay import replay
 from metrics_service.store.ring import Ring
@@ -207,12 +207,12 @@ def native() -> bool:
 
 
 def _forbid(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    """Fail the test if recovery.<name> is called: the fast path must do without it."""
+    """Fail the test if columns.<name> is called: the fast path must do without it."""
 
     def called(*args: object) -> NoReturn:
         raise AssertionError(args)
 
-    monkeypatch.setattr(recovery, name, called)
+    monkeypatch.setattr(columns, name, called)
 
 
 MILLIS = [1, 3, 7, 123, 300, 555, 701, 999]
@@ -279,7 +279,7 @@ def test_fast_load_equals_the_full_parse(
         assert loaded.event_ids(window) == ids
     # Parsed by the full path, the odd lines' entries still come out equal.
     for entry in _rows(loaded):
-        assert entry == recovery.parse_entry(entry.line)[1]
+        assert entry == columns.parse_entry(entry.line)[1]
 
 
 def test_fast_load_reads_escaped_event_and_visitor_like_the_full_parse(
@@ -290,7 +290,7 @@ def test_fast_load_reads_escaped_event_and_visitor_like_the_full_parse(
     sink.write_bytes(stored(2).replace(b'"seq":2', b'"seq":0') + line)
     ring = _ring_of(recovery.load(sink, 10).parts, 10)
     (only,) = [e for e in ring if e.seq == 1]
-    assert only == recovery.parse_entry(line[:-1])[1]
+    assert only == columns.parse_entry(line[:-1])[1]
     assert (only.event, only.visitor_id, only.event_id) == ("a\\b", 'say "hi"', "x\ty")
 
 
@@ -342,7 +342,7 @@ def _load_like_replay(sink: Path, monkeypatch: pytest.MonkeyPatch) -> list[Entry
         rows = _rows(ring)
         assert rows == slow.entries
         for entry in rows:
-            assert entry == recovery.parse_entry(entry.line)[1]
+            assert entry == columns.parse_entry(entry.line)[1]
     return rows
 
 
@@ -554,7 +554,7 @@ def test_only_lines_with_a_backslash_are_read_back_one_by_one(
         read_back.append(line)
         return readback(visitor_id, event_id, line)
 
-    monkeypatch.setattr(recovery, "readback", counted)
+    monkeypatch.setattr(columns, "readback", counted)
     rows = _load_like_replay(sink, monkeypatch)
     assert [e.visitor_id for e in rows] == ["visitor-1", "v2", "visitor-3"]
     assert set(read_back) == {tricky}
@@ -569,7 +569,7 @@ def test_a_name_first_seen_in_an_older_block_keeps_the_fast_path(
     sink.write_bytes(b"".join(stored(i, name) for i, name in enumerate(names, 1)))
     expected = replay(sink, 100).entries
     monkeypatch.setattr(tail, "BLOCK", 600)  # a few lines a block
-    monkeypatch.setattr(recovery, "_NAMED", named)
+    monkeypatch.setattr(columns, "_NAMED", named)
 
     _forbid(monkeypatch, "parse_entry")
     found = recovery.load(sink, 100)
