@@ -1,4 +1,4 @@
-# Build stage: a C compiler for replay's extension (metrics_service/_speedups.c).
+# Build stage: a C compiler for the C extension (metrics_service/_native/_speedups.c).
 FROM python:3.11-slim AS build
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
@@ -21,7 +21,7 @@ COPY --from=build /wheels /wheels
 # The import fails the build if the wheel came out without the C extension.
 RUN pip install --no-cache-dir /wheels/*.whl \
     && rm -rf /wheels \
-    && python -c "import metrics_service._speedups" \
+    && python -c "import metrics_service._native._speedups" \
     && useradd --system --uid 10001 --home-dir /app metrics \
     && mkdir -p /app/data \
     && chown -R metrics /app/data
