@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import os
 import platform
@@ -334,8 +335,16 @@ class Ring:
         return EVENTS / max(self.replay_seconds, 1e-9)
 
     @property
+    def replay_cpus(self) -> list[float]:
+        """Per round with a full start-up: its CPU time - the empty one's of that round."""
+        empties = self.empty_cpu[-len(self.full_cpu) :] if self.full_cpu else []
+        return [
+            full - empty for full, empty in zip(self.full_cpu, empties, strict=True)
+        ]
+
+    @property
     def replay_cpu(self) -> float:
-        return median(self.full_cpu) - median(self.empty_cpu)
+        return median(self.replay_cpus)
 
     @property
     def replay_cpu_rate(self) -> float:
@@ -368,11 +377,12 @@ def measure_rings(
     empties: int = 3,
     fulls: int = 1,
 ) -> dict[str, Ring]:
-    """Start-ups of each tree (by label) with a ring of EVENTS, in rounds in which the
-    trees take turns: `empties` on an empty sink and, in the last `fulls` rounds, one on
-    `sink` after the empty one. The last full start-up of each tree is left running
-    (Ring.full) when it replayed every line: stop() it. The RSS is read after one
-    snapshot request, so the snapshot path has run too.
+    """Start-ups of each tree (by label) with a ring of EVENTS, in rounds: each tree on an
+    empty sink (`empties` rounds), then, in the last `fulls` rounds, each on `sink`; the
+    trees start at once, so with several a spell of other load hits them alike (compare
+    their CPU times, not their wall times). The last full start-up of each tree is left
+    running (Ring.full) when it replayed every line: stop() it. The RSS is read after
+    one snapshot request, so the snapshot path has run too.
     """
     capacity = str(EVENTS)
     labels = list(trees)
@@ -426,13 +436,20 @@ def measure_rings(
             else:
                 full.stop()
 
+    def at_once(start: Callable[[str], None], order: Sequence[str]) -> None:
+        with ThreadPoolExecutor(len(order)) as pool:
+            list(pool.map(start, order))
+
     try:
         for i in range(rounds):
-            for label in in_turn(labels, i, True):
-                if i < empties:
-                    empty_start(label, i)
-                if i >= rounds - fulls:
-                    full_start(label, i - (rounds - fulls), keep=i == rounds - 1)
+            order = in_turn(labels, i, True)
+            if i < empties:
+                at_once(functools.partial(empty_start, i=i), order)
+            if i >= rounds - fulls:
+                start = functools.partial(
+                    full_start, i=i - (rounds - fulls), keep=i == rounds - 1
+                )
+                at_once(start, order)
     except BaseException:
         for ring in rings.values():
             ring.stop()

@@ -28,11 +28,12 @@ How each figure is taken (servers on CPU 0, wrk and the harness on CPU 1, as in 
   ceiling's rate alone in that round: what the service would serve alone, as in bench.
 - 7. fsync=always / fsync=never: a figure about waiting for the disk, which a shared core
   would hide, so each server runs alone, both of a tree back to back, trees alternating.
-- 5, 6. RSS per event and replay lines/s: BENCH_REPLAYS (3) rounds in which each tree
-  in turn starts on an empty sink, then on the sink of BENCH_EVENTS lines; medians.
-  Measured from the outside (VmRSS; the server's CPU time when health first answers,
-  which other load on the core does not inflate as it does the wall time, also shown),
-  so no module of the trees is imported.
+- 5, 6. RSS per event and replay lines/s: BENCH_REPLAYS (3) rounds in which the trees
+  start at once on an empty sink, then at once on the sink of BENCH_EVENTS lines. Replay
+  is the server's CPU time when health first answers, full - empty in the same round
+  (not the wall time, which counts the other servers' turns); medians, ratio: median
+  of the rounds'. Measured from the outside (CPU time, VmRSS), so no module of the
+  trees is imported.
 - 4, 8. snapshot and wait-for latencies: the servers of all trees up, each measured
   alone, rounds (or turns of 10 wake-ups) alternating between trees.
 
@@ -294,7 +295,7 @@ def ring_figures(
             continue
         replay.cells[label] = mark(
             f"**{r.replay_cpu_rate:,.0f}** lines per CPU-s ({r.replay_cpu:.2f} CPU-s "
-            f"over {median(r.empty_cpu):.2f} empty; wall: {r.replay_rate:,.0f} lines/s)",
+            f"over {median(r.empty_cpu):.2f} CPU-s empty)",
             r.replay_cpu_rate >= 500_000,
         )
         rss.cells[label] = mark(
@@ -303,17 +304,18 @@ def ring_figures(
             r.per_event <= 350,
         )
         if label != base and rings[base].filled:
-            replay.ratios[label] = r.replay_cpu_rate / rings[base].replay_cpu_rate
+            replay.ratios[label] = paired_ratio(rings[base].replay_cpus, r.replay_cpus)
             rss.ratios[label] = r.per_event / rings[base].per_event
 
     variants = snapshot_variants()
     snapshots = {
-        name: Figure(f"4. snapshot limit=50 at {EVENTS:,} events, {name}: p50", "")
+        name: Figure(
+            f"4. snapshot limit=50 at {EVENTS:,} events, {name}: p50", SNAPSHOT_TARGET
+        )
         for name in variants
     }
     targets: dict[tuple[str, str], tuple[Server, str]] = {}
     for name, path in variants.items():
-        snapshots[name].target = SNAPSHOT_TARGET
         for label in labels:
             server = rings[label].full
             if server is None:
@@ -523,8 +525,8 @@ def main(argv: list[str]) -> int:
         "single-event and batch; rates per second of each server's own CPU time, ≈: "
         "estimated alone as ratio to the ceiling x the ceiling alone. fsync (7): "
         f"{ROUNDS} rounds, one server at a time.",
-        "ring": f"Replay and RSS (5, 6): medians of {REPLAYS} start-ups per tree, "
-        "replay by the servers' CPU time. "
+        "ring": f"Replay and RSS (5, 6): {REPLAYS} rounds of the trees' start-ups at "
+        "once, replay by the servers' CPU time. "
         f"Snapshot (4): {ROUNDS} rounds of max(2, {SECONDS:g} / 2) s.",
         "wait": f"Wait-for (8): {WAKEUPS} samples per tree.",
     }
