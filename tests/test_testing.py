@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
+import httpx
 import pytest
 
 from metrics_service.read.filters import flat_params
-from metrics_service.testing import MetricsServer
+from metrics_service.testing import CLEAN_EXIT, MetricsClient, MetricsServer
 
 pytest_plugins = ("pytester",)
 
@@ -117,3 +121,76 @@ def test_plugin_fixture_in_a_users_suite(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*expected 1 event(s) matching event='purchase'*"])
     result.stdout.fnmatch_lines(["*#1 page_view visitor=visitor-1*"])
+
+
+def test_loading_the_plugin_imports_neither_the_app_nor_httpx() -> None:
+    # Every pytest run of a project that installs the package loads the plugin.
+    code = (
+        "import sys, pytest; before = set(sys.modules);"
+        " import metrics_service.testing;"
+        " print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert sorted(loaded) == ["metrics_service", "metrics_service.testing"]
+
+
+READ = "read-token-5f2e"
+INGEST = "ingest-token-0c7d"
+
+
+def test_client_sends_the_read_token(tmp_path: Path) -> None:
+    env = {"METRICS_READ_TOKEN": READ, "METRICS_INGEST_TOKEN": None}
+    with MetricsServer(tmp_path / "m.jsonl", env=env, token=READ) as server:
+        client = server.client
+        mark = client.mark()
+        client.post({"event": "signup", "visitor_id": "visitor-1"})
+        assert client.snapshot(event="signup")["total"] == 1
+        [event] = client.wait_for("signup", after=mark)
+        assert event["visitor_id"] == "visitor-1"
+        assert client.reset() == 1
+        # Without the token the same server refuses to be read.
+        with MetricsClient(server.url) as tokenless:
+            with pytest.raises(httpx.HTTPStatusError) as caught:
+                tokenless.snapshot()
+            assert caught.value.response.status_code == 401
+
+
+def test_client_with_both_tokens(tmp_path: Path) -> None:
+    env = {"METRICS_READ_TOKEN": READ, "METRICS_INGEST_TOKEN": INGEST}
+    with MetricsServer(
+        tmp_path / "m.jsonl", env=env, token=READ, ingest_token=INGEST
+    ) as server:
+        server.client.post({"event": "signup", "visitor_id": "visitor-1"})
+        assert len(server.client.wait_for("signup", timeout=2)) == 1
+    assert server.stop() in CLEAN_EXIT
+
+
+def test_a_server_that_exits_at_start_up_says_why(tmp_path: Path) -> None:
+    server = MetricsServer(tmp_path / "m.jsonl", args=["--capacity", "0"])
+    with pytest.raises(RuntimeError) as caught:
+        server.start()
+    message = str(caught.value)
+    assert "exited at start-up with code 2" in message
+    assert "error: --capacity: must be between 1" in message
+    assert server.process is not None and server.process.returncode == 2
+
+
+def test_flags_cwd_log_and_a_clean_exit(tmp_path: Path) -> None:
+    # A relative path, resolved against the server's working directory.
+    server = MetricsServer(
+        Path("relative.jsonl"),
+        args=["--log-level", "info"],
+        settings_as="flags",
+        env={"METRICS_PORT": "not-a-port"},  # the --port flag wins
+        cwd=tmp_path,
+        log=tmp_path / "out.log",
+    )
+    with server:
+        assert server.client.post({"event": "e", "visitor_id": "visitor-1"})
+        assert server.client.health()["sink_path"] == "relative.jsonl"
+    assert server.stop(expect=CLEAN_EXIT) in CLEAN_EXIT
+    assert (tmp_path / "relative.jsonl").read_bytes().count(b"\n") == 1
+    assert "Uvicorn running on" in (tmp_path / "out.log").read_text()
+    assert "Uvicorn running on" in server.output()
