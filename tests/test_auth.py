@@ -1,11 +1,6 @@
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +9,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from metrics_service import cli
-from metrics_service.app import create_app
-from metrics_service.app import ENDPOINTS
+from metrics_service.app import ENDPOINTS, create_app
 from metrics_service.http.auth import Guards, split_token
 from metrics_service.settings import Config
-from metrics_service.testing import MetricsServer, free_port
+from metrics_service.testing import CLEAN_EXIT, MetricsServer
 
 INGEST = "ingest-secret-7f3a"
 READ = "read-secret-91bc"
@@ -244,39 +238,17 @@ def test_split_token_keeps_other_params_byte_for_byte() -> None:
     assert split_token(b"a=1&token=") == (b"", b"a=1")
 
 
-@contextlib.contextmanager
-def access_logged_server(tmp_path: Path, env: dict[str, str]) -> Iterator[str]:
-    """A real server with uvicorn's access log on; its output goes to `out.log`."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (tmp_path / "out.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "metrics_service", "serve", "--access-log"],
-            env={
-                **os.environ,
-                **env,
-                "METRICS_PORT": str(port),
-                "METRICS_JSONL": str(tmp_path / "m.jsonl"),
-            },
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and process.poll() is None:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{url}/api/metrics/behavior/health").is_success:
-                        break
-                time.sleep(0.05)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(15)
-
-
 def test_tokens_never_reach_the_access_log(tmp_path: Path) -> None:
     env = {"METRICS_INGEST_TOKEN": INGEST, "METRICS_READ_TOKEN": READ}
-    with access_logged_server(tmp_path, env) as url:
+    # A real server with uvicorn's access log on; its output goes to `out.log`.
+    server = MetricsServer(
+        tmp_path / "m.jsonl",
+        env=env,
+        args=["--access-log", "--log-level", "info"],
+        log=tmp_path / "out.log",
+    )
+    with server:
+        url = server.url
         beacon = httpx.post(
             f"{url}/api/metrics/event?token={INGEST}",
             content=b'{"visitor_id": "visitor-1", "event": "page_view"}',
@@ -288,6 +260,7 @@ def test_tokens_never_reach_the_access_log(tmp_path: Path) -> None:
         assert read.json()["total"] == 1
         wrong = httpx.get(f"{url}/api/metrics/behavior?token=guess-{READ}")
         assert wrong.status_code == 401
+    server.stop(expect=CLEAN_EXIT)
     output = (tmp_path / "out.log").read_text()
     assert "/api/metrics/behavior?limit=1" in output
     assert INGEST not in output

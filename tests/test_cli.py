@@ -1,18 +1,15 @@
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from metrics_service.cli import main
-from metrics_service.testing import SERVE_ARGV, MetricsServer, free_port
+from metrics_service.testing import CLEAN_EXIT, MetricsServer, free_port
 
 
 @pytest.fixture(autouse=True)
@@ -173,26 +170,15 @@ def test_python_m_serve_answers(tmp_path: Path) -> None:
 
 def test_flags_reach_the_server(tmp_path: Path) -> None:
     """Flags beat the variables, even bad ones, in a real `serve` process."""
-    port = free_port()
     sink = tmp_path / "flag.jsonl"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METRICS_")}
-    env.update(METRICS_PORT="1", METRICS_RING_CAPACITY="abc")
-    argv = ["--port", str(port), "--capacity", "3", "--jsonl", str(sink)]
-    process = subprocess.Popen([*SERVE_ARGV, *argv], env=env)
-    try:
-        url = f"http://127.0.0.1:{port}/api/metrics/behavior/health"
-        health = None
-        deadline = time.monotonic() + 30
-        # Polling: a separate process gives nothing to wait on but its port.
-        while health is None and time.monotonic() < deadline:
-            assert process.poll() is None, "serve exited"
-            with contextlib.suppress(httpx.HTTPError):
-                health = httpx.get(url, timeout=1).json()
-            if health is None:
-                time.sleep(0.05)
-        assert health is not None, "the server did not answer"
+    server = MetricsServer(
+        sink,
+        env={"METRICS_PORT": "1", "METRICS_RING_CAPACITY": "abc"},
+        args=["--capacity", "3"],
+        settings_as="flags",  # --host, --port, --jsonl (METRICS_JSONL is set too)
+    )
+    with server:
+        health = server.client.health()
         assert health["ring_capacity"] == 3
         assert health["sink_path"] == str(sink)
-    finally:
-        process.terminate()
-        process.wait(15)
+    server.stop(expect=CLEAN_EXIT)

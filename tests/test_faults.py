@@ -1,16 +1,11 @@
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import threading
-import time
 import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +16,7 @@ from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
 from metrics_service.store import sink
-from metrics_service.testing import MetricsServer, free_port
+from metrics_service.testing import SERVE_ARGV, MetricsServer
 
 
 def patch_os(monkeypatch: pytest.MonkeyPatch, **functions: Any) -> None:
@@ -139,43 +134,17 @@ def test_dev_full_configured_directly(tmp_path: Path) -> None:
         assert httpx.get(f"{server.url}{HEALTH_URL}").status_code == 503
 
 
-@contextlib.contextmanager
-def unprivileged_server(sink_path: Path) -> Iterator[str]:
+def unprivileged_server(sink_path: Path) -> MetricsServer:
     """A collector that folder permissions apply to, even when the tests run as root."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "METRICS_HOST": "127.0.0.1",
-        "METRICS_PORT": str(port),
-        "METRICS_JSONL": str(sink_path),
-        "PYTHONDONTWRITEBYTECODE": "1",
-    }
-    command = [sys.executable, "-m", "metrics_service", "serve"]
+    command = SERVE_ARGV
     if os.geteuid() == 0:
         # Root without these capabilities obeys folder modes yet still reads its own
         # (maybe private) checkout. util-linux's setpriv; missing, the test fails.
         caps = "-dac_override,-dac_read_search"
         command = ["setpriv", f"--bounding-set={caps}", f"--inh-caps={caps}", *command]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    return MetricsServer(
+        sink_path, command=command, env={"PYTHONDONTWRITEBYTECODE": "1"}
     )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            assert process.poll() is None, (
-                process.stdout.read() if process.stdout else ""
-            )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + HEALTH_URL, timeout=1).is_success:
-                    break
-            time.sleep(0.05)
-        else:
-            raise AssertionError("server did not start")
-        yield url
-    finally:
-        process.terminate()
-        process.wait(15)
 
 
 def test_read_only_folder_answers_503_then_recovers() -> None:
@@ -183,7 +152,10 @@ def test_read_only_folder_answers_503_then_recovers() -> None:
     try:
         os.chmod(folder, 0o755)
         sink_path = folder / "m.jsonl"
-        with unprivileged_server(sink_path) as url, httpx.Client(base_url=url) as http:
+        with (
+            unprivileged_server(sink_path) as server,
+            httpx.Client(base_url=server.url) as http,
+        ):
             assert http.post(EVENT_URL, json=event()).status_code == 202
             os.rename(sink_path, folder / "m.jsonl.1")
             os.chmod(folder, 0o555)
