@@ -130,9 +130,15 @@ def at_once(
     assert len(results) == sum(map(len, groups)), "a run's name is in two groups"
 
     def run_group(
-        pool: Executor, group: Mapping[K, Callable[[float], T]], seconds: float
-    ) -> list[T]:
-        return list(pool.map(lambda name: group[name](seconds), list(group)))
+        pool: Executor,
+        group: Mapping[K, Callable[[float], T]],
+        seconds: float,
+        round_no: int = 0,
+    ) -> dict[K, T]:
+        # Launched in the other order every other round: no run always starts first.
+        names = in_turn(list(group), round_no, True)
+        runs = pool.map(lambda name: group[name](seconds), names)
+        return dict(zip(names, runs, strict=True))
 
     with ThreadPoolExecutor(max(map(len, groups), default=1)) as pool:
         for group in groups:
@@ -140,12 +146,11 @@ def at_once(
             run_group(pool, group, 1)
         for round_no in range(ROUNDS):
             for group in groups:
+                values = run_group(pool, group, SECONDS, round_no)
                 shown = []
-                for name, value in zip(
-                    group, run_group(pool, group, SECONDS), strict=True
-                ):
-                    results[name].append(value)
-                    shown.append(describe(name, value))
+                for name in group:
+                    results[name].append(values[name])
+                    shown.append(describe(name, values[name]))
                 log(f"round {round_no + 1}/{ROUNDS}: {'; '.join(shown)}")
     return results
 
@@ -436,7 +441,7 @@ def measure_rings(
             else:
                 full.stop()
 
-    def at_once(start: Callable[[str], None], order: Sequence[str]) -> None:
+    def together(start: Callable[[str], None], order: Sequence[str]) -> None:
         with ThreadPoolExecutor(len(order)) as pool:
             list(pool.map(start, order))
 
@@ -444,12 +449,12 @@ def measure_rings(
         for i in range(rounds):
             order = in_turn(labels, i, True)
             if i < empties:
-                at_once(functools.partial(empty_start, i=i), order)
+                together(functools.partial(empty_start, i=i), order)
             if i >= rounds - fulls:
                 start = functools.partial(
                     full_start, i=i - (rounds - fulls), keep=i == rounds - 1
                 )
-                at_once(start, order)
+                together(start, order)
     except BaseException:
         for ring in rings.values():
             ring.stop()
