@@ -30,14 +30,7 @@ CEILING_ARGV = [
     sys.executable, "-m", "uvicorn", "tests.perf.ceiling:app",
     "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning",
 ]  # fmt: skip
-SERVICE_ARGV = [
-    sys.executable,
-    "-m",
-    "metrics_service",
-    "serve",
-    "--log-level",
-    "warning",
-]
+SERVICE_ARGV = [sys.executable, "-m", "metrics_service", "serve", "--log-level", "warning"]  # fmt: skip
 
 
 def free_port() -> int:
@@ -147,9 +140,8 @@ class Server:
         """User and system CPU time the process (all its threads) has used so far."""
         assert self.process is not None
         stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        fields = stat.rsplit(")", 1)[
-            1
-        ].split()  # after "pid (comm)": state is fields[0]
+        # After "pid (comm)": fields[0] is the state, [11] utime, [12] stime (in ticks).
+        fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss(self) -> int:

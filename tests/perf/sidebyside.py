@@ -14,7 +14,9 @@ its uvicorn) are this checkout's. To compare a change with the commit before it:
     .venv/bin/python -m tests.perf.sidebyside /tmp/perf-base .
 
 An A/A run (a second worktree at the same commit as BASE_TREE) shows the noise: its
-new/base column should stay near 1.00.
+new/base column should stay near 1.00. The figures taken with the trees at once (1-3, 5,
+6) stay within a few percent even with other load on the machine; those that need a
+server alone (4, 7, 8) move with that load, by tens of percent when tests run beside.
 
 How each figure is taken (servers on CPU 0, wrk and the harness on CPU 1, as in bench):
 
@@ -39,7 +41,8 @@ How each figure is taken (servers on CPU 0, wrk and the harness on CPU 1, as in 
 
 Environment as bench: BENCH_ROUNDS (5) rounds of BENCH_SECONDS (5), BENCH_EVENTS
 (1,000,000), BENCH_WAKEUPS (200) per tree, plus BENCH_REPLAYS (3). `--sections ingest,ring`
-runs some sections only. A default run of two trees takes about 5 minutes.
+runs some sections only. A default run of two trees takes about 4-5 minutes on a
+2-core machine.
 """
 
 from __future__ import annotations
