@@ -43,7 +43,8 @@ class Service:
         # Rejections by HTTP status (errors.py counts them) and sampled-out events,
         # both for GET /metrics.
         self.rejected: dict[int, int] = {}
-        self.hub = Hub(self.writer)  # the waiters and stream subscribers
+        # the waiters and stream subscribers
+        self.hub = Hub(self.writer, limit=config.max_waiters)
         self.sampled_out = 0
         self.file_json = orjson.dumps(str(config.jsonl))  # in every ingest answer
 
@@ -57,7 +58,7 @@ class Service:
         # over from the file, the one source of truth.
         self.ring.clear()
         self.ring.load(found.parts)
-        self.hub = Hub(self.writer)
+        self.hub = Hub(self.writer, limit=config.max_waiters)
         self.writer.last_seq = found.last_seq
         try:
             self.writer.loop = asyncio.get_running_loop()

@@ -346,6 +346,14 @@ class Config:
             bounds=Bounds(above=0),
         ),
     )
+    max_waiters: int = field(
+        default=1000,
+        metadata=declare(
+            _int,
+            "parked /wait requests plus open streams; beyond it 503 with Retry-After",
+            bounds=Bounds(min=1),
+        ),
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Config:

@@ -122,6 +122,7 @@ PUBLIC_NAMES = [  # variables and flags people have in their scripts: never rena
     ("METRICS_INGEST_TOKEN", None),
     ("METRICS_READ_TOKEN", None),
     ("METRICS_BODY_TIMEOUT", None),
+    ("METRICS_MAX_WAITERS", None),
 ]
 
 
@@ -164,6 +165,7 @@ def test_every_setting_is_read_from_its_variable() -> None:
         "METRICS_INGEST_TOKEN": "in",
         "METRICS_READ_TOKEN": "out",
         "METRICS_BODY_TIMEOUT": "2.5",
+        "METRICS_MAX_WAITERS": "3",
     }
     assert set(env) == {s.var for s in SETTINGS}
     assert Config.from_env(env) == Config(
@@ -188,6 +190,7 @@ def test_every_setting_is_read_from_its_variable() -> None:
         ingest_token="in",
         read_token="out",
         body_timeout=2.5,
+        max_waiters=3,
     )
 
 

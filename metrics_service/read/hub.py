@@ -1,37 +1,58 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from types import FrameType
+from typing import Any
 
+import orjson
+
+from metrics_service.read.filters import Filters, _lookup, _string_form
 from metrics_service.store.chunk import Entry, Predicate
 from metrics_service.store.writer import Writer
 
 QUEUE_LIMIT = 1000
+MAX_LISTENERS = 1000  # parked waiters plus stream subscribers (METRICS_MAX_WAITERS)
 
 
 class Waiter:
-    """One `wait` request: done once `count` matching entries have been seen."""
+    """One `wait` request: done once `count` matching entries have been seen.
 
-    __slots__ = ("count", "events", "future", "predicate")
+    It keeps at most `keep` (the ring's capacity) of them, the newest: a waiter
+    never holds more than the ring could.
+    """
 
-    def __init__(self, predicate: Predicate, count: int, events: list[Entry]) -> None:
-        self.predicate = predicate
+    __slots__ = ("count", "events", "future", "keep", "seen")
+
+    def __init__(self, count: int, events: list[Entry], keep: int) -> None:
         self.count = count
-        self.events = events
+        self.keep = keep
+        self.seen = len(events)
+        self.events = events[-keep:] if len(events) > keep else events
         self.future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    def add(self, matches: list[Entry]) -> bool:
+        """Take new matches; True once `count` have been seen."""
+        self.seen += len(matches)
+        events = self.events
+        events += matches
+        if len(events) > self.keep:
+            del events[: len(events) - self.keep]
+        return self.seen >= self.count
 
 
 class Subscriber:
     """One stream client: matching entries queue here until its response sends them."""
 
-    __slots__ = ("closed", "limit", "overflowed", "predicate", "queue", "wakeup")
+    __slots__ = ("closed", "key", "limit", "overflowed", "predicate", "queue", "wakeup")
 
     def __init__(self, predicate: Predicate, limit: int) -> None:
         self.predicate = predicate
+        self.key: Hashable = predicate
         self.limit = limit
         self.queue: deque[Entry] = deque()
         self.overflowed = False
@@ -45,16 +66,76 @@ class Subscriber:
         return items
 
 
+class Full(Exception):
+    """As many waiters and subscribers as allowed are registered."""
+
+
+_UNREAD: Any = object()
+
+
+class _Matches:
+    """The entries of one write that match each predicate, worked out once per distinct
+    predicate however many waiters share it; an entry's metadata is decoded at most once
+    whichever `meta.` filters ask for it."""
+
+    __slots__ = ("entries", "found", "metadata")
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = entries
+        self.found: dict[Hashable, list[Entry]] = {}
+        self.metadata: list[Any] | None = None
+
+    def __call__(self, key: Hashable, predicate: Predicate) -> list[Entry]:
+        found = self.found.get(key)
+        if found is None:
+            found = self.found[key] = self._select(predicate)
+        return found
+
+    def _select(self, predicate: Predicate) -> list[Entry]:
+        entries = self.entries
+        if not isinstance(predicate, Filters) or not predicate.meta:
+            return [entry for entry in entries if predicate(entry)]
+        cheap = dataclasses.replace(predicate, meta=())
+        wanted = predicate.meta
+        metadata = self.metadata
+        if metadata is None:
+            metadata = self.metadata = [_UNREAD] * len(entries)
+        out = []
+        for i, entry in enumerate(entries):
+            if not cheap(entry):
+                continue
+            value = metadata[i]
+            if value is _UNREAD:
+                value = metadata[i] = decode_metadata(entry.line)
+            if all(_string_form(_lookup(value, path)) == v for path, v in wanted):
+                out.append(entry)
+        return out
+
+
+def decode_metadata(line: bytes) -> Any:
+    """A stored line's metadata (read/filters.py's `meta.` filters read the same)."""
+    return orjson.loads(line).get("metadata")
+
+
 class Hub:
     """Hands new entries to waiters and stream subscribers, from the writer's flush.
 
     The listener only appends and sets futures/events, so a slow client costs
-    ingestion nothing: it overflows its own bounded queue instead.
+    ingestion nothing: it overflows its own bounded queue instead. Waiters and
+    subscribers are kept by predicate, so those asking the same question share one
+    evaluation per write, and their number is capped (`limit`).
     """
 
-    def __init__(self, writer: Writer) -> None:
-        self._waiters: set[Waiter] = set()
-        self._subscribers: set[Subscriber] = set()
+    def __init__(
+        self, writer: Writer, *, limit: int = MAX_LISTENERS, keep: int | None = None
+    ) -> None:
+        self._waiters: dict[Hashable, tuple[Predicate, set[Waiter]]] = {}
+        self._subscribers: dict[Hashable, tuple[Predicate, set[Subscriber]]] = {}
+        self._waiting = 0
+        self._streaming = 0
+        self.limit = limit
+        ring = getattr(writer, "ring", None)
+        self.keep = keep if keep is not None else getattr(ring, "capacity", 1 << 62)
         self.closed = False
         self._hooked = False
         self._writer = writer
@@ -66,69 +147,145 @@ class Hub:
         if self._unsubscribe is None and not self.closed:
             self._unsubscribe = self._writer.subscribe(self._on_entries)
 
+    @property
+    def full(self) -> bool:
+        return self._waiting + self._streaming >= self.limit
+
+    def full_message(self) -> str:
+        return (
+            f"{self.limit} waits and streams are open, the most allowed"
+            " (METRICS_MAX_WAITERS); retry shortly"
+        )
+
+    def _key(self, predicate: Predicate) -> Hashable:
+        """What the predicate is keyed by: a Filters whose `after` is already behind
+        the last seq matches every new entry the same without it."""
+        if isinstance(predicate, Filters) and predicate.after is not None:
+            last = getattr(self._writer, "last_seq", None)
+            if isinstance(last, int) and predicate.after <= last:
+                return dataclasses.replace(predicate, after=None)
+        return predicate
+
     def _on_entries(self, entries: list[Entry]) -> None:
+        matches = _Matches(entries)
         if self._waiters:
-            for waiter in list(self._waiters):
-                predicate, events = waiter.predicate, waiter.events
-                events.extend(entry for entry in entries if predicate(entry))
-                if len(events) >= waiter.count:
-                    self._waiters.discard(waiter)
-                    if not waiter.future.done():
-                        waiter.future.set_result(True)
+            for key, (predicate, waiters) in list(self._waiters.items()):
+                found = matches(key, predicate)
+                if not found:
+                    continue
+                for waiter in list(waiters):
+                    if waiter.add(found):
+                        self._drop_waiter(key, waiter)
+                        if not waiter.future.done():
+                            waiter.future.set_result(True)
         if self._subscribers:
-            for sub in list(self._subscribers):
-                predicate, queue = sub.predicate, sub.queue
-                added = False
-                for entry in entries:
-                    if predicate(entry):
-                        if len(queue) >= sub.limit:
-                            sub.overflowed = True
-                            self._subscribers.discard(sub)
-                            break
-                        queue.append(entry)
-                        added = True
-                if added or sub.overflowed:
+            for key, (predicate, subs) in list(self._subscribers.items()):
+                found = matches(key, predicate)
+                if not found:
+                    continue
+                for sub in list(subs):
+                    queue = sub.queue
+                    room = sub.limit - len(queue)
+                    if len(found) > room:
+                        queue.extend(found[:room])
+                        sub.overflowed = True
+                        self.unsubscribe(sub)
+                    else:
+                        queue.extend(found)
                     sub.wakeup.set()
 
+    def _drop_waiter(self, key: Hashable, waiter: Waiter) -> None:
+        group = self._waiters.get(key)
+        if group is not None and waiter in group[1]:
+            group[1].discard(waiter)
+            self._waiting -= 1
+            if not group[1]:
+                del self._waiters[key]
+
     async def wait(
-        self, predicate: Predicate, count: int, existing: list[Entry], timeout: float
+        self,
+        predicate: Predicate,
+        count: int,
+        existing: list[Entry],
+        timeout: float,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
     ) -> tuple[bool, list[Entry]]:
-        """(satisfied, events): `existing` already matched; new entries are added as they come."""
+        """(satisfied, events): `existing` already matched; new entries are added as they
+        come. The waiter leaves early when `disconnected()` (the client went) completes.
+        Raises Full when `limit` waiters and subscribers are registered."""
         if len(existing) >= count:
-            return True, existing
+            return True, existing[-self.keep :]
         if self.closed:
             raise ShuttingDown
+        if self.full:
+            raise Full(self.full_message())
         self._hook_exit_signals()
         self._listen()
-        waiter = Waiter(predicate, count, existing)
-        self._waiters.add(waiter)
+        waiter = Waiter(count, existing, self.keep)
+        key = self._key(predicate)
+        group = self._waiters.get(key)
+        if group is None:
+            group = self._waiters[key] = (predicate, set())
+        group[1].add(waiter)
+        self._waiting += 1
+        gone: asyncio.Future[object] | None = None
         try:
-            done = await asyncio.wait_for(asyncio.shield(waiter.future), timeout)
-        except TimeoutError:
-            done = False
+            if disconnected is None:
+                try:
+                    done = await asyncio.wait_for(
+                        asyncio.shield(waiter.future), timeout
+                    )
+                except TimeoutError:
+                    done = False
+            else:
+                gone = asyncio.ensure_future(disconnected())
+                await asyncio.wait(
+                    (waiter.future, gone),
+                    timeout=timeout,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                done = waiter.future.done() and waiter.future.result()
         finally:
-            self._waiters.discard(waiter)
+            self._drop_waiter(key, waiter)
+            if gone is not None and not gone.done():
+                gone.cancel()
         if not done and self.closed:
             raise ShuttingDown
         return done, waiter.events
 
-    def subscribe(self, predicate: Predicate, limit: int = QUEUE_LIMIT) -> Subscriber:
+    def subscribe(
+        self, predicate: Predicate, limit: int = QUEUE_LIMIT, *, force: bool = False
+    ) -> Subscriber:
+        """A new subscriber; Full when `limit` waiters and subscribers are registered
+        (unless `force`: the stream endpoint checks `full` before it answers)."""
+        if self.full and not force and not self.closed:
+            raise Full(self.full_message())
         self._hook_exit_signals()
         self._listen()
         sub = Subscriber(predicate, limit)
         if self.closed:
             sub.closed = True
         else:
-            self._subscribers.add(sub)
+            sub.key = key = self._key(predicate)
+            group = self._subscribers.get(key)
+            if group is None:
+                group = self._subscribers[key] = (predicate, set())
+            group[1].add(sub)
+            self._streaming += 1
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
-        self._subscribers.discard(sub)
+        group = self._subscribers.get(sub.key)
+        if group is not None and sub in group[1]:
+            group[1].discard(sub)
+            self._streaming -= 1
+            if not group[1]:
+                del self._subscribers[sub.key]
 
     @property
     def counts(self) -> tuple[int, int]:
         """(waiters, stream subscribers) now registered."""
-        return len(self._waiters), len(self._subscribers)
+        return self._waiting, self._streaming
 
     def close(self) -> None:
         """End every stream and release every waiter; the server is stopping."""
@@ -136,14 +293,18 @@ class Hub:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
-        for waiter in self._waiters:
-            if not waiter.future.done():
-                waiter.future.set_result(False)
+        for _, waiters in self._waiters.values():
+            for waiter in waiters:
+                if not waiter.future.done():
+                    waiter.future.set_result(False)
         self._waiters.clear()
-        for sub in self._subscribers:
-            sub.closed = True
-            sub.wakeup.set()
+        self._waiting = 0
+        for _, subs in self._subscribers.values():
+            for sub in subs:
+                sub.closed = True
+                sub.wakeup.set()
         self._subscribers.clear()
+        self._streaming = 0
 
     def _hook_exit_signals(self) -> None:
         """Close streams and release waiters as soon as SIGTERM/SIGINT arrive.

@@ -42,7 +42,7 @@ async def events(
     quietly when the hub closes.
     """
     # Subscribing and reading the backlog happen in one loop step: no gap, no repeat.
-    sub = hub.subscribe(filters, limit)
+    sub = hub.subscribe(filters, limit, force=True)
     backlog = filters.scan(ring) if filters.after is not None else []
     last_sent = filters.after
     try:
@@ -98,5 +98,8 @@ def _resume_from(request: Request, filters: Filters) -> Filters:
 async def stream(request: Request) -> Response:
     service: Service = request.app.service
     filters = _resume_from(request, parse_filters(request.query_params))
+    if service.hub.full:
+        hub = service.hub
+        raise ApiError(503, hub.full_message(), {"Retry-After": "1"})
     body = events(service.hub, service.ring, filters)
     return StreamingResponse(body, media_type="text/event-stream", headers=HEADERS)

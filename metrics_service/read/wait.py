@@ -7,16 +7,19 @@ import math
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive
 
 from metrics_service.http.errors import ApiError
 from metrics_service.http.responses import JSONResponse
 from metrics_service.read.filters import invalid, parse_filters
-from metrics_service.read.hub import ShuttingDown
+from metrics_service.read.hub import Full, ShuttingDown
 
 MAX_TIMEOUT = 60.0
 
 
-def _int_param(request: Request, name: str, default: int, minimum: int) -> int:
+def _int_param(
+    request: Request, name: str, default: int, minimum: int, maximum: int
+) -> int:
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -26,6 +29,12 @@ def _int_param(request: Request, name: str, default: int, minimum: int) -> int:
         raise invalid(name, f"expected an integer, got {raw!r}") from None
     if value < minimum:
         raise invalid(name, f"must be at least {minimum}")
+    if value > maximum:
+        raise invalid(
+            name,
+            f"must be at most {maximum:,}, the ring's capacity"
+            " (METRICS_RING_CAPACITY): no more events can ever be in the ring at once",
+        )
     return value
 
 
@@ -42,17 +51,33 @@ def _timeout_param(request: Request) -> float:
     return value
 
 
+async def disconnected(receive: Receive) -> None:
+    """Returns once the client has gone (a GET's body, if any, is read and dropped)."""
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # a body that never finished (408): gone too
+        return
+
+
 async def wait(request: Request) -> Response:
     service = request.app.service
     filters = parse_filters(request.query_params, extra={"count", "timeout"})
-    count = _int_param(request, "count", 1, 1)
+    count = _int_param(request, "count", 1, 1, service.ring.capacity)
     timeout = _timeout_param(request)
+    hub = service.hub
+    if hub.full:
+        raise ApiError(503, hub.full_message(), {"Retry-After": "1"})
     # Scanning and registering happen in one loop step, so no entry falls between.
     existing = filters.scan(service.ring)
     try:
-        done, events = await service.hub.wait(filters, count, existing, timeout)
+        done, events = await hub.wait(
+            filters, count, existing, timeout, lambda: disconnected(request.receive)
+        )
     except ShuttingDown:
         raise ApiError(503, "the service is shutting down") from None
+    except Full as exc:
+        raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
     body = {
         "matched": len(events),
         "events": [orjson.Fragment(entry.line) for entry in events],

@@ -1,0 +1,150 @@
+"""The hub: waiters and stream subscribers, what a write costs them, and their cap."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from metrics_service.read import hub as hub_module
+from metrics_service.read.filters import Filters
+from metrics_service.read.hub import Full, Hub
+from metrics_service.store.chunk import Entry
+
+
+class FakeWriter:
+    def __init__(self, last_seq: int = 0) -> None:
+        self.listeners: list[Any] = []
+        self.last_seq = last_seq
+
+    def subscribe(self, listener: Any) -> Any:
+        self.listeners.append(listener)
+        return lambda: self.listeners.remove(listener)
+
+    def write(self, entries: list[Entry]) -> None:
+        for listener in self.listeners:
+            listener(entries)
+
+
+def batch(first: int, n: int) -> list[Entry]:
+    return [
+        Entry(seq, 0.0, "x", "visitor-1", None, b'{"metadata":{"k":"v"}}')
+        for seq in range(first, first + n)
+    ]
+
+
+def costs_of_one_write(
+    monkeypatch: pytest.MonkeyPatch, waiters: int, filters: list[Filters]
+) -> tuple[int, int]:
+    """(metadata decodes, Filters evaluations) of one 100-event write with `waiters`
+    parked waiters, the i-th asking filters[i % len(filters)]."""
+    decodes = evaluations = 0
+    decode = hub_module.decode_metadata
+    call = Filters.__call__
+
+    def counted_decode(line: bytes) -> Any:
+        nonlocal decodes
+        decodes += 1
+        return decode(line)
+
+    def counted_call(self: Filters, entry: Entry) -> bool:
+        nonlocal evaluations
+        evaluations += 1
+        return call(self, entry)
+
+    async def run() -> None:
+        writer = FakeWriter(last_seq=50)
+        hub = Hub(writer, limit=10_000)  # type: ignore[arg-type]
+        tasks = [
+            asyncio.ensure_future(hub.wait(filters[i % len(filters)], 1, [], 30))
+            for i in range(waiters)
+        ]
+        await asyncio.sleep(0)
+        assert hub.counts == (waiters, 0)
+        hub.subscribe(filters[0])  # keeps the hub listening with no waiter
+        with monkeypatch.context() as patch:
+            patch.setattr(hub_module, "decode_metadata", counted_decode)
+            patch.setattr(Filters, "__call__", counted_call)
+            writer.write(batch(51, 100))
+        assert hub.counts == (waiters, 1)  # nothing matched
+        hub.close()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(run())
+    return decodes, evaluations
+
+
+def test_a_write_decodes_each_event_once_however_many_waiters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    nomatch = Filters(meta=((("k",), "nomatch"),))
+    alone = costs_of_one_write(monkeypatch, 0, [nomatch])
+    assert alone == (100, 100)
+    assert costs_of_one_write(monkeypatch, 1000, [nomatch]) == alone
+    # Marks already behind the last seq ask the same question as no mark.
+    marks = [Filters(after=mark, meta=nomatch.meta) for mark in range(0, 50)]
+    assert costs_of_one_write(monkeypatch, 1000, marks) == alone
+    # Different questions each evaluate, but still decode an event at most once.
+    visitors = [
+        Filters(visitor_id=f"visitor-{i % 2}", meta=nomatch.meta) for i in range(2)
+    ]
+    decodes, evaluations = costs_of_one_write(monkeypatch, 1000, visitors)
+    assert decodes == 100
+    assert evaluations == 200
+
+
+def test_a_waiter_keeps_only_the_newest_the_ring_could_hold() -> None:
+    async def run() -> tuple[bool, list[Entry]]:
+        writer = FakeWriter()
+        hub = Hub(writer, keep=100)  # type: ignore[arg-type]
+        pending = asyncio.ensure_future(hub.wait(Filters(), 100, batch(1, 10), 30))
+        await asyncio.sleep(0)
+        writer.write(batch(11, 1000))
+        return await pending
+
+    done, events = asyncio.run(run())
+    assert done
+    assert [e.seq for e in events] == list(range(911, 1011))
+
+
+def test_waiters_and_subscribers_beyond_the_limit_are_refused() -> None:
+    async def run() -> None:
+        hub = Hub(FakeWriter(), limit=2)  # type: ignore[arg-type]
+        first = asyncio.ensure_future(hub.wait(Filters(), 1, [], 30))
+        await asyncio.sleep(0)
+        sub = hub.subscribe(Filters())
+        assert hub.full
+        with pytest.raises(Full, match="METRICS_MAX_WAITERS"):
+            await hub.wait(Filters(), 1, [], 30)
+        with pytest.raises(Full):
+            hub.subscribe(Filters())
+        hub.unsubscribe(sub)
+        assert not hub.full
+        hub.close()
+        await asyncio.gather(first, return_exceptions=True)
+
+    asyncio.run(run())
+
+
+def test_a_waiter_leaves_as_soon_as_its_client_has_gone() -> None:
+    async def run() -> tuple[bool, float]:
+        hub = Hub(FakeWriter())  # type: ignore[arg-type]
+        gone = asyncio.Event()
+
+        async def disconnected() -> None:
+            await gone.wait()
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        pending = asyncio.ensure_future(hub.wait(Filters(), 1, [], 30, disconnected))
+        await asyncio.sleep(0.01)
+        assert hub.counts == (1, 0)
+        gone.set()
+        done, _ = await asyncio.wait_for(pending, 5)
+        assert hub.counts == (0, 0)
+        return done, loop.time() - started
+
+    done, took = asyncio.run(run())
+    assert not done
+    assert took < 5
