@@ -4,7 +4,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
+from conftest import EVENT_URL, HEALTH_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
@@ -92,3 +92,18 @@ def test_seq_continues_after_a_torn_tail(config: Config) -> None:
         r = c.post(EVENT_URL, json=event())
         assert r.status_code == 202
         assert r.json()["seq"] == 3
+
+
+def test_a_503_names_the_cause_once_without_errno(tmp_path: Path) -> None:
+    full = Path("/dev/full")
+    if not full.exists():
+        pytest.skip("no /dev/full")
+    with TestClient(create_app(Config(jsonl=full))) as client:
+        response = client.post(EVENT_URL, json=event())
+        health = client.get(HEALTH_URL)
+    assert response.status_code == 503
+    assert (
+        response.json()["detail"] == "cannot write /dev/full: No space left on device"
+    )
+    assert health.status_code == 503
+    assert health.json()["error"] == "cannot write /dev/full: No space left on device"

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 
 import orjson
+import pytest
 
 from metrics_service.store.chunk import Entry
 from metrics_service.store.line import Group
 from metrics_service.store.ring import Ring
-from metrics_service.store.sink import Sink
+from metrics_service.store.sink import Sink, SinkError
 from metrics_service.store.writer import Outcome, Writer
 
 
@@ -186,3 +188,47 @@ def test_the_one_event_stored_follows_a_group_of_duplicates(tmp_path: Path) -> N
         (1, "a", "visitor-1", "id-1"),
         (2, "c", "visitor-3", "id-3"),
     ]
+
+
+def test_a_failed_fsync_stores_nothing_and_burns_no_seq(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ring = Ring(100)
+    sink = Sink(tmp_path / "events.jsonl")
+    heard: list[list[Entry]] = []
+    fail = [True]
+
+    def fsync() -> None:
+        if fail[0]:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sink, "fsync", fsync)
+
+    async def run() -> tuple[BaseException | None, Outcome, int]:
+        writer = Writer(ring, sink, fsync="always", dedupe_window=100)
+        writer.subscribe(heard.append)
+        try:
+            await writer.enqueue(
+                group(("a", "visitor-1", None), ("b", "visitor-1", "id-1"))
+            )
+        except SinkError as exc:
+            failed: BaseException | None = exc
+        else:
+            failed = None
+        last_seq_after_failure = writer.last_seq
+        fail[0] = False
+        outcome = await writer.enqueue(group(("a", "visitor-1", "id-1")))
+        await writer.close()
+        return failed, outcome, last_seq_after_failure
+
+    failed, outcome, last_seq = asyncio.run(run())
+    assert isinstance(failed, SinkError)
+    assert last_seq == 0
+    # The retry is stored once, with the seq the failed write did not use up, and
+    # its event_id was not remembered by the failed write.
+    assert outcome == Outcome(1, 0, 1, 1)
+    lines = (tmp_path / "events.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["seq"] for line in lines] == [1]
+    assert [entry.seq for entry in ring.newest(10)] == [1]
+    assert [[entry.seq for entry in entries] for entries in heard] == [[1]]
+    assert "fsync failed" in str(failed) and "[Errno" not in str(failed)

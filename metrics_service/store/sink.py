@@ -13,7 +13,11 @@ logger = logging.getLogger("metrics_service")
 
 
 class SinkError(OSError):
-    """The sink could not take a write; the message names the cause."""
+    """The sink could not take a write; the message names the cause (and is its str:
+    the errno is in `errno`, not repeated in the text)."""
+
+    def __str__(self) -> str:
+        return self.strerror if isinstance(self.strerror, str) else super().__str__()
 
 
 class Sink:
@@ -65,8 +69,10 @@ class Sink:
         if fd is not None:
             _close(fd, sync=self._regular)
 
-    def write(self, data: bytes) -> None:
-        """Append `data` (whole lines) or raise SinkError leaving the file as it was."""
+    def write(self, data: bytes) -> int:
+        """Append `data` (whole lines) or raise SinkError leaving the file as it was.
+
+        Returns the file's size before the write, for `cut_back`."""
         try:
             self._prepare(len(data))
         except OSError as exc:
@@ -89,6 +95,23 @@ class Sink:
             self.close()
             raise SinkError(exc.errno, _describe(exc, self.path)) from exc
         self._size = before + written
+        return before
+
+    def cut_back(self, size: int) -> None:
+        """Truncate the file back to `size`: a write that must not count (its fsync
+        failed). On failure the sink is closed, to be reopened by the next write."""
+        with self._fd_lock:
+            fd = self._fd
+            if fd is None or not self._regular:
+                return
+            try:
+                os.ftruncate(fd, size)
+            except OSError as exc:
+                logger.error(
+                    "could not cut %s back to %d bytes: %s", self.path, size, exc
+                )
+                return
+            self._size = size
 
     def _prepare(self, incoming: int) -> None:
         """Make sure the descriptor is the file at `path` now, rotating if it is full."""

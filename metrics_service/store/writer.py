@@ -145,45 +145,66 @@ class Writer:
             )
         if lines:
             try:
-                self.sink.write(b"\n".join(lines) + b"\n")
+                before = self.sink.write(b"\n".join(lines) + b"\n")
             except SinkError as exc:
                 # Nothing reached the file: seqs are not burned, the ring is untouched,
                 # and the ids may come again.
-                self.dedupe.give_back(taken)
-                del taken[:]
-                self.write_errors += 1
-                self.error = str(exc)
-                for _, future in pending:
-                    if not future.done():
-                        future.set_exception(SinkError(exc.errno, str(exc)))
-                self._after_flush()
+                self._fail(pending, taken, exc.errno, str(exc))
                 return
-            self.error = None
-            first = self.last_seq + 1
-            self.last_seq = seq
-            self.accepted += len(lines)
-            if taken:
-                self.dedupe.slide(list(taken))
-                del taken[:]  # stored: not to be taken back
-            entries = self._entries(groups, first, lines)
-            self.ring.extend(entries, written=True, passed=len(lines) - len(entries))
-            for listener in list(self._listeners):
-                try:
-                    listener(entries)
-                except Exception:
-                    # The lines are stored; a broken subscriber must not hang the writers.
-                    logger.exception("a collector listener failed")
+            if self.fsync_policy == "always":
+                # Published (ring, listeners, seq) only once the fsync succeeded: a 503
+                # then means nothing was stored. No other flush runs meanwhile.
+                self._busy = True
+                self._fsync_task = asyncio.ensure_future(
+                    self._fsync_then_publish(
+                        pending, outcomes, groups, lines, seq, list(taken), before
+                    )
+                )
+                del taken[:]
+                return
+            self._publish(groups, lines, seq, taken)
         self.duplicates += sum(o.duplicates for o in outcomes)
-        if lines and self.fsync_policy == "always":
-            self._busy = True
-            self._fsync_task = asyncio.ensure_future(
-                self._fsync_then_answer(pending, outcomes)
-            )
-            return
         if lines and self.fsync_policy == "interval":
             self._arm_fsync_timer()
         _answer(pending, outcomes)
         self._after_flush()
+
+    def _fail(
+        self,
+        pending: list[tuple[Group, asyncio.Future[Outcome]]],
+        taken: list[str],
+        errno: int | None,
+        message: str,
+    ) -> None:
+        """Answer every request of the flush with SinkError; nothing was stored."""
+        self.dedupe.give_back(taken)
+        del taken[:]
+        self.write_errors += 1
+        self.error = message
+        for _, future in pending:
+            if not future.done():
+                future.set_exception(SinkError(errno, message))
+        self._after_flush()
+
+    def _publish(
+        self, groups: list[Group], lines: list[bytes], seq: int, taken: list[str]
+    ) -> None:
+        """The written lines become stored: seqs used, ids remembered, ring, listeners."""
+        self.error = None
+        first = self.last_seq + 1
+        self.last_seq = seq
+        self.accepted += len(lines)
+        if taken:
+            self.dedupe.slide(list(taken))
+            del taken[:]  # stored: not to be taken back
+        entries = self._entries(groups, first, lines)
+        self.ring.extend(entries, written=True, passed=len(lines) - len(entries))
+        for listener in list(self._listeners):
+            try:
+                listener(entries)
+            except Exception:
+                # The lines are stored; a broken subscriber must not hang the writers.
+                logger.exception("a collector listener failed")
 
     def _entries(
         self, groups: list[Group], first: int, lines: list[bytes]
@@ -222,20 +243,35 @@ class Writer:
             columns = tuple(column[skip:] for column in columns)
         return _native.rows(Entry, first + skip, columns)
 
-    async def _fsync_then_answer(
+    async def _fsync_then_publish(
         self,
         pending: list[tuple[Group, asyncio.Future[Outcome]]],
         outcomes: list[Outcome],
+        groups: list[Group],
+        lines: list[bytes],
+        seq: int,
+        taken: list[str],
+        before: int,
     ) -> None:
         try:
-            await asyncio.to_thread(self._timed_fsync)
-        except OSError as exc:
-            self.error = f"fsync failed on {self.sink.path}: {exc.strerror or exc}"
+            try:
+                await asyncio.to_thread(self._timed_fsync)
+            except OSError as exc:
+                # Cut the group back out of the file: it was never acknowledged.
+                self.sink.cut_back(before)
+                message = f"fsync failed on {self.sink.path}: {exc.strerror or exc}"
+                self._busy = False
+                self._fail(pending, taken, exc.errno, message)
+                return
+            self._publish(groups, lines, seq, taken)
+            self.duplicates += sum(o.duplicates for o in outcomes)
+            _answer(pending, outcomes)
+        except Exception as exc:
+            logger.exception("storing events failed")
+            self.dedupe.give_back(taken)
             for _, future in pending:
                 if not future.done():
-                    future.set_exception(SinkError(exc.errno, self.error))
-        else:
-            _answer(pending, outcomes)
+                    future.set_exception(exc)
         finally:
             self._busy = False
             self._after_flush()
