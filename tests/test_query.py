@@ -376,13 +376,27 @@ def test_timeseries_default_interval_and_empty_ring(client: TestClient) -> None:
     assert response.json() == {"interval": "1m", "buckets": []}
 
 
-def test_timeseries_refuses_too_many_buckets(client: TestClient) -> None:
-    for stamp in ("2020-01-01T00:00:00Z", "2026-01-01T00:00:00Z"):
+def test_timeseries_clips_to_the_newest_buckets_and_counts_the_rest(
+    client: TestClient,
+) -> None:
+    stamps = ("1970-01-01T00:00:00Z", "2026-01-01T00:00:00Z", "2026-01-01T00:00:02Z")
+    for stamp in stamps:
         client.post("/api/metrics/event", json=event("x", timestamp=stamp))
     response = client.get(SERIES, params={"interval": "1s"})
-    assert response.status_code == 422
-    assert "10000" in response.json()["detail"][0]["msg"]
-    assert client.get(SERIES, params={"interval": "1d"}).status_code == 200
+    assert response.status_code == 200
+    answer = response.json()
+    assert answer["clipped"] == 1  # the event with the bad clock
+    buckets = answer["buckets"]
+    assert len(buckets) == 10_000
+    assert buckets[-1] == {
+        "start": "2026-01-01T00:00:02Z",
+        "total": 1,
+        "by_event": {"x": 1},
+    }
+    assert sum(bucket["total"] for bucket in buckets) == 2
+    daily = client.get(SERIES, params={"interval": "1d"}).json()
+    assert daily["clipped"] == 1 and len(daily["buckets"]) == 10_000
+    assert "clipped" not in client.get(SERIES, params={"since": "2000-01-01"}).json()
 
 
 def test_closing_the_hub_releases_pending_waiters() -> None:

@@ -42,13 +42,17 @@ async def timeseries(request: Request) -> Response:
         per_event = counts.setdefault(math.floor(entry.ts / width), {})
         per_event[entry.event] = per_event.get(entry.event, 0) + 1
     buckets: list[dict[str, Any]] = []
+    clipped = 0
     if counts:
         first, last = min(counts), max(counts)
         if last - first + 1 > MAX_BUCKETS:
-            raise invalid(
-                "interval",
-                f"{last - first + 1} buckets of {interval} between the oldest and newest"
-                f" event, more than {MAX_BUCKETS}; use a larger interval or since/until",
+            # One event with a wrong clock (1970) must not break the answer: the newest
+            # MAX_BUCKETS buckets are shown, and the events before them counted.
+            first = last - MAX_BUCKETS + 1
+            clipped = sum(
+                sum(per_event.values())
+                for index, per_event in counts.items()
+                if index < first
             )
         for index in range(first, last + 1):
             per_event = counts.get(index, {})
@@ -59,4 +63,7 @@ async def timeseries(request: Request) -> Response:
                     "by_event": dict(sorted(per_event.items())),
                 }
             )
-    return JSONResponse({"interval": interval, "buckets": buckets})
+    body: dict[str, Any] = {"interval": interval, "buckets": buckets}
+    if clipped:
+        body["clipped"] = clipped
+    return JSONResponse(body)
