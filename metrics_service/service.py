@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from importlib.metadata import PackageNotFoundError, version
 
 import orjson
@@ -17,6 +18,10 @@ from metrics_service.store.sink import Sink
 from metrics_service.store.writer import Writer
 
 logger = logging.getLogger("metrics_service")
+
+# A seq beyond this at start-up can only be a corrupt line (no sink holds 2**53
+# events); JSON readers that use doubles (jq, JavaScript) would not read it exactly.
+SEQ_LIMIT = 2**53
 
 try:
     VERSION = version("metrics-service")
@@ -51,15 +56,28 @@ class Service:
     def start(self) -> None:
         """Repair a torn tail, open the sink, and replay the newest events into the ring."""
         config = self.config
-        tail.repair_torn_tail(config.jsonl)
+        started = time.perf_counter()
+        torn = tail.repair_torn_tail(config.jsonl)
         self.sink.open()
-        found = replay.load(config.jsonl, config.ring_capacity if config.replay else 0)
+        count = config.ring_capacity if config.replay else 0
+        found = replay.load(config.jsonl, count)
+        self._report_replay(found, count, torn, time.perf_counter() - started)
         # A lifespan run again on the same app (as ASGI test clients do) starts
         # over from the file, the one source of truth.
         self.ring.clear()
         self.ring.load(found.parts)
         self.hub = Hub(self.writer, limit=config.max_waiters)
         self.writer.last_seq = found.last_seq
+        self.writer.blocked = None
+        if found.last_seq > SEQ_LIMIT:
+            where = replay.find_seq(config.jsonl, found.last_seq)
+            reason = (
+                f"{where} holds seq {found.last_seq}, beyond {SEQ_LIMIT} (2**53): a"
+                " corrupt or hand-edited line; no event is stored until it is removed"
+                " and the service restarted"
+            )
+            logger.error("%s", reason)
+            self.writer.block(reason)
         try:
             self.writer.loop = asyncio.get_running_loop()
         except RuntimeError:  # started outside a loop: the writer looks it up
@@ -73,6 +91,30 @@ class Service:
         self.ring.compact()
         self.writer.dedupe.remember(ids)
         self.rotator.resume()
+
+    def _report_replay(
+        self, found: replay.Loaded, count: int, torn: int, seconds: float
+    ) -> None:
+        """One line: what start-up read back, from where, in how long, what it skipped."""
+        config = self.config
+        events = sum(len(part.seqs) for part in found.parts)
+        files = [str(config.jsonl)] + [str(s) for s in found.segments]
+        skipped = []
+        if torn:
+            skipped.append(f"a torn last line of {torn} bytes (moved to .torn)")
+        if found.skipped:
+            where = replay.skipped_lines(config.jsonl, max(count, 1))
+            shown = f" (newest: {'; '.join(where)})" if where else ""
+            skipped.append(f"{found.skipped} unreadable lines{shown}")
+        logger.log(
+            logging.WARNING if found.skipped or torn else logging.INFO,
+            "replayed %d events from %s in %.2f s, last seq %d; skipped %s",
+            events,
+            ", ".join(files),
+            seconds,
+            found.last_seq,
+            ", ".join(skipped) or "nothing",
+        )
 
     async def stop(self) -> None:
         self.hub.close()

@@ -606,3 +606,68 @@ def test_blocks_are_whole_lines_that_rebuild_the_file(
     assert all(block.endswith(b"\n") for block in blocks)
     assert all(len(block) < chunk + 302 for block in blocks)  # 302: longest line
     assert b"".join(reversed(blocks)) == data[: data.rindex(b"\n") + 1]
+
+
+def test_a_corrupt_huge_seq_refuses_events_with_503_and_health_says_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    sink.write_bytes(stored(1) + stored(9223372036854775806) + stored(2))
+    app = create_app(Config(jsonl=sink))
+    with caplog.at_level(logging.ERROR, "metrics_service"), TestClient(app) as client:
+        single = client.post(EVENT_URL, json=event())
+        batch = client.post("/api/metrics/events", json=[event(), event()])
+        health = client.get("/api/metrics/behavior/health")
+        snapshot = client.get(SNAPSHOT_URL)
+    assert (single.status_code, batch.status_code) == (503, 503)
+    detail = single.json()["detail"]
+    assert f"{sink}:{len(stored(1))} holds seq 9223372036854775806" in detail
+    assert health.status_code == 503 and health.json()["error"] == detail
+    assert snapshot.status_code == 200 and snapshot.json()["total"] == 3
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        detail
+    ]
+    assert sink.read_bytes().count(b"\n") == 3
+
+
+def test_start_up_logs_what_it_replayed_and_where_it_skipped_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    bad = [
+        b"{broken\n",
+        b"[1,2]\n",
+        b'"text"\n',
+        b'{"seq":3,"x":1e400}\n',
+        b'{"seq":4,"event":"\\ud800"}\n',
+        b'{"seq":7}\n',
+    ]
+    data = stored(1) + b"".join(bad) + stored(8) + b'{"seq":9,"torn'
+    sink.write_bytes(data)
+    app = create_app(Config(jsonl=sink))
+    with caplog.at_level(logging.INFO, "metrics_service"), TestClient(app) as client:
+        assert client.get(SNAPSHOT_URL).json()["total"] == 2
+    [line] = [r.getMessage() for r in caplog.records if "replayed" in r.getMessage()]
+    assert line.startswith(f"replayed 2 events from {sink} in ")
+    assert "last seq 8" in line
+    assert "a torn last line of 14 bytes" in line
+    assert "6 unreadable lines" in line
+    offset = len(stored(1)) + sum(map(len, bad[:5]))
+    assert f"{sink}:{offset}: no event string" in line  # {"seq":7}, the newest
+    offset -= len(bad[4])
+    assert f"{sink}:{offset}: not JSON (" in line  # the lone surrogate
+    offset -= len(bad[3])
+    assert f"{sink}:{offset}: not JSON (" in line  # 1e400
+
+
+def test_a_sink_with_crlf_line_endings_serves_lines_without_cr(
+    tmp_path: Path,
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    sink.write_bytes(b"".join(stored(seq).replace(b"\n", b"\r\n") for seq in (1, 2)))
+    with TestClient(create_app(Config(jsonl=sink))) as client:
+        response = client.get(SNAPSHOT_URL)
+        assert client.post(EVENT_URL, json=event()).json()["seq"] == 3
+    assert response.status_code == 200
+    assert b"\\r" not in response.content and b"\r" not in response.content
+    assert [e["seq"] for e in response.json()["last_events"]] == [2, 1]

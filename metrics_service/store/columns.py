@@ -43,6 +43,33 @@ def parse_entry(line: bytes) -> tuple[int | None, Entry | None]:
     return seq, Entry(seq, ts, event, visitor_id, event_id, line)
 
 
+def why_skipped(line: bytes) -> str | None:
+    """Why replay skips `line` (parse_entry's judgement in words); None if it does not."""
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    if not line.strip():
+        return None
+    try:
+        obj = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON ({exc.msg})"
+    if not isinstance(obj, dict):
+        return f"a JSON {type(obj).__name__}, not an object"
+    seq = obj.get("seq")
+    if not isinstance(seq, int) or isinstance(seq, bool):
+        return "no integer seq"
+    if not -(2**63) <= seq < 2**63:
+        return "seq beyond 64 bits"
+    for key in ("event", "visitor_id"):
+        if not isinstance(obj.get(key), str):
+            return f"no {key} string"
+    try:
+        _timestamp(obj.get("timestamp"))
+    except (TypeError, ValueError):
+        return "no ISO-8601 timestamp"
+    return None
+
+
 def _timestamp(raw: object) -> float:
     if not isinstance(raw, str):
         raise TypeError("timestamp")
@@ -56,6 +83,8 @@ def scan(
     found: list[Entry] = []
     skipped = 0
     for line in lines:
+        if line.endswith(b"\r"):  # a sink edited with CRLF line endings
+            line = line[:-1]
         if not line.strip():
             continue
         seq, entry = parse_entry(line)

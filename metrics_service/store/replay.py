@@ -17,7 +17,9 @@ from metrics_service.store.columns import (
     add_entry,
     empty,
     extend_columns,
+    parse_entry,
     scan,
+    why_skipped,
 )
 
 logger = logging.getLogger("metrics_service")
@@ -46,6 +48,7 @@ class Loaded(NamedTuple):
     parts: list[Columns | Packed]  # oldest first, at most the requested count in all
     last_seq: int  # the highest seq seen, 0 when there is none
     skipped: int  # lines that did not parse as stored events
+    segments: list[Path] = []  # rotated segments read, newest first
 
 
 def load(path: Path, count: int) -> Loaded:
@@ -56,7 +59,7 @@ def load(path: Path, count: int) -> Loaded:
     """
     if count <= 0:
         found = replay(path, count)
-        return Loaded([], found.last_seq, found.skipped)
+        return Loaded([], found.last_seq, found.skipped, [])
     if _native.c is None:
         logger.warning(
             "replay runs without its C extension (built without a C compiler, or"
@@ -81,8 +84,11 @@ def load(path: Path, count: int) -> Loaded:
             (line for more in blocks for line in reversed(more[:-1].split(b"\n"))),
         )
         break
+    segments: list[Path] = []
     older, last_seq, lost = scan(
-        itertools.chain(rest, tail.older_lines(path, count)), count - have, last_seq
+        itertools.chain(rest, tail.older_lines(path, count, segments)),
+        count - have,
+        last_seq,
     )
     skipped += lost
     oldest = empty()
@@ -97,7 +103,46 @@ def load(path: Path, count: int) -> Loaded:
                 merged, _unpacked(part) if isinstance(part, Packed) else part
             )
         parts = [_sorted(merged)]
-    return Loaded(parts, last_seq, skipped)
+    return Loaded(parts, last_seq, skipped, segments)
+
+
+def skipped_lines(path: Path, count: int, limit: int = 3) -> list[str]:
+    """Where and why replay skipped lines of the sink: `file:offset: reason` for the
+    newest `limit`, looking no further back than replay read (`count` good lines)."""
+    found: list[str] = []
+    good = 0
+    if not tail.is_regular(path):
+        return found
+    try:
+        for offset, block in tail.reverse_blocks_at(path):
+            lines = block[:-1].split(b"\n")
+            starts = list(itertools.accumulate((len(x) + 1 for x in lines), initial=0))
+            for line, start in zip(reversed(lines), reversed(starts[:-1]), strict=True):
+                reason = why_skipped(line)
+                if reason is None:
+                    good += parse_entry(line.removesuffix(b"\r"))[1] is not None
+                    if good >= count:
+                        return found
+                    continue
+                found.append(f"{path}:{offset + start}: {reason}")
+                if len(found) >= limit:
+                    return found
+    except OSError as exc:
+        found.append(f"{path}: could not be read again ({exc})")
+    return found
+
+
+def find_seq(path: Path, seq: int) -> str:
+    """Where the line holding `seq` is, as `file:offset`, or the sink and its segments."""
+    needle = b'"seq":%d' % seq
+    if tail.is_regular(path):
+        with open(path, "rb") as fh:
+            offset = 0
+            for line in fh:
+                if needle in line:
+                    return f"{path}:{offset}"
+                offset += len(line)
+    return f"{path} or one of its rotated segments"
 
 
 def _in_order(parts: list[Columns | Packed]) -> bool:

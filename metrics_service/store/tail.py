@@ -105,13 +105,20 @@ def newest_lines(path: Path, count: int) -> Iterator[bytes]:
     yield from older_lines(path, count)
 
 
-def older_lines(path: Path, count: int) -> Iterator[bytes]:
-    """The rotated segments' lines, newest first."""
-    yield from _source_lines(path, list(reversed(readable_segments(path))), count)
+def older_lines(
+    path: Path, count: int, seen: list[Path] | None = None
+) -> Iterator[bytes]:
+    """The rotated segments' lines, newest first; each segment read is added to `seen`."""
+    segments = list(reversed(readable_segments(path)))
+    yield from _source_lines(path, segments, count, seen)
 
 
-def _source_lines(path: Path, sources: list[Path], count: int) -> Iterator[bytes]:
+def _source_lines(
+    path: Path, sources: list[Path], count: int, seen: list[Path] | None = None
+) -> Iterator[bytes]:
     for source in sources:
+        if seen is not None:
+            seen.append(source)
         try:
             if source == path:
                 yield from reverse_lines(source)
@@ -123,6 +130,12 @@ def _source_lines(path: Path, sources: list[Path], count: int) -> Iterator[bytes
 
 def reverse_blocks(path: Path) -> Iterator[bytes]:
     """Runs of whole lines (each ending in a newline), newest run first."""
+    for _, block in reverse_blocks_at(path):
+        yield block
+
+
+def reverse_blocks_at(path: Path) -> Iterator[tuple[int, bytes]]:
+    """reverse_blocks() with each block's byte offset in the file."""
     with open(path, "rb") as fh:
         end = pos = _last_newline_end(fh, fh.seek(0, os.SEEK_END))
         while pos > 0:
@@ -134,7 +147,7 @@ def reverse_blocks(path: Path) -> Iterator[bytes]:
             data = fh.read(end - pos)
             cut = data.find(b"\n") + 1 if pos > 0 else 0
             if cut < len(data):
-                yield data[cut:] if cut else data
+                yield pos + cut, data[cut:] if cut else data
                 end = pos + cut
 
 

@@ -33,6 +33,9 @@ WAIT_TURNS = 2
 
 Listener = Callable[[list[Entry]], None]
 
+# The largest seq stored: the ring keeps seqs as 64-bit integers.
+MAX_SEQ = 2**63 - 1
+
 
 class Writer:
     """Gives accepted records their seqs and writes them: file first, then ring, then listeners.
@@ -58,6 +61,9 @@ class Writer:
         self.fsync_interval = fsync_interval
         self.last_seq = 0
         self.error: str | None = None
+        # Set when no event can be stored until a restart (a corrupt seq in the sink):
+        # every write is answered 503 with it and health says it.
+        self.blocked: str | None = None
         self.accepted = 0
         self.write_errors = 0
         self.duplicates = 0
@@ -135,6 +141,8 @@ class Writer:
             first = seq + 1
             stored = len(group.bodies)
             seq += stored
+            if seq > MAX_SEQ or self.blocked is not None:
+                break  # refused below, before a line is made
             if stored:
                 lines += _native.lines(first, group.received, group.heads, group.bodies)
             groups.append(group)
@@ -143,6 +151,10 @@ class Writer:
                 if stored
                 else Outcome(0, duplicates, None, None)
             )
+        if self.blocked is not None or seq > MAX_SEQ:
+            reason = self.blocked or f"seq {seq} would pass {MAX_SEQ}, the largest kept"
+            self._fail(pending, taken, None, reason)
+            return
         if lines:
             try:
                 before = self.sink.write(b"\n".join(lines) + b"\n")
@@ -185,6 +197,10 @@ class Writer:
             if not future.done():
                 future.set_exception(SinkError(errno, message))
         self._after_flush()
+
+    def block(self, reason: str) -> None:
+        """Refuse every write from now on with `reason` (503); health shows it."""
+        self.blocked = self.error = reason
 
     def _publish(
         self, groups: list[Group], lines: list[bytes], seq: int, taken: list[str]
