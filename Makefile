@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml setup.py metrics_service/_native/_speedups.c | $(BIN)/p
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+# `make run PORT=9000` serves on another port (METRICS_PORT=9000 make run does too; a
+# PORT merely present in the environment is ignored). `exec`: the server replaces the
+# recipe's shell; Ctrl-C stops it cleanly with exit code 0, so make reports no error.
 run: $(STAMP)
-	$(BIN)/metrics-service serve
+	exec $(BIN)/metrics-service serve $(if $(filter command line,$(origin PORT)),--port $(PORT))
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

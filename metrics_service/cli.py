@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import textwrap
@@ -237,8 +238,79 @@ def serve(args: argparse.Namespace) -> int:
     # A request leaves a few hundred short-lived objects: at the default gen-0
     # threshold a collection would run every few requests.
     gc.set_threshold(10_000, 10, 10)
-    uvicorn.run("metrics_service.app:create_app", **options)
+    # Ctrl-C (SIGINT) and SIGTERM stop the server gracefully; uvicorn then raises the
+    # signal again, which this handler absorbs, so a stop exits 0 with no traceback
+    # (and `make run` prints no error).
+    signal.signal(signal.SIGTERM, _stopped)
+    try:
+        if args.reload:
+            announce(config.host, config.port)
+            uvicorn.run("metrics_service.app:create_app", **options)
+            started = True
+        else:
+            started = _run(uvicorn.Config("metrics_service.app:create_app", **options))
+    except KeyboardInterrupt:  # Ctrl-C before uvicorn took over the signal
+        started = True
+    if not started:
+        return 3  # as uvicorn.run: the app did not start (its log says why)
+    if args.log_level in VERBOSE:
+        print(f"{PROG}: stopped", flush=True)
     return 0
+
+
+# Log levels at which start-up prints the URLs and a stop says so.
+VERBOSE = ("info", "debug", "trace")
+
+
+def _stopped(signum: int, frame: object) -> None:
+    """SIGTERM once uvicorn has shut down: nothing left to do."""
+
+
+def _run(uvicorn_config: Any) -> bool:
+    """uvicorn.run without reload: the URLs are printed once the socket listens, with
+    its real port (METRICS_PORT=0 picks a free one). True when the app started."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            if self.started and not self.should_exit and self.servers:
+                port = self.servers[0].sockets[0].getsockname()[1]
+                if uvicorn_config.log_level in (None, *VERBOSE):
+                    announce(uvicorn_config.host, port)
+
+    server = Server(uvicorn_config)
+    server.run()
+    return bool(server.started)
+
+
+def urls(host: str, port: int) -> dict[str, str]:
+    """Where to point a browser and a client, for a server bound to host:port."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    base = f"http://{host}:{port}"
+    return {
+        "dashboard": f"{base}/",
+        "ingest": f"{base}/api/metrics/event",
+        "snapshot": f"{base}/api/metrics/behavior",
+        "openapi": f"{base}/openapi.json",
+    }
+
+
+def announce(host: str, port: int) -> None:
+    where = urls(host, port)
+    print(
+        f"{PROG}: serving on {where['dashboard']} (Ctrl-C to stop)\n"
+        f"  dashboard  {where['dashboard']}\n"
+        f"  send       POST {where['ingest']} (batches: POST .../events)\n"
+        f"  snapshot   GET {where['snapshot']}\n"
+        f"  API        {where['openapi']} (OpenAPI 3.1: every endpoint and answer)",
+        flush=True,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
