@@ -361,3 +361,23 @@ def test_columns_reads_slots_directly_and_an_empty_one_still_raises() -> None:
     del heads[1].event_id
     with pytest.raises(AttributeError):
         native.columns(heads, None)
+
+
+@pytest.mark.parametrize("at", [0, 1, 18, 19, 20, 21, 39, 40, 57])
+@pytest.mark.parametrize("run", [18, 19, 20])
+def test_long_digits_finds_a_minus_and_19_digits_wherever_it_starts(
+    at: int, run: int
+) -> None:
+    assert native is not None
+    body = b"x" * at + b"-" + b"7" * run + b"x" * (60 - at)
+    for each in (body, body.rstrip(b"x"), body.lstrip(b"x")):
+        assert native.long_digits(each) is (run >= 19)
+        assert python_long_digits(each) is (run >= 19)
+
+
+@given(st.text("0123456789-x", max_size=90).map(str.encode))
+def test_long_digits_with_minus_signs_answers_as_the_python_path_does(
+    body: bytes,
+) -> None:
+    assert native is not None
+    assert native.long_digits(body) == python_long_digits(body)

@@ -419,7 +419,10 @@ done:
 
 PyDoc_STRVAR(long_digits_doc,
 "long_digits(body) -> bool\n\n"
-"True when `body` has 20 or more ASCII digits in a row.");
+"True when `body` has 20 or more ASCII digits in a row, or a '-' followed by 19:\n"
+"a number that may not fit in 64 bits.");
+
+#define LONG_RUN(c) (DIGIT(c) || (c) == '-')
 
 static PyObject *
 long_digits(PyObject *module, PyObject *arg)
@@ -430,18 +433,30 @@ long_digits(PyObject *module, PyObject *arg)
     }
     const unsigned char *buf = (const unsigned char *)PyBytes_AS_STRING(arg);
     Py_ssize_t len = PyBytes_GET_SIZE(arg);
-    /* A run of 20 holds one of every 20th byte: look at those only, and measure
-     * the run around each digit found there. */
+    /* Both patterns are 20 bytes of digits and '-': a run of those holds one of
+     * every 20th byte. Look at those only; for each found there, measure its whole
+     * run and look for either pattern in it, then go on past the run, so no byte
+     * is read more than twice. */
     for (Py_ssize_t j = 19; j < len; j += 20) {
-        if (!DIGIT(buf[j]))
+        if (!LONG_RUN(buf[j]))
             continue;
         Py_ssize_t lo = j, hi = j;
-        while (lo > 0 && DIGIT(buf[lo - 1]))
+        while (lo > 0 && LONG_RUN(buf[lo - 1]))
             lo--;
-        while (hi - lo < 19 && hi + 1 < len && DIGIT(buf[hi + 1]))
+        while (hi + 1 < len && LONG_RUN(buf[hi + 1]))
             hi++;
-        if (hi - lo >= 19)
-            Py_RETURN_TRUE;
+        if (hi - lo >= 19) {
+            Py_ssize_t digits = 0;
+            for (Py_ssize_t k = lo; k <= hi; k++) {
+                if (!DIGIT(buf[k])) {
+                    digits = 0;
+                    continue;
+                }
+                if (++digits >= 20 || (digits == 19 && k - 19 >= lo && buf[k - 19] == '-'))
+                    Py_RETURN_TRUE;
+            }
+        }
+        j = hi;
     }
     Py_RETURN_FALSE;
 }
