@@ -333,3 +333,33 @@ def test_stream_and_wait_take_the_query_token_as_eventsource_sends_it(
         assert waited.json()["matched"] == 1
         refused = httpx.get(f"{url}/stream", params={"token": INGEST}, timeout=10)
         assert refused.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("authorization", "says"),
+    [
+        (INGEST, "the Authorization header has no scheme"),
+        ("Bearer", "the Authorization header has no token after 'Bearer'"),
+        ("Bearer   ", "the Authorization header has no token after 'Bearer'"),
+        (f"Basic {INGEST}", "the Authorization scheme is not Bearer"),
+        (f"Token {INGEST}", "the Authorization scheme is not Bearer"),
+    ],
+)
+def test_a_malformed_authorization_header_says_what_is_wrong(
+    client: TestClient, authorization: str, says: str
+) -> None:
+    response = client.post(
+        "/api/metrics/event", json=EVENT, headers={"Authorization": authorization}
+    )
+    assert_401(response)
+    detail = response.json()["detail"]
+    assert detail.startswith(says + ": send 'Authorization: Bearer <token>'")
+    assert "a token is required" not in detail
+    assert 'error="invalid_request"' in response.headers["www-authenticate"]
+
+
+def test_a_missing_token_still_says_one_is_required(client: TestClient) -> None:
+    response = client.post("/api/metrics/event", json=EVENT)
+    assert_401(response)
+    assert response.json()["detail"].startswith("a token is required")
+    assert "error=" not in response.headers["www-authenticate"]

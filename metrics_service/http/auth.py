@@ -55,14 +55,24 @@ def unquote_plus(value: bytes) -> bytes:
     return unquote_to_bytes(value.replace(b"+", b" "))
 
 
-def bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+def bearer(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, str | None]:
+    """The token of `Authorization: Bearer <token>` and what is wrong with the header:
+    (token, None), (None, problem), or (None, None) without the header. A problem
+    never quotes the header, which may hold a token."""
     for name, value in headers:
         if name.lower() == b"authorization":
             scheme, _, credentials = value.strip().partition(b" ")
+            credentials = credentials.strip()
             if scheme.lower() == b"bearer":
-                return credentials.strip()
-            return b""
-    return None
+                if credentials:
+                    return credentials, None
+                return None, "the Authorization header has no token after 'Bearer'"
+            if not scheme:
+                return None, "the Authorization header is empty"
+            if not credentials:
+                return None, "the Authorization header has no scheme"
+            return None, "the Authorization scheme is not Bearer"
+    return None, None
 
 
 class Tokens:
@@ -81,24 +91,28 @@ class Tokens:
         expected = self.by_guard[guard]
         if expected is None or scope["method"] == "OPTIONS":
             return
-        presented = bearer(scope["headers"])
-        if presented is None:
+        presented, problem = bearer(scope["headers"])
+        if presented is None and problem is None:
             presented = query_token
         if presented is not None and hmac.compare_digest(presented, expected):
             return
-        raise unauthorized(guard, missing=not presented)
+        if problem is not None:  # a header, but not `Bearer <token>`
+            raise unauthorized(guard, problem, error="invalid_request")
+        if not presented:
+            raise unauthorized(guard, "a token is required")
+        raise unauthorized(guard, "the token is not valid", error="invalid_token")
 
 
-def unauthorized(guard: Guard, *, missing: bool) -> ApiError:
+def unauthorized(guard: Guard, problem: str, *, error: str | None = None) -> ApiError:
+    """401 with RFC 6750's challenge; `error` as it defines, none when no token came."""
     name = "METRICS_INGEST_TOKEN" if guard == "ingest" else "METRICS_READ_TOKEN"
-    problem = "a token is required" if missing else "the token is not valid"
     detail = (
         f"{problem}: send 'Authorization: Bearer <token>' (or ?token=) "
         f"with the value of {name}"
     )
     challenge = 'Bearer realm="metrics_service"'
-    if not missing:
-        challenge += ', error="invalid_token"'
+    if error is not None:
+        challenge += f', error="{error}"'
     return ApiError(401, detail, {"WWW-Authenticate": challenge})
 
 
