@@ -225,6 +225,8 @@ def serve(args: argparse.Namespace) -> int:
         logging.getLogger("metrics_service").warning("%s", warning)
     import uvicorn
 
+    from metrics_service.http.frontdoor import GuardedHttp
+
     options: dict[str, Any] = {
         "host": config.host,
         "port": config.port,
@@ -233,6 +235,9 @@ def serve(args: argparse.Namespace) -> int:
         "access_log": args.access_log,
         "log_level": args.log_level,
         "timeout_graceful_shutdown": 10,
+        # A deadline for request headers and a cap on open connections, which
+        # uvicorn lacks (http/frontdoor.py).
+        "http": GuardedHttp,
     }
     logging.getLogger("metrics_service").setLevel(args.log_level.upper())
     # A request leaves a few hundred short-lived objects: at the default gen-0

@@ -178,3 +178,60 @@ def test_a_lane_serves_posts_to_its_path(tmp_path: Path) -> None:
     sent = run(app, request, [{"type": "http.request", "body": b"y"}])
     assert sent[0]["status"] == 200
     assert sent[1]["body"] == b"y"
+
+
+# --- Origin on ingest paths (hardening 9) --------------------------------------------
+
+
+def cors_client(tmp_path: Path, origins: tuple[str, ...]) -> Any:
+    from starlette.testclient import TestClient
+
+    from metrics_service import create_app
+
+    return TestClient(
+        create_app(Config(jsonl=tmp_path / "m.jsonl", cors_origins=origins))
+    )
+
+
+BEACON = b'{"visitor_id":"visitor-123","event":"page_view"}'
+
+
+@pytest.mark.parametrize("url", ["/api/metrics/event", "/api/metrics/events"])
+def test_an_origin_outside_the_list_cannot_write(tmp_path: Path, url: str) -> None:
+    body = BEACON if url.endswith("event") else b"[" + BEACON + b"]"
+    with cors_client(tmp_path, ("https://good.example",)) as client:
+        r = client.post(
+            url,
+            content=body,
+            headers={"content-type": "text/plain", "origin": "https://evil.example"},
+        )
+        assert r.status_code == 403
+        assert "https://evil.example" in r.json()["detail"]
+        assert "METRICS_CORS_ORIGINS" in r.json()["detail"]
+        assert client.get("/api/metrics/behavior").json()["total"] == 0
+        good = client.post(
+            url,
+            content=body,
+            headers={"content-type": "text/plain", "origin": "https://good.example"},
+        )
+        assert good.status_code == 202
+        assert good.headers["access-control-allow-origin"] == "https://good.example"
+        # No Origin: curl, server libraries.
+        assert client.post(url, content=body).status_code == 202
+        # Reads are not writes: the browser hides their answers already.
+        r = client.get(
+            "/api/metrics/behavior", headers={"origin": "https://evil.example"}
+        )
+        assert r.status_code == 200
+        assert r.json()["total"] == 2
+    assert (tmp_path / "m.jsonl").read_bytes().count(b"\n") == 2
+
+
+def test_a_star_lets_every_origin_write(tmp_path: Path) -> None:
+    with cors_client(tmp_path, ("*",)) as client:
+        r = client.post(
+            "/api/metrics/event",
+            content=BEACON,
+            headers={"content-type": "text/plain", "origin": "https://any.example"},
+        )
+        assert r.status_code == 202
