@@ -207,6 +207,37 @@ def collect(paths: Iterable[Path], stream: IO[str] | None = None) -> Stats:
     return stats
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal: each character that is not printable (ESC, BEL
+    and other controls, bidi overrides, zero-width and line separators) as its
+    Python escape, so a foreign file cannot move the cursor, retitle the window or
+    reverse what follows."""
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
+def json_printable(text: str) -> str:
+    """JSON text with every non-printable character but its newlines as a \\u
+    escape: the same JSON value, safe for a terminal."""
+    if text.replace("\n", "").isprintable():
+        return text
+    return "".join(
+        ch if ch == "\n" or ch.isprintable() else _json_escape(ch) for ch in text
+    )
+
+
+def _json_escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # a surrogate pair, as JSON writes characters past U+FFFF
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def render(stats: Stats) -> str:
     data = stats.as_dict()
     visitors = f"{data['distinct_visitors']:,}"
@@ -217,16 +248,17 @@ def render(stats: Stats) -> str:
         ("events", f"{data['events']:,}"),
         ("malformed lines", f"{data['malformed_lines']:,}"),
         ("distinct visitors", visitors),
-        ("first timestamp", data["first_timestamp"] or "-"),
-        ("last timestamp", data["last_timestamp"] or "-"),
+        ("first timestamp", printable(data["first_timestamp"] or "-")),
+        ("last timestamp", printable(data["last_timestamp"] or "-")),
         ("seq range", _range(data["first_seq"], data["last_seq"])),
     ]
     width = max(len(name) for name, _ in rows)
     out = [f"{name:<{width}}  {value}" for name, value in rows]
     if data["by_event"]:
-        names = max(len("event"), *(len(row["event"]) for row in data["by_event"]))
+        shown = [(printable(r["event"]), r["count"]) for r in data["by_event"]]
+        names = max(len("event"), *(len(name) for name, _ in shown))
         out += ["", f"{'event':<{names}}  {'count':>10}"]
-        out += [f"{r['event']:<{names}}  {r['count']:>10,}" for r in data["by_event"]]
+        out += [f"{name:<{names}}  {count:>10,}" for name, count in shown]
     return "\n".join(out)
 
 
@@ -271,9 +303,10 @@ def run(args: Any) -> int:
         return 2
     stats = collect(files)
     for problem in stats.errors:
-        print(f"metrics-service: warning: {problem}", file=sys.stderr)
+        print(f"metrics-service: warning: {printable(problem)}", file=sys.stderr)
     if args.json:
         text = orjson.dumps(stats.as_dict(), option=orjson.OPT_INDENT_2).decode()
+        text = json_printable(text)
     else:
         text = render(stats)
     try:

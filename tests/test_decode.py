@@ -270,3 +270,58 @@ def test_the_fast_struct_is_derived_from_the_public_model() -> None:
     # full path along with sent_at.
     assert fields == KEYS[KEYS.index("timestamp") + 1 :]
     assert set(BehaviorEvent.model_fields) - set(fields) == {"timestamp", "sent_at"}
+
+
+def test_long_digits_finds_negatives_below_64_bits() -> None:
+    assert _native.long_digits(b'{"n":-9999999999999999999}')
+    assert _native.long_digits(b'{"n":-9223372036854775809}')
+    assert _native.long_digits(b'{"n":-1234567890123456789}')  # checked exactly
+    assert not _native.long_digits(b'{"n":-123456789012345678,"m":1234567890}')
+
+
+@pytest.mark.parametrize(
+    "number",
+    [b"-9999999999999999999", b"-9223372036854775809", b"-18446744073709551616"],
+)
+def test_negatives_past_64_bits_are_refused_on_both_paths(number: bytes) -> None:
+    body = b'{"visitor_id":"visitor-1","event":"x","metadata":{"n":%s}}' % number
+    received = received_now()
+    assert fast(body, received, batch=False) is None
+    assert fast(b"[" + body + b"]", received) is None
+    with pytest.raises(ApiError) as refused:
+        full(b"[" + body + b"]", received)
+    assert refused.value.status_code == 422
+    _agree(body, batch=False)
+    _agree(b"[" + body + b"]", batch=True)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [b"-9223372036854775808", b"-1234567890123456789", b"18446744073709551615"],
+)
+def test_integers_at_the_64_bit_edges_are_kept_on_both_paths(number: bytes) -> None:
+    body = b'[{"visitor_id":"visitor-1","event":"x","metadata":{"n":%s}}]' % number
+    received = received_now()
+    group = full(body, received)
+    assert b'"n":%s}' % number in group.bodies[0]
+    _agree(body, batch=True)
+
+
+@pytest.mark.parametrize("char", ["\u2028", "\u2029", "\u0085"])
+def test_both_paths_store_line_separators_escaped(char: str) -> None:
+    escaped = b"\\u%04x" % ord(char)
+    event = {
+        "visitor_id": "visitor-1",
+        "event": "x",
+        "metadata": {f"k{char}": f"v{char}"},
+        "user_agent": f"a{char}",
+    }
+    received = received_now()
+    body = orjson.dumps([event])
+    group = fast(body, received)
+    assert group is not None
+    for stored_body in (group.bodies[0], full(body, received).bodies[0]):
+        assert char.encode() not in stored_body
+        assert stored_body.count(escaped) == 3
+    _agree(body, batch=True)
+    assert fast(orjson.dumps([{**event, "event": f"x{char}y"}]), received) is None

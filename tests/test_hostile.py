@@ -383,3 +383,124 @@ def test_headers_that_never_finish_do_not_block_others(server: MetricsServer) ->
             f"{server.url}{EVENT_URL}", content=event_body(), timeout=5
         )
         assert response.status_code == 202
+
+
+# --- integers past 64 bits on every path (hardening 5) -----------------------------
+
+BELOW_INT64 = b"-9999999999999999999"  # 19 digits, below -2**63
+
+
+@pytest.mark.parametrize(
+    ("url", "content_type", "body"),
+    [
+        (EVENT_URL, "application/json", event_body(b'"x"', b'{"n": %s}' % BELOW_INT64)),
+        (
+            BATCH_URL,
+            "application/json",
+            b"["
+            + event_body(b'"x"', b"{}")[:-1]
+            + b', "metadata": {"n": %s}}]' % BELOW_INT64,
+        ),
+        (
+            BATCH_URL,
+            "application/x-ndjson",
+            event_body(b'"x"', b'{"n": %s}' % BELOW_INT64) + b"\n",
+        ),
+        (
+            EVENT_URL,
+            "application/json",
+            b'{"visitor_id": "visitor-1", "event": "x", "timestamp": '
+            b'"2026-03-01T10:00:00Z", "metadata": {"n": %s}}' % BELOW_INT64,
+        ),
+        (EVENT_URL, "application/json", event_body(b'"x"', b"[%s]" % BELOW_INT64)),
+    ],
+)
+def test_negative_integers_below_64_bits_are_422_on_every_path(
+    client: TestClient, config: Config, url: str, content_type: str, body: bytes
+) -> None:
+    r = client.post(url, content=body, headers={"content-type": content_type})
+    assert r.status_code == 422
+    assert "-9999999999999999999 (19 digits) does not fit in 64 bits" in r.text
+    assert_nothing_stored(client, config)
+
+
+# --- bidi controls and zero-width characters in event names (hardening 11) --------
+
+
+@pytest.mark.parametrize(
+    "char",
+    [
+        "\u202e",
+        "\u202a",
+        "\u2066",
+        "\u2069",
+        "\u200e",
+        "\u200b",
+        "\u200d",
+        "\ufeff",
+        "\u2060",
+        "\u2028",
+    ],
+)
+def test_bidi_and_zero_width_characters_in_event_names_are_422(
+    client: TestClient, config: Config, char: str
+) -> None:
+    body = event_body(orjson.dumps(f"sign{char}up"))
+    for response in post_both(client, body):
+        assert response.status_code == 422
+        assert "bidi" in response.text and "zero-width" in response.text
+    assert_nothing_stored(client, config)
+
+
+# --- line separators in stored lines (hardening 12) --------------------------------
+
+SEPARATORS = "a\u2028b\u2029c\u0085d"
+
+
+@pytest.mark.parametrize("timestamp", [False, True])  # the fast path, the full path
+def test_line_separators_are_stored_escaped(
+    client: TestClient, config: Config, timestamp: bool
+) -> None:
+    event: dict[str, Any] = {
+        "visitor_id": "visitor-1",
+        "event": "x",
+        "metadata": {SEPARATORS: SEPARATORS},
+        "user_agent": SEPARATORS,
+    }
+    if timestamp:
+        event["timestamp"] = "2026-03-01T10:00:00Z"
+    body = orjson.dumps(event)
+    for response in post_both(client, body):
+        assert response.status_code == 202
+    raw = config.jsonl.read_bytes()
+    assert b"\xe2\x80\xa8" not in raw and b"\xe2\x80\xa9" not in raw
+    assert b"\xc2\x85" not in raw
+    assert raw.count(b"\\u2028") == 6 and raw.count(b"\\u0085") == 6
+    text = raw.decode()
+    assert len(text.splitlines()) == 2
+    lines = assert_ring_equals_file(client, config)
+    for line in lines:
+        assert line["metadata"] == {SEPARATORS: SEPARATORS}
+        assert line["user_agent"] == SEPARATORS
+
+
+def test_a_sink_with_raw_line_separators_still_replays(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient as Client
+
+    from metrics_service import create_app
+
+    line = (
+        '{"seq":1,"received_at":"2026-03-01T10:00:00.000Z","timestamp":'
+        '"2026-03-01T10:00:00.000Z","event":"x","visitor_id":"visitor-1",'
+        f'"metadata":{{"k":"{SEPARATORS}"}},"user_agent":null}}\n'
+    )
+    config = Config(jsonl=tmp_path / "m.jsonl")
+    config.jsonl.write_text(line)
+    with Client(create_app(config)) as client:
+        r = client.get(SNAPSHOT_URL)
+        assert r.status_code == 200
+        [event] = r.json()["last_events"]
+        assert event["metadata"] == {"k": SEPARATORS}
+        r = client.post(EVENT_URL, content=event_body())
+        assert r.status_code == 202
+        assert r.json()["seq"] == 2

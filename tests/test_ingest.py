@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import re
 import zlib
 
 import orjson
@@ -312,3 +313,126 @@ def test_the_cached_receive_time_matches_iso(
     assert received.text == clock.iso(moment)
     assert received.iso == received.text.encode()
     assert received.ts == moment.timestamp()
+
+
+# --- the User-Agent header (hardening 3) ---------------------------------------------
+
+
+@pytest.mark.parametrize("url", [EVENT_URL, BATCH_URL])
+def test_a_huge_user_agent_is_cut_to_its_documented_length(
+    client: TestClient, config: Config, url: str
+) -> None:
+    from metrics_service.http.body import MAX_USER_AGENT
+
+    assert MAX_USER_AGENT == 512
+    body = orjson.dumps(event() if url == EVENT_URL else [event()] * 100)
+    r = client.post(url, content=body, headers={"user-agent": "A" * 100_000})
+    assert r.status_code == 202
+    lines = read_lines(config.jsonl)
+    assert {line["user_agent"] for line in lines} == {"A" * 512}
+    assert config.jsonl.stat().st_size < 1000 * len(lines)
+
+
+@pytest.mark.parametrize("timestamp", [False, True])  # the fast path, the full path
+def test_a_utf8_user_agent_is_stored_as_sent(
+    client: TestClient, config: Config, timestamp: bool
+) -> None:
+    fields = {"timestamp": "2026-03-01T10:00:00Z"} if timestamp else {}
+    body = orjson.dumps(event(**fields))
+    for agent in ("über-client/1.0 ☃".encode(), "Mozilla/5.0 (Ä)".encode("latin-1")):
+        r = client.post(EVENT_URL, content=body, headers=[(b"user-agent", agent)])
+        assert r.status_code == 202
+    lines = read_lines(config.jsonl)
+    assert [line["user_agent"] for line in lines] == [
+        "über-client/1.0 ☃",
+        "Mozilla/5.0 (Ä)",  # not UTF-8: read as latin-1
+    ]
+
+
+def test_a_user_agent_cut_inside_a_character_keeps_whole_characters() -> None:
+    from metrics_service.http.body import MAX_USER_AGENT, read_head
+
+    agent = ("x" * (4 * MAX_USER_AGENT - 1) + "☃").encode()
+    assert read_head([(b"user-agent", agent)]).user_agent == "x" * MAX_USER_AGENT
+    short = ("ü" * MAX_USER_AGENT * 2).encode()
+    assert read_head([(b"user-agent", short)]).user_agent == "ü" * MAX_USER_AGENT
+
+
+# --- Content-Type and charset (first hour 2) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "application/json; charset=latin-1",
+        "application/json;charset=ISO-8859-1",
+        "text/plain; charset=utf-16",
+        'application/json; charset="windows-1252"',
+        "application/x-ndjson; charset=latin1",
+    ],
+)
+@pytest.mark.parametrize("url", [EVENT_URL, BATCH_URL])
+def test_a_charset_other_than_utf8_is_415(
+    client: TestClient, config: Config, content_type: str, url: str
+) -> None:
+    body = orjson.dumps(event() if url == EVENT_URL else [event()])
+    r = client.post(url, content=body, headers={"content-type": content_type})
+    if "ndjson" in content_type and url == EVENT_URL:
+        assert r.status_code == 415
+        return
+    assert r.status_code == 415
+    assert "charset" in r.json()["detail"] and "UTF-8" in r.json()["detail"]
+    assert not config.jsonl.exists() or config.jsonl.read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,  # curl --data-binary without -H
+        "application/x-www-form-urlencoded",  # curl -d without -H
+        "application/json; charset=utf-8",
+        "application/json; charset=UTF8",
+        'text/plain;charset="UTF-8"',
+    ],
+)
+def test_accepted_content_types(
+    client: TestClient, config: Config, content_type: str | None
+) -> None:
+    headers = {"content-type": content_type} if content_type else {}
+    r = client.post(EVENT_URL, content=orjson.dumps(event()), headers=headers)
+    assert r.status_code == 202
+    assert len(read_lines(config.jsonl)) == 1
+
+
+# --- messages speak JSON (first hour 3) --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (orjson.dumps(event()), "got an object"),
+        (
+            orjson.dumps({"events": {"a": 1}}),
+            "'events' must be an array, got an object",
+        ),
+        (b"[[1]]", "expected a JSON object, got an array"),
+        (b"[1.5]", "expected a JSON object, got a number"),
+        (b"[true]", "expected a JSON object, got a boolean"),
+        (b"[null]", "expected a JSON object, got null"),
+    ],
+)
+def test_type_names_in_messages_are_json_names(
+    client: TestClient, body: bytes, says: str
+) -> None:
+    r = client.post(BATCH_URL, content=body)
+    assert r.status_code == 422
+    assert says in r.text
+    assert not re.search(
+        r"\b(dict|list|float|bool|int|str|NoneType|dictionary)\b", r.text
+    )
+
+
+def test_metadata_of_the_wrong_type_is_called_an_object(client: TestClient) -> None:
+    r = client.post(EVENT_URL, content=orjson.dumps(event(metadata=[1])))
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["msg"] == "Input should be an object"

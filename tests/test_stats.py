@@ -122,3 +122,30 @@ def test_progress_bar_draws_only_on_a_terminal(sink: Path) -> None:
     assert stats.events == 19_999
     assert "%" in terminal.getvalue()
     assert not Progress(100, io.StringIO()).enabled
+
+
+def test_event_names_cannot_drive_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hostile = [
+        "\x1b]0;pwned\x07title",  # sets the terminal's title
+        "\x1b[2J\x1b[Hclear",
+        "rev\u202eersed",  # right-to-left override
+        "zero\u200bwidth",
+        "csi\x9b31m",
+    ]
+    path = tmp_path / "foreign.jsonl"
+    path.write_bytes(
+        b"".join(line(i, name, "visitor-a", i) for i, name in enumerate(hostile, 1))
+    )
+    assert main(["stats", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    assert "\u202e" not in out and "\u200b" not in out
+    assert "\\x1b]0;pwned\\x07title" in out
+    assert "rev\\u202eersed" in out
+    assert main(["stats", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "\x9b" not in out
+    names = {row["event"] for row in orjson.loads(out)["by_event"]}
+    assert names == set(hostile)  # the same JSON, escaped

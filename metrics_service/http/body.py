@@ -11,7 +11,8 @@ from starlette.types import Receive
 from metrics_service.http.errors import ApiError
 
 # text/plain is what sendBeacon and keepalive fetch send; form-urlencoded is what
-# `curl -d` sends when the user forgets -H. The body is parsed as JSON either way.
+# `curl -d` sends when the user forgets -H. The body is parsed as JSON either way,
+# and JSON is UTF-8 (RFC 8259): a charset other than utf-8 is refused (415).
 ACCEPTED_TYPES = (
     "application/json",
     "text/plain",
@@ -21,6 +22,9 @@ ACCEPTED_TYPES = (
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/x-jsonlines")
 BATCH_TYPES = ACCEPTED_TYPES[:-1] + NDJSON_TYPES + ("",)
 GZIP_WBITS = 16 + zlib.MAX_WBITS
+# The User-Agent copied into events is cut to this many characters: a header is not
+# counted against METRICS_MAX_EVENT_BYTES, and a batch copies it into every event.
+MAX_USER_AGENT = 512
 
 
 class Head(NamedTuple):
@@ -40,20 +44,50 @@ def read_head(headers: list[tuple[bytes, bytes]]) -> Head:
         elif name == b"content-length" and length is None:
             length = value.decode("latin-1")
         elif name == b"user-agent" and user_agent is None:
-            user_agent = value.decode("latin-1")
+            user_agent = header_text(value, MAX_USER_AGENT)
         elif name == b"content-encoding" and encoding is None:
             encoding = value.decode("latin-1")
     return Head(content_type, encoding, length, user_agent)
 
 
+def header_text(value: bytes, limit: int) -> str:
+    """A header's text as browsers send it: UTF-8, else latin-1 (what HTTP/1.1 once
+    allowed), cut to `limit` characters without decoding much more than that."""
+    cut = value[: 4 * limit]  # `limit` UTF-8 characters take at most this
+    try:
+        text = cut.decode()
+    except UnicodeDecodeError as exc:
+        if len(cut) < len(value) and exc.reason == "unexpected end of data":
+            text = cut[: exc.start].decode()  # the cut split a character
+        else:
+            text = cut.decode("latin-1")
+    return text[:limit]
+
+
 _media_types: dict[str | None, str] = {}
+_UTF8 = ("utf-8", "utf8")
 
 
 def media_type(head: Head) -> str:
+    """The Content-Type's media type, lowercase ("" without one). 415 for a charset
+    other than UTF-8: every accepted body is JSON, which is UTF-8."""
     raw = head.content_type
     kind = _media_types.get(raw)
     if kind is None:
-        kind = (raw or "").split(";", 1)[0].strip().lower()
+        kind, _, params = (raw or "").partition(";")
+        kind = kind.strip().lower()
+        for param in params.split(";"):
+            name, _, value = param.partition("=")
+            if name.strip().lower() != "charset":
+                continue
+            charset = value.strip().strip('"').strip().lower()
+            if charset not in _UTF8:
+                shown = charset if len(charset) <= 40 else charset[:37] + "..."
+                raise ApiError(
+                    415,
+                    f"unsupported charset {shown!r} in Content-Type: JSON is "
+                    "UTF-8; send charset=utf-8 or no charset",
+                )
         if len(_media_types) < 64:  # clients send a handful; odd ones are not kept
             _media_types[raw] = kind
     return kind

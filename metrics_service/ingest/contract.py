@@ -21,8 +21,19 @@ from pydantic import (
 UTC = dt.UTC
 
 
-# C0, DEL and C1, found by one regex search rather than a per-character loop.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+# C0, DEL and C1; the bidi controls (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069),
+# which reorder the text around them on a terminal or a page; the zero-width and
+# invisible characters (U+180E, U+200B-U+200D, U+2060-U+2064, U+FEFF), which make two
+# names look alike; and the line and paragraph separators U+2028/U+2029. Found by one
+# regex search rather than a per-character loop.
+_CONTROL = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u180e\u200b-\u200f\u2028-\u202e"
+    "\u2060-\u2064\u2066-\u2069\ufeff]"
+)
+CONTROL_MESSAGE = (
+    "must not contain control characters (C0, C1), bidi controls "
+    "or zero-width characters"
+)
 
 
 def has_control_chars(text: str) -> bool:
@@ -32,7 +43,7 @@ def has_control_chars(text: str) -> bool:
 
 def _no_control_chars(value: str) -> str:
     if has_control_chars(value):
-        raise ValueError("must not contain control characters")
+        raise ValueError(CONTROL_MESSAGE)
     return value
 
 

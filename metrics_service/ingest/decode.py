@@ -22,7 +22,7 @@ from metrics_service.ingest import fast
 from metrics_service.ingest.clock import Received, iso
 from metrics_service.ingest.contract import BehaviorEvent, PlainEvent
 from metrics_service.ingest.policy import Policy
-from metrics_service.store.line import Group, head
+from metrics_service.store.line import Group, escape_separators, head
 
 
 def decode(
@@ -164,6 +164,16 @@ def check_count(count: int, max_batch: int) -> None:
         )
 
 
+# pydantic's messages that name a Python type, in JSON's words.
+_PYTHON_WORDS = {
+    "dict_type": "Input should be an object",
+    "list_type": "Input should be an array",
+    "int_type": "Input should be an integer",
+    "float_type": "Input should be a number",
+    "bool_type": "Input should be a boolean",
+}
+
+
 def error_items(exc: ValidationError, index: int | None = None) -> list[dict[str, Any]]:
     """pydantic errors as `{"loc", "msg", "type"}` entries (plus `index` in a batch)."""
     items: list[dict[str, Any]] = []
@@ -174,6 +184,8 @@ def error_items(exc: ValidationError, index: int | None = None) -> list[dict[str
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = f"unknown field {loc[-1]!r}: free-form data belongs in metadata"
+        elif err["type"] in _PYTHON_WORDS:
+            msg = _PYTHON_WORDS[err["type"]]  # pydantic speaks Python: "dictionary"
         item: dict[str, Any] = {"loc": loc, "msg": msg, "type": err["type"]}
         if index is not None:
             item = {"index": index, **item}
@@ -271,16 +283,21 @@ def to_group(
     return group, len(events) - len(rows)
 
 
+_JSON_TYPES: dict[type, str] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+}
+
+
 def type_name(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages: never Python's."""
     if value is None:
         return "null"
-    return {
-        list: "an array",
-        str: "a string",
-        bool: "a boolean",
-        int: "a number",
-        float: "a number",
-    }.get(type(value), type(value).__name__)
+    return _JSON_TYPES.get(type(value), "a value")
 
 
 def to_row(
@@ -315,7 +332,7 @@ def to_row(
     )
     try:
         # The fast path's struct and encoder, so every stored line is written alike.
-        body = _encode(plain)
+        body = escape_separators(_encode(plain))
     except (msgspec.EncodeError, OverflowError) as exc:
         raise ApiError(422, f"metadata cannot be stored as JSON: {exc}") from None
     return ts, event.event, event.visitor_id, event.event_id, head(stamp), body[1:]

@@ -16,7 +16,7 @@ from msgspec import UNSET
 
 from metrics_service import _native
 from metrics_service.ingest.contract import Envelope, PlainEvent, has_control_chars
-from metrics_service.store.line import Group, head
+from metrics_service.store.line import Group, escape_separators, head
 
 # orjson.dumps, which measures events on the full path, stops at 254 levels; a body
 # with fewer brackets than this cannot be that deep.
@@ -93,7 +93,7 @@ def group(
         if event.user_agent is UNSET:
             event.user_agent = header_user_agent
     try:
-        encoded = _encoder.encode_lines(events)
+        encoded = escape_separators(_encoder.encode_lines(events))
     except (msgspec.EncodeError, OverflowError):
         return None
     bodies, longest = _native.bodies(encoded)

@@ -28,6 +28,25 @@ KEYS = (
 LINE = b'{"seq":%d,"received_at":"%s",%s%s'
 
 
+# U+2028, U+2029 and U+0085 are valid raw in JSON strings, but str.splitlines(),
+# JavaScript before ES2019 and some log shippers take them for line ends: stored
+# lines carry them escaped. In UTF-8 these bytes are those characters and nothing
+# else, and outside strings JSON has no place for them. Lines written raw by older
+# versions still read back: JSON parsers take both forms.
+_SEPARATORS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"))
+_NEL = (b"\xc2\x85", b"\\u0085")
+
+
+def escape_separators(encoded: bytes) -> bytes:
+    """`encoded` JSON with U+2028, U+2029 and U+0085 written as \\u escapes."""
+    if b"\xe2\x80" in encoded:
+        for raw, escaped in _SEPARATORS:
+            encoded = encoded.replace(raw, escaped)
+    if b"\xc2\x85" in encoded:
+        encoded = encoded.replace(*_NEL)
+    return encoded
+
+
 def head(stamp: str) -> bytes:
     """A stored event's head: its `timestamp`, ISO-8601 with Z."""
     return b'"timestamp":"%s",' % stamp.encode()
@@ -51,7 +70,7 @@ def body(event: Body) -> bytes:
     OverflowError for metadata JSON cannot hold."""
     # omit_defaults would also drop an empty metadata and a null user_agent, which
     # every line carries: those two are written by hand after the struct's keys.
-    return _encode_body(event)[1:]
+    return escape_separators(_encode_body(event))[1:]
 
 
 class Group(NamedTuple):
