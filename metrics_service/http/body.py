@@ -44,7 +44,10 @@ def read_head(headers: list[tuple[bytes, bytes]]) -> Head:
         elif name == b"content-length" and length is None:
             length = value.decode("latin-1")
         elif name == b"user-agent" and user_agent is None:
-            user_agent = header_text(value, MAX_USER_AGENT)
+            if len(value) <= MAX_USER_AGENT and value.isascii():
+                user_agent = value.decode("latin-1")  # the common case
+            else:
+                user_agent = header_text(value, MAX_USER_AGENT)
         elif name == b"content-encoding" and encoding is None:
             encoding = value.decode("latin-1")
     return Head(content_type, encoding, length, user_agent)

@@ -39,6 +39,8 @@ _NEL = (b"\xc2\x85", b"\\u0085")
 
 def escape_separators(encoded: bytes) -> bytes:
     """`encoded` JSON with U+2028, U+2029 and U+0085 written as \\u escapes."""
+    if encoded.isascii():  # the common case, checked a word at a time
+        return encoded
     if b"\xe2\x80" in encoded:
         for raw, escaped in _SEPARATORS:
             encoded = encoded.replace(raw, escaped)
