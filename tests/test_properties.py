@@ -60,8 +60,24 @@ def stripped(value: str) -> str:
     return value.strip(WHITE_SPACE)
 
 
+# Refused in event names: C0, DEL, C1, and the invisible characters that reorder or
+# hide text (Arabic letter mark, Mongolian vowel separator, zero-width and bidi
+# controls, line and paragraph separators, word joiner and invisible operators, BOM).
+REFUSED_RANGES = (
+    (0x00, 0x1F),
+    (0x7F, 0x9F),
+    (0x061C, 0x061C),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x2028, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x2069),
+    (0xFEFF, 0xFEFF),
+)
+
+
 def is_control(ch: str) -> bool:
-    return ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0
+    return any(lo <= ord(ch) <= hi for lo, hi in REFUSED_RANGES)
 
 
 def strict_json(body: bytes) -> tuple[bool, Any]:

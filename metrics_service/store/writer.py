@@ -4,10 +4,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from itertools import repeat
 from typing import Any, NamedTuple
 
-from metrics_service import _native
 from metrics_service.settings import FsyncPolicy
+from metrics_service.store import line
 from metrics_service.store.chunk import Entry
 from metrics_service.store.dedupe import Dedupe
 from metrics_service.store.line import Group
@@ -144,7 +145,7 @@ class Writer:
             if seq > MAX_SEQ or self.blocked is not None:
                 break  # refused below, before a line is made
             if stored:
-                lines += _native.lines(first, group.received, group.heads, group.bodies)
+                lines += line.lines(first, group.received, group.heads, group.bodies)
             groups.append(group)
             outcomes.append(
                 Outcome(stored, duplicates, first, seq)
@@ -257,7 +258,8 @@ class Writer:
         columns: tuple[list[Any], ...] = (ts, events, visitor_ids, event_ids, lines)
         if skip:
             columns = tuple(column[skip:] for column in columns)
-        return _native.rows(Entry, first + skip, columns)
+        seqs = range(first + skip, first + skip + len(columns[0]))
+        return list(map(_new, repeat(Entry), zip(seqs, *columns, strict=True)))
 
     async def _fsync_then_publish(
         self,
