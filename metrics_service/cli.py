@@ -225,7 +225,7 @@ def serve(args: argparse.Namespace) -> int:
         logging.getLogger("metrics_service").warning("%s", warning)
     import uvicorn
 
-    from metrics_service.http.frontdoor import GuardedHttp
+    from metrics_service.http.connections import GuardedHttp
 
     options: dict[str, Any] = {
         "host": config.host,
@@ -236,7 +236,7 @@ def serve(args: argparse.Namespace) -> int:
         "log_level": args.log_level,
         "timeout_graceful_shutdown": 10,
         # A deadline for request headers and a cap on open connections, which
-        # uvicorn lacks (http/frontdoor.py).
+        # uvicorn lacks (http/connections.py).
         "http": GuardedHttp,
     }
     logging.getLogger("metrics_service").setLevel(args.log_level.upper())

@@ -1,5 +1,5 @@
 """Slow clients against a real server on loopback: a deadline for request headers and
-a cap on open connections (http/frontdoor.py GuardedHttp)."""
+a cap on open connections (http/connections.py GuardedHttp)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from metrics_service.http.frontdoor import HEADER_TIMEOUT, RESERVED_FILES
+from metrics_service.http.connections import HEADER_TIMEOUT, RESERVED_FILES
 from metrics_service.testing import SERVE_ARGV, MetricsServer
 
 FILES = 256  # the server's open-file limit: its cap is FILES - RESERVED_FILES
