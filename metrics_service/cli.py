@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from metrics_service import settings, stats
+from metrics_service.declaration import Setting
 from metrics_service.ingest.policy import Policy
-from metrics_service.settings import Config, ConfigError, Setting
+from metrics_service.settings import Config, ConfigError
 from metrics_service.store.sink import Sink
 
 PROG = "metrics-service"
