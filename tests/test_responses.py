@@ -35,7 +35,11 @@ def _validator(spec: dict[str, Any], schema: Any) -> Draft202012Validator:
 
 
 def test_every_json_answer_matches_the_openapi_schema(server: MetricsServer) -> None:
-    http = httpx.Client(base_url=server.url, timeout=10)
+    with httpx.Client(base_url=server.url, timeout=10) as http:
+        _check_answers(http)
+
+
+def _check_answers(http: httpx.Client) -> None:
     spec = http.get("/openapi.json").json()
     old = {
         "visitor_id": "visitor-1",
