@@ -29,7 +29,6 @@ PAYLOADS = [
     "${window.__pwned=1}",
     "&lt;b&gt;entity&lt;/b&gt;",
     "<b>bold</b><!--",
-    "\u202egnp.exe",
 ]
 MARKUP = (
     "img, svg, iframe, object, embed, b, [onerror], [onload], [onmouseover], "
@@ -42,7 +41,13 @@ def hostile(name: str, i: int) -> dict[str, Any]:
         "visitor_id": f"<i>v{i}</i><img src=x onerror=window.__pwned=1>"[:64],
         "event": name,
         "user_agent": "<script>window.__pwned=1</script>",
-        "metadata": {name: name, "html": "</pre><img src=x onerror=alert(1)>", "n": i},
+        "metadata": {
+            name: name,
+            "html": "</pre><img src=x onerror=alert(1)>",
+            # Refused in event names (422) but kept as data in metadata.
+            "bidi": "\u202egnp.exe",
+            "n": i,
+        },
     }
 
 

@@ -114,7 +114,9 @@ def test_copies_files_that_exist_and_stages_that_come_before() -> None:
 
 def test_the_image_is_built_with_the_c_extension_and_checks_it() -> None:
     build, final = (ROOT / "Dockerfile").read_text().rsplit("\nFROM ", 1)
-    assert "gcc" in build and "setup.py" in build  # what compiling _native/_speedups.c needs
+    assert (
+        "gcc" in build and "setup.py" in build
+    )  # what compiling _native/_speedups.c needs
     assert "import metrics_service._native._speedups" in final
 
 
