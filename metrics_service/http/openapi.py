@@ -81,9 +81,10 @@ FILTER_NOTE = (
 )
 BODY_ERRORS: dict[int, tuple[str, type[BaseModel] | str | None]] = {
     400: ("Malformed JSON or invalid UTF-8", ErrorBody),
+    403: ("An Origin outside METRICS_CORS_ORIGINS", ErrorBody),
     408: ("The body did not arrive in time", ErrorBody),
     413: ("The body is over the size limit", ErrorBody),
-    415: ("Unsupported Content-Type or Content-Encoding", ErrorBody),
+    415: ("Unsupported Content-Type, charset or Content-Encoding", ErrorBody),
     422: ("An invalid event, with loc/msg per problem", ErrorBody),
     503: ("The sink cannot be written; nothing was stored", ErrorBody),
 }
