@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -270,15 +271,16 @@ def test_tokens_never_reach_the_access_log(tmp_path: Path) -> None:
 def test_binding_a_public_address_without_tokens_warns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import uvicorn
-
-    calls: list[dict[str, object]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **options: calls.append(options))
+    calls: list[object] = []
+    # serve runs uvicorn through cli._run; nothing listens, and SIGTERM stays pytest's.
+    monkeypatch.setattr(cli, "_run", lambda config: calls.append(config) or True)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
     for name in ("METRICS_INGEST_TOKEN", "METRICS_READ_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     jsonl = str(tmp_path / "m.jsonl")
     with caplog.at_level(logging.WARNING, logger="metrics_service"):
-        assert cli.main(["serve", "--host", "0.0.0.0", "--jsonl", jsonl]) == 0
+        argv = ["serve", "--host", "0.0.0.0", "--port", "0", "--jsonl", jsonl]
+        assert cli.main(argv) == 0
     assert calls
     assert "0.0.0.0" in caplog.text
     assert "METRICS_READ_TOKEN" in caplog.text
