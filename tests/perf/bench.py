@@ -681,9 +681,57 @@ def wait_section(work: Path, tree: Path = ROOT) -> list[Row]:
                 Row("8. wait-for wake-up", f"n/a (HTTP {status})", WAIT_TARGET, None)
             ]
         samples, error = asyncio.run(wake_samples(server.port, WAKEUPS))
+        parked = parked_row(server, work)
     finally:
         server.stop()
-    return [wait_row(samples, error)]
+    return [wait_row(samples, error), parked]
+
+
+PARKED = 1000  # abandoned-looking waiters, as in the hardening issue
+PARKED_TARGET = "p50 with waiters <= 2x p50 without"
+
+
+async def park(port: int, count: int) -> list[asyncio.StreamWriter]:
+    """`count` connections each parked on a wait that never matches."""
+    writers = []
+    for i in range(count):
+        _, writer = await asyncio.open_connection(HOST, port)
+        writer.write(
+            f"GET {WAIT_PATH}?count=1&timeout=60&meta.k=nomatch-{i % 10} HTTP/1.1\r\n"
+            f"Host: {HOST}\r\n\r\n".encode()
+        )
+        writers.append(writer)
+    await asyncio.sleep(0.5)  # let the server read and park them all
+    return writers
+
+
+def parked_row(server: Server, work: Path) -> Row:
+    """Single-event ingest with PARKED waiters parked against none (same server)."""
+    template = event_template(work)
+    run = load(server, template)
+    alone = run(SECONDS)
+
+    async def with_parked() -> WrkResult:
+        writers = await park(server.port, PARKED)
+        try:
+            return await asyncio.to_thread(run, SECONDS)
+        finally:
+            for writer in writers:
+                writer.close()
+
+    crowded = asyncio.run(with_parked())
+    ratio = crowded.p50_ms / alone.p50_ms if alone.p50_ms else float("inf")
+    measured = (
+        f"p50 {crowded.p50_ms:.2f} ms with {PARKED:,} waiters, {alone.p50_ms:.2f} ms "
+        f"without: **{ratio:.2f}x** ({crowded.rps:,.0f} / {alone.rps:,.0f} req/s, "
+        f"errors {crowded.errors})"
+    )
+    return Row(
+        f"9. single-event ingest with {PARKED:,} parked waiters",
+        measured,
+        PARKED_TARGET,
+        ratio <= 2 and crowded.errors == 0,
+    )
 
 
 # -- the table ------------------------------------------------------------------------
