@@ -11,8 +11,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# setuptools warns on every editable install that a folder named like the package may
+# shadow it: that folder is this package, which is the point of an editable install.
 $(STAMP): pyproject.toml setup.py metrics_service/_native/_speedups.c | $(BIN)/python cc
-	$(BIN)/pip install -q -e '.[test]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
