@@ -116,13 +116,21 @@ class Writer:
         try:
             self._store(pending, taken)
         except Exception as exc:
-            # A bug, not a disk error: answer the requests (500) rather than hang them.
-            logger.exception("storing events failed")
-            self.dedupe.give_back(taken)
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(exc)
+            self._failed(pending, taken, exc)
             self._after_flush()
+
+    def _failed(
+        self,
+        pending: list[tuple[Group, asyncio.Future[Outcome]]],
+        taken: list[str],
+        exc: Exception,
+    ) -> None:
+        """A bug, not a disk error: answer the requests (500) rather than hang them."""
+        logger.exception("storing events failed")
+        self.dedupe.give_back(taken)
+        for _, future in pending:
+            if not future.done():
+                future.set_exception(exc)
 
     def _store(
         self, pending: list[tuple[Group, asyncio.Future[Outcome]]], taken: list[str]
@@ -285,11 +293,7 @@ class Writer:
             self.duplicates += sum(o.duplicates for o in outcomes)
             _answer(pending, outcomes)
         except Exception as exc:
-            logger.exception("storing events failed")
-            self.dedupe.give_back(taken)
-            for _, future in pending:
-                if not future.done():
-                    future.set_exception(exc)
+            self._failed(pending, taken, exc)
         finally:
             self._busy = False
             self._after_flush()
