@@ -161,12 +161,17 @@ def test_a_token_parameter_is_scrubbed_without_tokens(tmp_path: Path) -> None:
     assert dict(sent[0]["headers"])[b"x-query"] == b"limit=5"
 
 
-async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
-    raise ApiError(415, "no")
+class Refuse:
+    """A lane that refuses every body."""
+
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, vary: bool
+    ) -> None:
+        raise ApiError(415, "no")
 
 
 def test_a_lane_serves_posts_to_its_path(tmp_path: Path) -> None:
-    lane = Endpoint("POST", "/x", refuse, "ingest", NO_DOC)
+    lane = Endpoint("POST", "/x", Refuse(), "ingest", NO_DOC)
     app = FrontDoor(echo, config=Config(jsonl=tmp_path / "m.jsonl"), endpoints=[lane])
     request = scope()
     request["path"], request["app"] = "/x", Starlette()

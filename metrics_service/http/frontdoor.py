@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterable
+from typing import Protocol
 
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
@@ -22,6 +23,14 @@ from metrics_service.http.openapi import Endpoint
 from metrics_service.settings import Config
 
 
+class Lane(Protocol):
+    """An ingest endpoint, served straight from the front door (ingest/endpoint.py)."""
+
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, vary: bool
+    ) -> None: ...
+
+
 class FrontDoor:
     def __init__(
         self, router: ASGIApp, *, config: Config, endpoints: Iterable[Endpoint]
@@ -32,7 +41,7 @@ class FrontDoor:
         self.guards = Guards(endpoints)
         self.tokens = Tokens(ingest=config.ingest_token, read=config.read_token)
         # The ingest handlers, served without the router: they are most requests.
-        self.lanes: dict[str, ASGIApp] = {
+        self.lanes: dict[str, Lane] = {
             e.path: e.handler for e in endpoints if e.guard == "ingest"
         }
         # CORS comes before tokens, so preflights are answered without one and 401s
@@ -80,14 +89,18 @@ class FrontDoor:
             query_token = None
             if scope.get("query_string"):
                 query_token, scope["query_string"] = split_token(scope["query_string"])
-            path = route_path(scope)
-            if self.origin_checked and path in self.lanes:
+            path = route_path(scope) if scope.get("root_path") else scope["path"]
+            lane = self.lanes.get(path)
+            if lane is not None and self.origin_checked:
                 self.check_origin(scope)
             if self.tokens.any:
                 self.tokens.check(scope, self.guards.of(path), query_token)
             timed = deadline(receive, self.timeout)
-            lane = self.lanes.get(path) if scope["method"] == "POST" else None
-            await (lane or self.router)(scope, timed, tracked_send)
+            if lane is not None and scope["method"] == "POST":
+                # An ingest answer is sent last and carries its own Vary: no wrapper.
+                await lane.serve(scope, timed, send, vary)
+                return
+            await self.router(scope, timed, tracked_send)
         except ClientDisconnect:
             pass  # the client left mid-body: nobody is there to read an answer
         except Exception as exc:

@@ -20,6 +20,7 @@ from metrics_service.store.sink import SinkError
 from metrics_service.store.writer import Outcome
 
 JSON_HEADERS = (b"content-type", b"application/json")
+VARY_ORIGIN = (b"vary", b"Origin")
 NOTHING = Outcome(0, 0, None, None)
 # The answer of every single event: formatted, not built as a dict and dumped.
 _EVENT_ANSWER = (
@@ -36,6 +37,12 @@ class Ingest:
         self.types = BATCH_TYPES if batch else ACCEPTED_TYPES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(scope, receive, send, False)
+
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, vary: bool
+    ) -> None:
+        """`vary`: the request had no Origin, so the answer says it varies on one."""
         service: Service = scope["app"].service
         config = service.config
         head = read_head(scope["headers"])
@@ -83,5 +90,7 @@ class Ingest:
                 sampled_out,
             )
         headers = [(b"content-length", b"%d" % len(answer)), JSON_HEADERS]
+        if vary:
+            headers.append(VARY_ORIGIN)
         await send({"type": "http.response.start", "status": 202, "headers": headers})
         await send({"type": "http.response.body", "body": answer})

@@ -82,23 +82,38 @@ def group(
         return None
     names = [event.event for event in events]
     visitor_ids = [event.visitor_id for event in events]
-    joined = "".join(names)
-    if has_control_chars(joined) or not (
-        _unstripped(names, joined) and _unstripped(visitor_ids, "".join(visitor_ids))
-    ):
-        return None
+    if len(events) == 1:
+        # Most requests carry one event: the same rules, without the joins.
+        name, visitor_id = names[0], visitor_ids[0]
+        if (
+            has_control_chars(name)
+            or name.strip() != name
+            or visitor_id.strip() != visitor_id
+        ):
+            return None
+    else:
+        joined = "".join(names)
+        if has_control_chars(joined) or not (
+            _unstripped(names, joined)
+            and _unstripped(visitor_ids, "".join(visitor_ids))
+        ):
+            return None
     for event in events:
         if event.metadata is UNSET:
             event.metadata = {}
         if event.user_agent is UNSET:
             event.user_agent = header_user_agent
     try:
-        encoded = escape_separators(_encoder.encode_lines(events))
+        if len(events) == 1:
+            encoded = escape_separators(_encoder.encode(events[0]))
+            bodies = [encoded[1:]]
+        else:
+            encoded = escape_separators(_encoder.encode_lines(events))
+            # Each line of encode_lines() is `{…}` and a raw newline is always
+            # escaped inside one, so "\n{" splits the bodies exactly.
+            bodies = encoded[1:-1].split(b"\n{")
     except (msgspec.EncodeError, OverflowError):
         return None
-    # Each line of encode_lines() is `{…}` and a raw newline is always escaped inside
-    # one, so "\n{" splits the bodies exactly.
-    bodies = encoded[1:-1].split(b"\n{")
     longest = max(map(len, bodies))
     # The full path measures the event as orjson writes it, which can be longer
     # (1e+16 for 1e16): under half the limit, an event cannot be past it there.
