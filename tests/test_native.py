@@ -7,6 +7,7 @@ import struct
 from array import array
 from types import SimpleNamespace
 
+import msgspec
 import orjson
 import pytest
 from hypothesis import given
@@ -19,8 +20,10 @@ from metrics_service._native import PURE_PYTHON_VAR, python
 # setup.py builds it optionally: here a missing compiler must fail, not slow down.
 from metrics_service._native import _speedups as native
 from metrics_service.store import columns
+from metrics_service.store.chunk import Entry
 
-python_long_digits = python.long_digits
+python_lines, python_rows = python.lines, python.rows
+python_bodies, python_long_digits = python.bodies, python.long_digits
 long_digits = native.long_digits
 
 
@@ -236,6 +239,30 @@ def test_long_digits_finds_a_run_wherever_it_starts(at: int, run: int) -> None:
     assert native.long_digits(body.rstrip(b"x")) is (run >= 20)
 
 
+@given(
+    st.integers(1, 2**63 - 100),
+    st.binary(max_size=30),
+    st.lists(st.tuples(st.binary(max_size=20), st.binary(max_size=40)), max_size=5),
+)
+def test_lines_formats_as_the_python_path_does(
+    first: int, received: bytes, pairs: list[tuple[bytes, bytes]]
+) -> None:
+    assert native is not None
+    heads, bodies = [h for h, _ in pairs], [b for _, b in pairs]
+    lines = native.lines(first, received, heads, bodies)
+    assert lines == python_lines(first, received, heads, bodies)
+
+
+def test_lines_checks_its_arguments() -> None:
+    assert native is not None
+    with pytest.raises(ValueError):
+        native.lines(1, b"r", [b"h"], [])
+    with pytest.raises(TypeError):
+        native.lines(1, b"r", ["h"], [b"b"])  # type: ignore[list-item]
+    with pytest.raises(OverflowError):
+        native.lines(2**63 - 1, b"r", [b"h"] * 2, [b"b"] * 2)
+
+
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8),
     lambda inner: (
@@ -244,6 +271,52 @@ JSON = st.recursive(
     ),
     max_leaves=4,
 )
+
+
+@given(
+    st.lists(
+        st.dictionaries(st.text(max_size=8), JSON, max_size=4), min_size=1, max_size=4
+    )
+)
+def test_bodies_splits_as_the_python_path_does(
+    objects: list[dict[str, object]],
+) -> None:
+    assert native is not None
+    encoded = msgspec.json.Encoder().encode_lines(objects)  # what plain.group() splits
+    assert native.bodies(encoded) == python_bodies(encoded)
+
+
+def test_bodies_takes_only_lines_of_objects() -> None:
+    assert native is not None
+    assert native.bodies(b'{"a":1}\n{}\n') == ([b'"a":1}', b"}"], 6)
+    for bad in (b'{"a":1}\n\n', b"[1]\n"):
+        with pytest.raises(ValueError):
+            native.bodies(bad)
+
+
+@given(st.integers(1, 2**62), st.integers(0, 5))
+def test_rows_builds_entries_as_the_python_path_does(first: int, count: int) -> None:
+    assert native is not None
+    columns = (
+        [i / 3 for i in range(count)],
+        [f"e{i}" for i in range(count)],
+        [f"v{i}" for i in range(count)],
+        [None if i % 2 else f"id{i}" for i in range(count)],
+        [b"{}" for i in range(count)],
+    )
+    rows = native.rows(Entry, first, columns)
+    assert rows == python_rows(Entry, first, columns)
+    assert all(type(row) is Entry for row in rows)
+
+
+def test_rows_checks_its_arguments() -> None:
+    assert native is not None
+    with pytest.raises(ValueError):
+        native.rows(Entry, 1, ([1.0], []))
+    with pytest.raises(TypeError):
+        native.rows(dict, 1, ([1.0],))  # type: ignore[type-var]
+    with pytest.raises(OverflowError):
+        native.rows(Entry, 2**63 - 1, ([1.0, 2.0],))
 
 
 def test_event_ids_reads_each_flagged_line_and_leaves_odd_ones_to_python() -> None:

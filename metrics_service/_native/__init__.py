@@ -31,12 +31,18 @@ def _load() -> ModuleType | None:
 c = _load()
 
 long_digits: Callable[[bytes], bool] = python.long_digits
+bodies: Callable[[bytes], tuple[list[bytes], int]] = python.bodies
+lines: Callable[[int, bytes, list[bytes], list[bytes]], list[bytes]] = python.lines
+rows: Callable[[Any, int, tuple[list[Any], ...]], list[Any]] = python.rows
 index: Callable[[bytes], tuple[bytes, bytes, bytes] | None] | None = None
 columns: Callable[..., Any] | None = None
 event_ids: Callable[..., list[str] | None] | None = None
 
 if c is not None:
     long_digits = c.long_digits
+    bodies = c.bodies
+    lines = c.lines
+    rows = c.rows
     index = c.index
     columns = c.columns
     event_ids = c.event_ids

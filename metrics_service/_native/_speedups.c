@@ -1,7 +1,8 @@
 /* Per-line work in C, each function beside a Python path that gives the same
  * result (_native/__init__.py says which is used): replay's index() and columns(),
  * which answer None for a block they leave to Python (store/columns.py), event_ids()
- * (store/chunk.py), and ingest's long_digits() (ingest/fast.py). */
+ * (store/chunk.py), and ingest's long_digits() and bodies() (ingest/fast.py),
+ * lines() and rows() (store/writer.py). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -460,10 +461,171 @@ long_digits(PyObject *module, PyObject *arg)
     Py_RETURN_FALSE;
 }
 
+PyDoc_STRVAR(lines_doc,
+"lines(first, received, heads, bodies) -> list[bytes]\n\n"
+"Stored lines, without newlines: for each body, with seqs counting up from\n"
+"`first`, b'{\"seq\":<seq>,\"received_at\":\"<received>\",' + head + body.");
+
+static PyObject *
+format_lines(PyObject *module, PyObject *args)
+{
+    long long first;
+    PyObject *received, *heads, *bodies;
+    if (!PyArg_ParseTuple(args, "LO!O!O!:lines", &first, &PyBytes_Type, &received,
+                          &PyList_Type, &heads, &PyList_Type, &bodies))
+        return NULL;
+    Py_ssize_t count = PyList_GET_SIZE(bodies);
+    if (PyList_GET_SIZE(heads) != count) {
+        PyErr_SetString(PyExc_ValueError, "lines() needs a head per body");
+        return NULL;
+    }
+    if (first < 0 || first > LLONG_MAX - count) {
+        PyErr_SetString(PyExc_OverflowError, "lines() seqs out of range");
+        return NULL;
+    }
+    static const char open[] = "{\"seq\":";
+    static const char middle[] = ",\"received_at\":\"";
+    static const char close[] = "\",";
+    const Py_ssize_t fixed = sizeof(open) - 1 + sizeof(middle) - 1 + sizeof(close) - 1
+                             + PyBytes_GET_SIZE(received);
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *head = PyList_GET_ITEM(heads, i), *body = PyList_GET_ITEM(bodies, i);
+        if (!PyBytes_Check(head) || !PyBytes_Check(body)) {
+            PyErr_SetString(PyExc_TypeError, "lines() takes lists of bytes");
+            Py_DECREF(out);
+            return NULL;
+        }
+        char digits[24];
+        int n = snprintf(digits, sizeof(digits), "%lld", first + i);
+        Py_ssize_t size = fixed + n + PyBytes_GET_SIZE(head) + PyBytes_GET_SIZE(body);
+        PyObject *line = PyBytes_FromStringAndSize(NULL, size);
+        if (line == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        char *at = PyBytes_AS_STRING(line);
+#define PUT(src, len) (memcpy(at, (src), (len)), at += (len))
+        PUT(open, sizeof(open) - 1);
+        PUT(digits, n);
+        PUT(middle, sizeof(middle) - 1);
+        PUT(PyBytes_AS_STRING(received), PyBytes_GET_SIZE(received));
+        PUT(close, sizeof(close) - 1);
+        PUT(PyBytes_AS_STRING(head), PyBytes_GET_SIZE(head));
+        PUT(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body));
+#undef PUT
+        PyList_SET_ITEM(out, i, line);
+    }
+    return out;
+}
+
+PyDoc_STRVAR(bodies_doc,
+"bodies(encoded) -> (bodies, longest)\n\n"
+"msgspec's encode_lines() output, one JSON object a line, as each object without\n"
+"its opening brace (what a stored line ends with), and the longest one's length.");
+
+static PyObject *
+bodies(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "bodies() takes bytes");
+        return NULL;
+    }
+    const char *p = PyBytes_AS_STRING(arg), *end = p + PyBytes_GET_SIZE(arg);
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    Py_ssize_t longest = 0;
+    while (p < end) {
+        const char *q = memchr(p, '\n', end - p);
+        if (q == NULL)
+            q = end;
+        if (q == p || *p != '{') {
+            PyErr_SetString(PyExc_ValueError, "bodies() takes lines of JSON objects");
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_ssize_t size = q - p - 1;
+        PyObject *body = PyBytes_FromStringAndSize(p + 1, size);
+        if (body == NULL || PyList_Append(out, body) < 0) {
+            Py_XDECREF(body);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(body);
+        if (size > longest)
+            longest = size;
+        p = q + 1;
+    }
+    return Py_BuildValue("(Nn)", out, longest);
+}
+
+PyDoc_STRVAR(rows_doc,
+"rows(cls, first, columns) -> list\n\n"
+"cls((first + i, *(column[i] for column in columns))) for each i, where cls is a\n"
+"tuple subclass with no fields of its own (a NamedTuple) and the columns are lists\n"
+"of one length.");
+
+static PyObject *
+rows(PyObject *module, PyObject *args)
+{
+    PyTypeObject *cls;
+    long long first;
+    PyObject *columns;
+    if (!PyArg_ParseTuple(args, "O!LO!:rows", &PyType_Type, &cls, &first,
+                          &PyTuple_Type, &columns))
+        return NULL;
+    if (!PyType_IsSubtype(cls, &PyTuple_Type) || cls->tp_itemsize != sizeof(PyObject *)
+        || cls->tp_basicsize != PyTuple_Type.tp_basicsize) {
+        PyErr_SetString(PyExc_TypeError, "rows() takes a plain tuple subclass");
+        return NULL;
+    }
+    Py_ssize_t width = PyTuple_GET_SIZE(columns), count = -1;
+    for (Py_ssize_t k = 0; k < width; k++) {
+        PyObject *column = PyTuple_GET_ITEM(columns, k);
+        if (!PyList_Check(column) || (count >= 0 && PyList_GET_SIZE(column) != count)) {
+            PyErr_SetString(PyExc_ValueError, "rows() takes lists of one length");
+            return NULL;
+        }
+        count = PyList_GET_SIZE(column);
+    }
+    if (count < 0)
+        count = 0;
+    if (first > LLONG_MAX - count) {
+        PyErr_SetString(PyExc_OverflowError, "rows() seqs out of range");
+        return NULL;
+    }
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *row = cls->tp_alloc(cls, width + 1);
+        PyObject *seq = row ? PyLong_FromLongLong(first + i) : NULL;
+        if (seq == NULL) {
+            Py_XDECREF(row);
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(row, 0, seq);
+        for (Py_ssize_t k = 0; k < width; k++) {
+            PyObject *value = PyList_GET_ITEM(PyTuple_GET_ITEM(columns, k), i);
+            Py_INCREF(value);
+            PyTuple_SET_ITEM(row, k + 1, value);
+        }
+        PyList_SET_ITEM(out, i, row);
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"index", index_lines, METH_O, index_doc},
     {"columns", columns, METH_VARARGS, columns_doc},
     {"long_digits", long_digits, METH_O, long_digits_doc},
+    {"lines", format_lines, METH_VARARGS, lines_doc},
+    {"bodies", bodies, METH_O, bodies_doc},
+    {"rows", rows, METH_VARARGS, rows_doc},
     {"event_ids", event_ids, METH_VARARGS, event_ids_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -106,15 +106,12 @@ def group(
     try:
         if len(events) == 1:
             encoded = escape_separators(_encoder.encode(events[0]))
-            bodies = [encoded[1:]]
+            bodies, longest = [encoded[1:]], len(encoded) - 1
         else:
             encoded = escape_separators(_encoder.encode_lines(events))
-            # Each line of encode_lines() is `{…}` and a raw newline is always
-            # escaped inside one, so "\n{" splits the bodies exactly.
-            bodies = encoded[1:-1].split(b"\n{")
+            bodies, longest = _native.bodies(encoded)
     except (msgspec.EncodeError, OverflowError):
         return None
-    longest = max(map(len, bodies))
     # The full path measures the event as orjson writes it, which can be longer
     # (1e+16 for 1e16): under half the limit, an event cannot be past it there.
     if 2 * longest + 32 > max_event_bytes:

@@ -8,7 +8,7 @@ seq and received_at are the collector's; the rest is the event's, in this order.
 
 from __future__ import annotations
 
-from itertools import compress, repeat
+from itertools import compress
 from typing import Any, NamedTuple
 
 import msgspec
@@ -47,14 +47,6 @@ def escape_separators(encoded: bytes) -> bytes:
     if b"\xc2\x85" in encoded:
         encoded = encoded.replace(*_NEL)
     return encoded
-
-
-def lines(
-    first: int, received: bytes, heads: list[bytes], bodies: list[bytes]
-) -> list[bytes]:
-    """Stored lines, without newlines, with seqs counting up from `first`."""
-    seqs = range(first, first + len(bodies))
-    return list(map(LINE.__mod__, zip(seqs, repeat(received), heads, bodies)))
 
 
 def head(stamp: str) -> bytes:

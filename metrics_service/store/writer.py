@@ -4,11 +4,10 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from itertools import repeat
 from typing import Any, NamedTuple
 
+from metrics_service import _native
 from metrics_service.settings import FsyncPolicy
-from metrics_service.store import line
 from metrics_service.store.chunk import Entry
 from metrics_service.store.dedupe import Dedupe
 from metrics_service.store.line import Group
@@ -153,7 +152,7 @@ class Writer:
             if seq > MAX_SEQ or self.blocked is not None:
                 break  # refused below, before a line is made
             if stored:
-                lines += line.lines(first, group.received, group.heads, group.bodies)
+                lines += _native.lines(first, group.received, group.heads, group.bodies)
             groups.append(group)
             outcomes.append(
                 Outcome(stored, duplicates, first, seq)
@@ -266,8 +265,7 @@ class Writer:
         columns: tuple[list[Any], ...] = (ts, events, visitor_ids, event_ids, lines)
         if skip:
             columns = tuple(column[skip:] for column in columns)
-        seqs = range(first + skip, first + skip + len(columns[0]))
-        return list(map(_new, repeat(Entry), zip(seqs, *columns, strict=True)))
+        return _native.rows(Entry, first + skip, columns)
 
     async def _fsync_then_publish(
         self,
