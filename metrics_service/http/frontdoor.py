@@ -73,16 +73,7 @@ class FrontDoor:
         self, scope: Scope, receive: Receive, send: Send, *, vary: bool = False
     ) -> None:
         """`vary`: add the `Vary: Origin` CORS adds to answers to requests with one."""
-        started = False
-
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                if vary:
-                    vary_origin(message)
-            await send(message)
-
+        lane = None
         try:
             # The token never reaches a log line, an error or a filter parser
             # ("unknown parameter 'token'"), with or without tokens configured.
@@ -95,33 +86,62 @@ class FrontDoor:
                 self.check_origin(scope)
             if self.tokens.any:
                 self.tokens.check(scope, self.guards.of(path), query_token)
-            timed = deadline(receive, self.timeout)
             if lane is not None and scope["method"] == "POST":
                 # An ingest answer is sent last and carries its own Vary: no wrapper.
-                await lane.serve(scope, timed, send, vary)
+                await lane.serve(scope, deadline(receive, self.timeout), send, vary)
                 return
-            await self.router(scope, timed, tracked_send)
         except ClientDisconnect:
-            pass  # the client left mid-body: nobody is there to read an answer
+            return  # the client left mid-body: nobody is there to read an answer
+        except Exception as exc:
+            await self.refuse(scope, exc, send, vary)
+            return
+        await self.route(scope, receive, send, vary)
+
+    async def route(
+        self, scope: Scope, receive: Receive, send: Send, vary: bool
+    ) -> None:
+        """Everything but an ingest POST: through Starlette's router."""
+        started = False
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if vary:
+                    vary_origin(message)
+            await send(message)
+
+        try:
+            await self.router(scope, deadline(receive, self.timeout), tracked_send)
+        except ClientDisconnect:
+            pass
         except Exception as exc:
             if started:
                 raise
-            error = as_api_error(exc, scope)
-            count_rejection(scope, error.status_code)
-            body, headers = encode(error)
-            headers.append((b"content-length", b"%d" % len(body)))
-            # uvicorn refuses a second start if sending the first one failed.
-            with contextlib.suppress(RuntimeError):
-                await tracked_send(
-                    {
-                        "type": "http.response.start",
-                        "status": error.status_code,
-                        "headers": headers,
-                    }
-                )
-                await tracked_send({"type": "http.response.body", "body": body})
-            if not isinstance(exc, ApiError) and error.status_code == 500:
-                raise  # as Starlette's ServerErrorMiddleware does, for the server's log
+            await self.refuse(scope, exc, send, vary)
+
+    async def refuse(
+        self, scope: Scope, exc: Exception, send: Send, vary: bool
+    ) -> None:
+        """Answer `exc` as `{"detail": ...}` with its status, and count it."""
+        error = as_api_error(exc, scope)
+        count_rejection(scope, error.status_code)
+        body, headers = encode(error)
+        headers.append((b"content-length", b"%d" % len(body)))
+        if vary:
+            headers.append((b"vary", b"Origin"))
+        # uvicorn refuses a second start if sending the first one failed.
+        with contextlib.suppress(RuntimeError):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": error.status_code,
+                    "headers": headers,
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        if not isinstance(exc, ApiError) and error.status_code == 500:
+            raise exc  # as Starlette's ServerErrorMiddleware does, for the server's log
 
     def check_origin(self, scope: Scope) -> None:
         """403 for a request whose Origin is not one of METRICS_CORS_ORIGINS."""

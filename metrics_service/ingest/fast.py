@@ -80,18 +80,19 @@ def group(
     events = decode(body, batch=batch, max_batch=max_batch)
     if events is None:
         return None
-    names = [event.event for event in events]
-    visitor_ids = [event.visitor_id for event in events]
     if len(events) == 1:
         # Most requests carry one event: the same rules, without the joins.
-        name, visitor_id = names[0], visitor_ids[0]
+        name, visitor_id = events[0].event, events[0].visitor_id
         if (
             has_control_chars(name)
             or name.strip() != name
             or visitor_id.strip() != visitor_id
         ):
             return None
+        names, visitor_ids = [name], [visitor_id]
     else:
+        names = [event.event for event in events]
+        visitor_ids = [event.visitor_id for event in events]
         joined = "".join(names)
         if has_control_chars(joined) or not (
             _unstripped(names, joined)
