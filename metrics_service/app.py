@@ -127,10 +127,24 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         wait,
         "read",
         Doc(
-            "Wait until enough matching events are in the ring",
+            "Wait until enough matching events are in the ring, or settle an assertion",
             {
-                200: ("`count` matches reached; events oldest first", WaitResult),
-                408: ("Timed out; the matches so far, oldest first", WaitResult),
+                200: (
+                    "`count` matches reached (and, with exactly, no more during"
+                    " `settle`); with absent, none arrived; with sequence, the events"
+                    " forming it. Oldest first",
+                    WaitResult,
+                ),
+                408: (
+                    "Timed out; the matches so far (with sequence, every match of"
+                    " its names), oldest first",
+                    WaitResult,
+                ),
+                409: (
+                    "absent: the matching events that are or came in the ring;"
+                    " exactly: every match, more than `count`",
+                    WaitResult,
+                ),
                 BAD_QUERY[0]: BAD_QUERY[1],
                 503: ("The service is shutting down", ErrorBody),
             },
@@ -138,7 +152,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                 query(
                     "count",
                     {"type": "integer", "minimum": 1, "default": 1},
-                    "Matches needed.",
+                    "Matches needed (at most the ring's capacity).",
                 ),
                 query(
                     "timeout",
@@ -149,6 +163,38 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                         "default": 5,
                     },
                     "Seconds to wait, fractions allowed.",
+                ),
+                query(
+                    "absent",
+                    {"type": "boolean", "default": False},
+                    "Expect no match: 200 after `timeout` when none is in the ring or"
+                    " arrives, 409 with them as soon as one does. Not with count,"
+                    " exactly, settle, sequence or per.",
+                ),
+                query(
+                    "exactly",
+                    {"type": "boolean", "default": False},
+                    "Once `count` matches are in, wait `settle` seconds more: 409 with"
+                    " every match when more than `count` came.",
+                ),
+                query(
+                    "settle",
+                    {"type": "number", "minimum": 0, "maximum": MAX_TIMEOUT},
+                    "Seconds of quiet after `count` with exactly=true (at most"
+                    " `timeout`; default 0: only what is already in).",
+                ),
+                query(
+                    "sequence",
+                    {"type": "string"},
+                    "Comma-separated event names: 200 once matches with these names"
+                    " arrived in this order (others may come between). Replaces"
+                    " `event`; not with count or exactly.",
+                ),
+                query(
+                    "per",
+                    {"type": "string"},
+                    "With sequence: `visitor_id` or `meta.<path>`; the whole sequence"
+                    " must come from one value of it.",
                 ),
                 *FILTERS,
             ),

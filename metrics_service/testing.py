@@ -121,26 +121,101 @@ class MetricsClient:
         event: str | list[str] | None = None,
         count: int = 1,
         timeout: float = 5,
+        *,
+        exactly: bool = False,
+        settle: float | None = None,
         **filters: Any,
     ) -> list[dict[str, Any]]:
         """Block until `count` matching events are in the ring (oldest first).
 
-        Raises AssertionError listing what matched and what else arrived on timeout.
+        With `exactly=True`, then wait `settle` seconds (at most `timeout`) of quiet and
+        fail if any further match arrived. Raises AssertionError listing what matched
+        and what else arrived.
         """
         if event is not None:
             filters = {"event": event, **filters}
-        params = _query(filters)
-        params += [("count", str(count)), ("timeout", str(timeout))]
-        response = self._http.get(
-            "/api/metrics/behavior/wait",
-            params=tuple(params),
-            timeout=timeout + self._timeout,
-        )
+        params = [("count", str(count)), ("timeout", str(timeout))]
+        if exactly:
+            params.append(("exactly", "true"))
+        if settle is not None:
+            params.append(("settle", str(settle)))
+        response = self._wait(filters, params, timeout + (settle or 0))
         if response.status_code == 408:
             raise AssertionError(self._explain(filters, count, timeout, response))
+        if response.status_code == 409:
+            quiet = f" and {settle:g}s of quiet" if settle else ""
+            headline = (
+                f"expected exactly {count} event(s) matching {_shown(filters)}"
+                f" within {timeout:g}s{quiet}, got {response.json()['matched']}:"
+            )
+            raise AssertionError(
+                self._explain(filters, count, timeout, response, headline)
+            )
         response.raise_for_status()
         events: list[dict[str, Any]] = response.json()["events"]
         return events
+
+    def expect_none(
+        self,
+        event: str | list[str] | None = None,
+        timeout: float = 0.5,
+        **filters: Any,
+    ) -> None:
+        """Pass when no matching event is in the ring or arrives within `timeout`.
+
+        Raises AssertionError listing the offending events and what else arrived.
+        """
+        if event is not None:
+            filters = {"event": event, **filters}
+        params = [("absent", "true"), ("timeout", str(timeout))]
+        response = self._wait(filters, params, timeout)
+        if response.status_code == 409:
+            headline = (
+                f"expected no event matching {_shown(filters)} within {timeout:g}s,"
+                f" got {response.json()['matched']}:"
+            )
+            raise AssertionError(self._explain(filters, 0, timeout, response, headline))
+        response.raise_for_status()
+
+    def expect_sequence(
+        self,
+        names: Sequence[str],
+        per: str | None = None,
+        timeout: float = 5,
+        **filters: Any,
+    ) -> list[dict[str, Any]]:
+        """Block until matching events named `names` arrive in that order (others may
+        come between), all from one `per` value (e.g. "visitor_id") when given.
+
+        Returns the events forming the sequence; raises AssertionError listing what
+        arrived of those names and what else arrived.
+        """
+        params = [("sequence", ",".join(names)), ("timeout", str(timeout))]
+        if per is not None:
+            params.append(("per", per))
+        response = self._wait(filters, params, timeout)
+        if response.status_code == 408:
+            grouped = f" from one {per}" if per else ""
+            headline = (
+                f"expected the sequence {' -> '.join(names)}{grouped} among events"
+                f" matching {_shown(filters)} within {timeout:g}s, got"
+                f" {response.json()['matched']} of those names:"
+            )
+            raise AssertionError(
+                self._explain(filters, len(names), timeout, response, headline)
+            )
+        response.raise_for_status()
+        events: list[dict[str, Any]] = response.json()["events"]
+        return events
+
+    def _wait(
+        self, filters: dict[str, Any], params: list[tuple[str, str]], seconds: float
+    ) -> httpx.Response:
+        return self._http.get(
+            "/api/metrics/behavior/wait",
+            params=tuple(_query(filters) + params),
+            timeout=seconds + self._timeout,
+        )
 
     def _explain(
         self,
@@ -148,12 +223,13 @@ class MetricsClient:
         count: int,
         timeout: float,
         response: httpx.Response,
+        headline: str | None = None,
     ) -> str:
         matched: list[dict[str, Any]] = response.json()["events"]
-        shown = ", ".join(f"{k}={v!r}" for k, v in filters.items()) or "no filters"
         lines = [
-            f"expected {count} event(s) matching {shown} within {timeout:g}s,"
-            f" got {len(matched)}:"
+            headline
+            or f"expected {count} event(s) matching {_shown(filters)} within"
+            f" {timeout:g}s, got {len(matched)}:"
         ]
         lines += [_describe(e) for e in matched] or ["  (none)"]
         # What else arrived in the same window (after the mark, when there is one).
@@ -186,6 +262,10 @@ class MetricsClient:
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
+
+
+def _shown(filters: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in filters.items()) or "no filters"
 
 
 def _describe(event: Mapping[str, Any]) -> str:

@@ -194,3 +194,83 @@ def test_flags_cwd_log_and_a_clean_exit(tmp_path: Path) -> None:
     assert (tmp_path / "relative.jsonl").read_bytes().count(b"\n") == 1
     assert "Uvicorn running on" in (tmp_path / "out.log").read_text()
     assert "Uvicorn running on" in server.output()
+
+
+def test_expect_none_passes_and_fails_with_the_offenders(
+    metrics_server: MetricsServer,
+) -> None:
+    client = metrics_server.client
+    mark = client.mark()
+    client.post({"event": "page_view", "visitor_id": "visitor-1"})
+    assert client.expect_none("error", timeout=0.05, after=mark) is None
+    client.post(
+        {"event": "error", "visitor_id": "visitor-1", "metadata": {"code": 500}}
+    )
+    with pytest.raises(AssertionError) as caught:
+        client.expect_none(after=mark, meta={"code__gte": 500})
+    message = str(caught.value)
+    assert message.startswith(
+        f"expected no event matching after={mark}, meta={{'code__gte': 500}}"
+        " within 0.5s, got 1:\n  #2 error visitor=visitor-1 at "
+    )
+    assert '{"code":500}' in message
+    header, others = message.split("; the newest that did not match:\n")
+    assert header.endswith(
+        f"events after seq {mark}: 2 in all, by name {{error: 1, page_view: 1}}"
+    )
+    assert others.startswith(f"  #{mark + 1} page_view visitor=visitor-1")
+
+
+def test_wait_for_exactly_fails_when_one_more_arrives(
+    metrics_server: MetricsServer,
+) -> None:
+    client = metrics_server.client
+    mark = client.mark()
+    client.post({"event": "signup", "visitor_id": "visitor-1"})
+    [one] = client.wait_for("signup", after=mark, exactly=True, settle=0.05)
+    assert one["seq"] == mark + 1
+    client.post({"event": "signup", "visitor_id": "visitor-2"})
+    with pytest.raises(AssertionError) as caught:
+        client.wait_for("signup", after=mark, exactly=True, settle=0.05, timeout=1)
+    message = str(caught.value)
+    assert message.startswith(
+        f"expected exactly 1 event(s) matching event='signup', after={mark}"
+        " within 1s and 0.05s of quiet, got 2:\n"
+    )
+    assert "#1 signup visitor=visitor-1" in message
+    assert "#2 signup visitor=visitor-2" in message
+    assert message.endswith("the newest that did not match:\n  (none)")
+
+
+def test_expect_sequence_returns_its_events_or_says_what_came(
+    metrics_server: MetricsServer,
+) -> None:
+    client = metrics_server.client
+    mark = client.mark()
+    for name, visitor in [
+        ("page_view", "visitor-1"),
+        ("signup_start", "visitor-2"),
+        ("other", "visitor-1"),
+        ("signup_start", "visitor-1"),
+    ]:
+        client.post({"event": name, "visitor_id": visitor})
+    found = client.expect_sequence(
+        ["page_view", "signup_start"], per="visitor_id", after=mark, timeout=1
+    )
+    assert [e["seq"] for e in found] == [1, 4]
+    with pytest.raises(AssertionError) as caught:
+        client.expect_sequence(
+            ["page_view", "signup_start", "signup_done"],
+            per="visitor_id",
+            visitor_id__prefix="visitor-",
+            after=mark,
+            timeout=0.1,
+        )
+    message = str(caught.value)
+    assert message.startswith(
+        "expected the sequence page_view -> signup_start -> signup_done from one"
+        " visitor_id among events matching visitor_id__prefix='visitor-',"
+        f" after={mark} within 0.1s, got 3 of those names:\n"
+        "  #1 page_view visitor=visitor-1"
+    )
+    assert "#3 other visitor=visitor-1" in message.split("did not match:")[1]

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from metrics_service.app import App, create_app
 from metrics_service.settings import Config
@@ -132,3 +133,161 @@ def test_a_wait_whose_client_left_is_dropped_at_once(tmp_path: Path) -> None:
     counts, took = run_app(Config(jsonl=tmp_path / "m.jsonl"), body)
     assert counts == [(0, 0)]
     assert took < 5
+
+
+def named(name: str, visitor: str = "visitor-1") -> dict[str, Any]:
+    return {"event": name, "visitor_id": visitor}
+
+
+def post_then_wait(
+    tmp_path: Path,
+    before: list[dict[str, Any]],
+    params: dict[str, Any],
+    later: list[dict[str, Any]] | None = None,
+    delay: float = 0.05,
+) -> httpx.Response:
+    """Posts `before`, asks /wait with `params`, posts `later` after `delay` while it
+    waits (or is already answered)."""
+
+    async def body(app: App, c: httpx.AsyncClient) -> httpx.Response:
+        for item in before:
+            assert (await c.post("/api/metrics/event", json=item)).status_code == 202
+        waiting = asyncio.ensure_future(c.get(WAIT, params=params))
+        await asyncio.sleep(delay)
+        for item in later or []:
+            assert (await c.post("/api/metrics/event", json=item)).status_code == 202
+        return await waiting
+
+    return run_app(Config(jsonl=tmp_path / "m.jsonl"), body)
+
+
+def test_absent_is_200_when_nothing_matching_arrives(tmp_path: Path) -> None:
+    params = {"event": "error", "absent": "true", "timeout": 0.2}
+    response = post_then_wait(tmp_path, [named("page_view")], params, [named("click")])
+    assert response.status_code == 200
+    assert response.json() == {"matched": 0, "events": []}
+
+
+def test_absent_is_409_with_what_is_already_in_the_ring(tmp_path: Path) -> None:
+    params = {"event": "error", "absent": "true", "after": 1, "timeout": 5}
+    before = [named("error"), named("page_view"), named("error", "visitor-2")]
+    response = post_then_wait(tmp_path, before, params, delay=0)
+    assert response.status_code == 409
+    body = response.json()
+    assert body["matched"] == 1
+    assert [(e["seq"], e["visitor_id"]) for e in body["events"]] == [(3, "visitor-2")]
+
+
+def test_absent_is_409_as_soon_as_one_arrives(tmp_path: Path) -> None:
+    params = {"event": "error", "absent": "true", "timeout": 30}
+    response = post_then_wait(tmp_path, [], params, [named("x"), named("error")])
+    assert response.status_code == 409
+    assert [e["seq"] for e in response.json()["events"]] == [2]
+
+
+def test_exactly_is_200_after_quiet(tmp_path: Path) -> None:
+    params = {"event": "signup", "count": 2, "exactly": "true", "settle": 0.1}
+    before = [named("signup"), named("page_view"), named("signup")]
+    response = post_then_wait(tmp_path, before, params, [named("page_view")])
+    assert response.status_code == 200
+    assert [e["seq"] for e in response.json()["events"]] == [1, 3]
+
+
+def test_exactly_is_409_when_one_more_arrives_while_settling(tmp_path: Path) -> None:
+    params = {"event": "signup", "count": 1, "exactly": "true", "settle": 0.5}
+    response = post_then_wait(tmp_path, [named("signup")], params, [named("signup")])
+    assert response.status_code == 409
+    body = response.json()
+    assert body["matched"] == 2
+    assert [e["seq"] for e in body["events"]] == [1, 2]
+
+
+def test_exactly_is_409_when_more_are_already_in(tmp_path: Path) -> None:
+    params = {"event": "signup", "count": 1, "exactly": "true", "settle": 5}
+    response = post_then_wait(tmp_path, [named("signup")] * 3, params, delay=0)
+    assert response.status_code == 409
+    assert response.json()["matched"] == 3
+
+
+def test_exactly_times_out_with_408_like_a_wait(tmp_path: Path) -> None:
+    params = {"event": "signup", "count": 2, "exactly": "true", "timeout": 0.1}
+    response = post_then_wait(tmp_path, [named("signup")], params, delay=0)
+    assert response.status_code == 408
+    assert response.json()["matched"] == 1
+
+
+def test_sequence_is_200_with_the_events_forming_it(tmp_path: Path) -> None:
+    params = {"sequence": "page_view,signup_start,signup_done", "timeout": 5}
+    before = [named("signup_start"), named("page_view"), named("page_view")]
+    later = [named("other"), named("signup_start"), named("signup_done")]
+    response = post_then_wait(tmp_path, before, params, later)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["matched"] == 3
+    assert [e["seq"] for e in body["events"]] == [2, 5, 6]
+
+
+def test_sequence_per_visitor_needs_one_visitor_to_do_it_all(tmp_path: Path) -> None:
+    params = {"sequence": "a,b", "per": "visitor_id", "timeout": 5}
+    before = [named("a", "visitor-1"), named("b", "visitor-2")]
+    later = [named("a", "visitor-2"), named("b", "visitor-2")]
+    response = post_then_wait(tmp_path, before, params, later)
+    assert response.status_code == 200
+    assert [e["seq"] for e in response.json()["events"]] == [3, 4]
+
+
+def test_sequence_per_metadata_path(tmp_path: Path) -> None:
+    def step(name: str, session: str) -> dict[str, Any]:
+        return {**named(name), "metadata": {"session": session}}
+
+    params = {"sequence": "a,b", "per": "meta.session", "timeout": 0.2}
+    before = [step("a", "s1"), step("b", "s2"), named("b")]
+    response = post_then_wait(tmp_path, before, params, delay=0)
+    assert response.status_code == 408
+    assert [e["seq"] for e in response.json()["events"]] == [1, 2, 3]
+    before.append(step("b", "s1"))
+    assert post_then_wait(tmp_path / "x", before, params).status_code == 200
+
+
+def test_sequence_out_of_order_is_408_with_what_arrived(tmp_path: Path) -> None:
+    params = {"sequence": "a,b", "after": 1, "timeout": 0.2}
+    before = [named("a"), named("b"), named("x"), named("b"), named("a")]
+    response = post_then_wait(tmp_path, before, params, delay=0)
+    assert response.status_code == 408
+    body = response.json()
+    assert body["matched"] == 3
+    assert [(e["seq"], e["event"]) for e in body["events"]] == [
+        (2, "b"),
+        (4, "b"),
+        (5, "a"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"absent": "true", "count": 2}, "count"),
+        ({"absent": "true", "exactly": "true"}, "exactly"),
+        ({"absent": "true", "sequence": "a,b"}, "sequence"),
+        ({"absent": "yes"}, "absent"),
+        ({"sequence": "a,b", "exactly": "true"}, "exactly"),
+        ({"sequence": "a,b", "count": 2}, "count"),
+        ({"sequence": "a,b", "event": "a"}, "event"),
+        ({"sequence": "a,,b"}, "sequence"),
+        ({"sequence": "a,b", "per": "visitor"}, "per"),
+        ({"per": "visitor_id"}, "per"),
+        ({"settle": 0.1}, "settle"),
+        ({"exactly": "true", "settle": 2, "timeout": 1}, "settle"),
+        ({"exactly": "true", "count": 1001}, "count"),
+    ],
+)
+def test_invalid_combinations_are_422_naming_the_parameter(
+    tmp_path: Path, params: dict[str, Any], name: str
+) -> None:
+    async def body(app: App, c: httpx.AsyncClient) -> httpx.Response:
+        return await c.get(WAIT, params=params)
+
+    response = run_app(Config(jsonl=tmp_path / "m.jsonl", ring_capacity=1000), body)
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["query", name]

@@ -77,7 +77,14 @@ FILTER_NOTE = (
     "Filters combine with AND. `meta.<path>=<value>` (any number of them, dotted"
     " paths for nested objects) matches a metadata value by its string form:"
     ' `meta.step=2` matches 2 and "2", `meta.flag=true` matches true.'
-    " Unknown parameters are rejected with 422."
+    " Operators are suffixes on `meta.<path>`, `event`, `visitor_id` and `event_id`:"
+    " `__gt`, `__gte`, `__lt`, `__lte` compare numbers (a JSON number, or a string"
+    " holding one; anything else never matches), `__ne`, `__in` (comma-separated"
+    " values), `__prefix`, `__contains` and `__eq` compare the string form,"
+    " `__exists=true|false` asks whether the key is present (null is present)."
+    " A missing key matches only `__ne` and `__exists=false`, so `meta.plan__ne=pro`"
+    " is everything `meta.plan=pro` is not."
+    " Unknown parameters and unknown operators are rejected with 422."
 )
 BODY_ERRORS: dict[int, tuple[str, type[BaseModel] | str | None]] = {
     400: ("Malformed JSON or invalid UTF-8", ErrorBody),

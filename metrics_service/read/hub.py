@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from metrics_service.read.filters import Filters, _lookup, _string_form
+from metrics_service.read.filters import Filters
 from metrics_service.store.chunk import Entry, Predicate
 from metrics_service.store.writer import Writer
 
@@ -76,7 +76,7 @@ _UNREAD: Any = object()
 class _Matches:
     """The entries of one write that match each predicate, worked out once per distinct
     predicate however many waiters share it; an entry's metadata is decoded at most once
-    whichever `meta.` filters ask for it."""
+    whichever `meta.` filters (plain or with an operator) ask for it."""
 
     __slots__ = ("entries", "found", "metadata")
 
@@ -93,10 +93,10 @@ class _Matches:
 
     def _select(self, predicate: Predicate) -> list[Entry]:
         entries = self.entries
-        if not isinstance(predicate, Filters) or not predicate.meta:
+        if not isinstance(predicate, Filters) or not predicate.reads_metadata:
             return [entry for entry in entries if predicate(entry)]
-        cheap = dataclasses.replace(predicate, meta=())
-        wanted = predicate.meta
+        cheap = predicate.without_metadata()
+        wanted = predicate.metadata_matches
         metadata = self.metadata
         if metadata is None:
             metadata = self.metadata = [_UNREAD] * len(entries)
@@ -107,7 +107,7 @@ class _Matches:
             value = metadata[i]
             if value is _UNREAD:
                 value = metadata[i] = decode_metadata(entry.line)
-            if all(_string_form(_lookup(value, path)) == v for path, v in wanted):
+            if wanted(value):
                 out.append(entry)
         return out
 
@@ -213,8 +213,23 @@ class Hub:
         """(satisfied, events): `existing` already matched; new entries are added as they
         come. The waiter leaves early when `disconnected()` (the client went) completes.
         Raises Full when `limit` waiters and subscribers are registered."""
+        done, events, _ = await self.wait_counted(
+            predicate, count, existing, timeout, disconnected
+        )
+        return done, events
+
+    async def wait_counted(
+        self,
+        predicate: Predicate,
+        count: int,
+        existing: list[Entry],
+        timeout: float,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
+    ) -> tuple[bool, list[Entry], int]:
+        """As `wait`, with how many matches were seen in all: a write can bring more
+        than `count`, and more than the newest `keep` that the events hold."""
         if len(existing) >= count:
-            return True, existing[-self.keep :]
+            return True, existing[-self.keep :], len(existing)
         if self.closed:
             raise ShuttingDown
         if self.full:
@@ -251,7 +266,7 @@ class Hub:
                 gone.cancel()
         if not done and self.closed:
             raise ShuttingDown
-        return done, waiter.events
+        return done, waiter.events, waiter.seen
 
     def subscribe(
         self, predicate: Predicate, limit: int = QUEUE_LIMIT, *, force: bool = False
