@@ -133,7 +133,11 @@ def test_loading_the_plugin_imports_neither_the_app_nor_httpx() -> None:
     loaded = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert sorted(loaded) == ["metrics_service", "metrics_service.testing"]
+    assert sorted(loaded) == [
+        "metrics_service",
+        "metrics_service.client",
+        "metrics_service.testing",
+    ]
 
 
 READ = "read-token-5f2e"
