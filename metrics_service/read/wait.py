@@ -57,16 +57,19 @@ def _int_param(
     return value
 
 
-def _timeout_param(request: Request) -> float:
-    raw = request.query_params.get("timeout")
+def _seconds_param(
+    request: Request, name: str, default: float, most: float, most_text: str
+) -> float:
+    """A number of seconds from 0 to `most` (named `most_text` in the 422)."""
+    raw = request.query_params.get(name)
     if raw is None:
-        return 5.0
+        return default
     try:
         value = float(raw)
     except ValueError:
-        raise invalid("timeout", f"expected seconds, got {raw!r}") from None
-    if not 0 <= value <= MAX_TIMEOUT or math.isnan(value):
-        raise invalid("timeout", f"must be between 0 and {MAX_TIMEOUT:g} seconds")
+        raise invalid(name, f"expected seconds, got {raw!r}") from None
+    if not 0 <= value <= most or math.isnan(value):
+        raise invalid(name, f"must be between 0 and {most_text}")
     return value
 
 
@@ -86,22 +89,6 @@ def _bool_param(request: Request, name: str) -> bool:
     if raw not in ("true", "false"):
         raise invalid(name, f"expected true or false, got {raw!r}")
     return raw == "true"
-
-
-def _settle_param(request: Request, timeout: float) -> float:
-    raw = request.query_params.get("settle")
-    if raw is None:
-        return 0.0
-    try:
-        value = float(raw)
-    except ValueError:
-        raise invalid("settle", f"expected seconds, got {raw!r}") from None
-    if not 0 <= value <= timeout or math.isnan(value):
-        raise invalid(
-            "settle",
-            f"must be between 0 and the timeout ({timeout:g} seconds)",
-        )
-    return value
 
 
 def _sequence_param(request: Request) -> tuple[str, ...]:
@@ -174,8 +161,12 @@ async def wait(request: Request) -> Response:
     if "settle" in params and not exactly:
         raise invalid("settle", "only with exactly=true")
     count = _int_param(request, "count", 1, 1, service.ring.capacity)
-    timeout = _timeout_param(request)
-    settle = _settle_param(request, timeout)
+    timeout = _seconds_param(
+        request, "timeout", 5.0, MAX_TIMEOUT, f"{MAX_TIMEOUT:g} seconds"
+    )
+    settle = _seconds_param(
+        request, "settle", 0.0, timeout, f"the timeout ({timeout:g} seconds)"
+    )
     names = _sequence_param(request) if sequence else ()
     per = _per_param(request)
     hub = service.hub
