@@ -34,6 +34,7 @@ from metrics_service.http.schemas import (
 )
 from metrics_service.ingest.contract import BehaviorEvent
 from metrics_service.ingest.endpoint import Ingest
+from metrics_service.ingest.formats import ENDPOINTS as SDK_ENDPOINTS
 from metrics_service.read import dashboard, prometheus, snapshot, stream
 from metrics_service.read.timeseries import INTERVALS, MAX_BUCKETS, timeseries
 from metrics_service.read.wait import MAX_TIMEOUT, wait
@@ -299,6 +300,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             ),
         ),
     ),
+    *SDK_ENDPOINTS,
 )
 
 

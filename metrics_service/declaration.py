@@ -4,6 +4,7 @@ setting with `declare`, on its Config field)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,21 @@ def as_lower_names(raw: str) -> frozenset[str]:
 
 def as_optional_str(raw: str) -> str | None:
     return raw or None
+
+
+_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def as_instance(raw: str) -> str | None:
+    """A collector's name: 1-64 letters, digits, `.`, `_` or `-`; empty for none."""
+    name = raw.strip()
+    if not name:
+        return None
+    if not _INSTANCE.fullmatch(name):
+        raise ConfigError(
+            "", f"must be 1-64 letters, digits, '.', '_' or '-', got {raw!r}"
+        )
+    return name
 
 
 def as_optional_path(raw: str) -> Path | None:

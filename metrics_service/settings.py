@@ -28,6 +28,7 @@ from metrics_service.declaration import (
     Setting,
     as_bool,
     as_float,
+    as_instance,
     as_int,
     as_lower,
     as_lower_names,
@@ -72,6 +73,14 @@ class Config:
         default=Path("data/metrics.jsonl"),
         metadata=declare(
             Path, "append-only sink file; parent folders are created", flag="--jsonl"
+        ),
+    )
+    instance: str | None = field(
+        default=None,
+        metadata=declare(
+            as_instance,
+            "this collector's name, written into each line as `instance`; unset: "
+            "no such key",
         ),
     )
     # ingestion (issue: batches, beacons, ...)

@@ -105,6 +105,7 @@ PUBLIC_NAMES = [  # variables and flags people have in their scripts: never rena
     ("METRICS_PORT", "--port"),
     ("METRICS_RING_CAPACITY", "--capacity"),
     ("METRICS_JSONL", "--jsonl"),
+    ("METRICS_INSTANCE", None),
     ("METRICS_MAX_BATCH", None),
     ("METRICS_MAX_BODY_BYTES", None),
     ("METRICS_MAX_EVENT_BYTES", None),
@@ -148,6 +149,7 @@ def test_every_setting_is_read_from_its_variable() -> None:
         "METRICS_PORT": "9000",
         "METRICS_RING_CAPACITY": "7",
         "METRICS_JSONL": "/tmp/e.jsonl",
+        "METRICS_INSTANCE": "web-2",
         "METRICS_MAX_BATCH": "5",
         "METRICS_MAX_BODY_BYTES": "6",
         "METRICS_MAX_EVENT_BYTES": "4",
@@ -173,6 +175,7 @@ def test_every_setting_is_read_from_its_variable() -> None:
         port=9000,
         ring_capacity=7,
         jsonl=Path("/tmp/e.jsonl"),
+        instance="web-2",
         max_batch=5,
         max_body_bytes=6,
         max_event_bytes=4,
@@ -379,3 +382,12 @@ def test_serve_does_not_warn_about_pure_python(
     caplog.set_level(logging.WARNING, logger="metrics_service")
     assert main(["serve"]) == 2
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_instance_is_a_short_name_or_unset() -> None:
+    assert Config.from_env({"METRICS_INSTANCE": "web-1.eu"}).instance == "web-1.eu"
+    assert Config.from_env({"METRICS_INSTANCE": " "}).instance is None
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"METRICS_INSTANCE": "web 1"})
+    assert caught.value.name == "METRICS_INSTANCE"
+    assert "letters, digits" in caught.value.message

@@ -19,6 +19,8 @@ from metrics_service.service import Service
 from metrics_service.store.sink import SinkError
 from metrics_service.store.writer import Outcome
 
+# Where a lane leaves the body it read (after gzip) for whoever answers a refusal.
+BODY_KEY = "metrics.body"
 JSON_HEADERS = (b"content-type", b"application/json")
 VARY_ORIGIN = (b"vary", b"Origin")
 NOTHING = Outcome(0, 0, None, None)
@@ -51,6 +53,7 @@ class Ingest:
             names = ", ".join(t for t in self.types if t) + " or none"
             raise ApiError(415, f"unsupported Content-Type {kind!r}; send {names}")
         body = await read_body(head, receive, config.max_body_bytes)
+        scope[BODY_KEY] = body  # for the quarantine, should the front door refuse it
         group, sampled_out = decode(
             body,
             kind,

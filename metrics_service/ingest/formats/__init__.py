@@ -1,0 +1,10 @@
+"""Other analytics SDKs' wire formats (Segment, PostHog, GA4), mapped to BehaviorEvent.
+
+ENDPOINTS is their part of the route table (app.ENDPOINTS includes it).
+"""
+
+from __future__ import annotations
+
+from metrics_service.http.openapi import Endpoint
+
+ENDPOINTS: tuple[Endpoint, ...] = ()
