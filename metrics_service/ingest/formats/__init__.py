@@ -6,5 +6,6 @@ ENDPOINTS is their part of the route table (app.ENDPOINTS includes it).
 from __future__ import annotations
 
 from metrics_service.http.openapi import Endpoint
+from metrics_service.ingest.formats import segment
 
-ENDPOINTS: tuple[Endpoint, ...] = ()
+ENDPOINTS: tuple[Endpoint, ...] = (*segment.ENDPOINTS,)

@@ -1,0 +1,224 @@
+"""The SDK formats' lane: a foreign body in, mapped to our events, stored through the
+one decoder (ingest/decode.py check_events and to_group), the SDK's own answer out.
+
+Each format (segment.py, posthog.py, ga4.py) says how its payload maps to our event
+fields and where each came from, so a refusal names the foreign field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, NamedTuple
+from urllib.parse import parse_qsl
+
+from starlette.types import Receive, Scope, Send
+
+from metrics_service.http.auth import check_sdk_key
+from metrics_service.http.body import (
+    ACCEPTED_TYPES,
+    MAX_USER_AGENT,
+    Gunzip,
+    Head,
+    media_type,
+    read_body,
+    read_head,
+)
+from metrics_service.http.errors import ApiError
+from metrics_service.ingest.clock import Received, received_now
+from metrics_service.ingest.decode import check_count, check_events, to_group
+from metrics_service.ingest.endpoint import BODY_KEY, NOTHING
+from metrics_service.service import Service
+from metrics_service.store.sink import SinkError
+from metrics_service.store.writer import Outcome
+
+GZIP_MAGIC = b"\x1f\x8b"
+SDK_KEY = "$sdk"
+Loc = list[str | int]
+
+
+@dataclasses.dataclass(slots=True)
+class Mapped:
+    """One foreign event as our event's fields (or the foreign value itself when it
+    is not an object, for check_events to refuse), with where each field came from."""
+
+    event: Any
+    where: dict[str, Loc]
+    problems: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+
+class Payload(NamedTuple):
+    items: list[Mapped]
+    batch: bool  # refusals carry each event's `index`
+    keys: list[tuple[str, object]]  # (foreign field, value): the SDK's own keys
+
+
+class Foreign(NamedTuple):
+    """A request as the formats read it."""
+
+    scope: Scope
+    head: Head
+    body: bytes
+    query: dict[str, str]
+    received: Received
+
+
+def query_of(scope: Scope) -> dict[str, str]:
+    """The query parameters (the first of each name), as text."""
+    raw: bytes = scope.get("query_string", b"")
+    if not raw:
+        return {}
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        params.setdefault(name, value)
+    return params
+
+
+def inflate(body: bytes, limit: int) -> bytes:
+    """A gzip body recognised by its magic bytes (posthog-js sends no
+    Content-Encoding), inflated with the same bound as http/body.py."""
+    if body[:2] != GZIP_MAGIC:
+        return body
+    gunzip = Gunzip(limit)
+    out = gunzip.feed(body)
+    gunzip.finish()
+    return out
+
+
+async def read_foreign(
+    scope: Scope, receive: Receive, limit: int
+) -> tuple[Head, bytes]:
+    """The request's headers and body (gzip inflated, by header or magic bytes)."""
+    head = read_head(scope["headers"])
+    kind = media_type(head)
+    if kind not in ACCEPTED_TYPES:
+        names = ", ".join(t for t in ACCEPTED_TYPES if t) + " or none"
+        raise ApiError(415, f"unsupported Content-Type {kind!r}; send {names}")
+    if scope["method"] != "POST":
+        return head, b""
+    body = await read_body(head, receive, limit)
+    return head, inflate(body, limit)
+
+
+def user_agent(value: object) -> object:
+    """An SDK-reported user agent, cut as the header's is (http/body.py)."""
+    if isinstance(value, str) and len(value) > MAX_USER_AGENT:
+        return value[:MAX_USER_AGENT]
+    return value
+
+
+def compact(values: dict[str, Any]) -> dict[str, Any]:
+    """`$sdk` without the keys the SDK did not send."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+class SdkLane:
+    """An SDK's ingest endpoint, served from the front door for POST (FrontDoor.lanes)
+    and as a plain ASGI app through the router (gtag's GET hits)."""
+
+    # http/auth.py Guards: the SDK cannot send a bearer token; payload() returns its
+    # key and this lane checks it against METRICS_INGEST_TOKEN.
+    own_key: ClassVar[bool] = True
+    # What a request without a usable key is told to send.
+    key_hint: ClassVar[str] = "the SDK's key"
+    # Messages for our required fields when the foreign ones are missing.
+    missing: ClassVar[dict[str, str]] = {}
+
+    def payload(self, request: Foreign) -> Payload:
+        raise NotImplementedError
+
+    def answer(self, outcome: Outcome, sampled_out: int) -> tuple[int, bytes]:
+        """Status and JSON body (b"" for none) of a stored request."""
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.serve(scope, receive, send, False)
+
+    async def serve(
+        self, scope: Scope, receive: Receive, send: Send, vary: bool
+    ) -> None:
+        service: Service = scope["app"].service
+        config = service.config
+        head, body = await read_foreign(scope, receive, config.max_body_bytes)
+        token = config.ingest_token
+        if token is None:
+            scope[BODY_KEY] = (
+                body  # for the quarantine, should the front door refuse it
+            )
+        request = Foreign(scope, head, body, query_of(scope), received_now())
+        payload = self.payload(request)
+        check_sdk_key(scope, token, payload.keys, self.key_hint)
+        if token is not None:
+            scope[BODY_KEY] = body  # only once the key is known good
+        group, sampled_out = self.decode(payload, service, request)
+        service.sampled_out += sampled_out
+        outcome = NOTHING
+        if group.bodies:
+            try:
+                outcome = await service.writer.enqueue(group)
+            except SinkError as exc:
+                # 503: every SDK here retries a 5xx, and nothing was stored.
+                raise ApiError(503, str(exc)) from None
+        status, answer = self.answer(outcome, sampled_out)
+        headers = [(b"content-length", b"%d" % len(answer))]
+        if answer:
+            headers.append((b"content-type", b"application/json"))
+        if vary:
+            headers.append((b"vary", b"Origin"))
+        await send(
+            {"type": "http.response.start", "status": status, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": answer})
+
+    def decode(self, payload: Payload, service: Service, request: Foreign) -> Any:
+        """The group of stored events and how many sampling dropped, as for our own
+        events; a 422 names the foreign fields."""
+        config = service.config
+        items, batch = payload.items, payload.batch
+        check_count(len(items), config.max_batch)
+        problems = [
+            {"index": i, **problem} if batch else problem
+            for i, item in enumerate(items)
+            for problem in item.problems
+        ]
+        try:
+            events = check_events(
+                [item.event for item in items],
+                service.policy,
+                config.max_event_bytes,
+                batch=batch,
+            )
+        except ApiError as exc:
+            if exc.status_code != 422 or not isinstance(exc.detail, list):
+                raise
+            raise ApiError(422, problems + self.foreign(exc.detail, items)) from None
+        if problems:
+            raise ApiError(422, problems)
+        try:
+            return to_group(
+                events,
+                service.policy,
+                received=request.received,
+                header_user_agent=request.head.user_agent,
+                batch=batch,
+            )
+        except ApiError as exc:
+            if exc.status_code != 422 or not isinstance(exc.detail, list):
+                raise
+            raise ApiError(422, self.foreign(exc.detail, items)) from None
+
+    def foreign(
+        self, detail: list[dict[str, Any]], items: list[Mapped]
+    ) -> list[dict[str, Any]]:
+        """The decoder's problems with our field names replaced by the foreign ones."""
+        out = []
+        for problem in detail:
+            loc = problem.get("loc") or []
+            index = problem.get("index", 0)
+            if loc and isinstance(loc[0], str) and 0 <= index < len(items):
+                where = items[index].where.get(loc[0])
+                if where is not None:
+                    problem = {**problem, "loc": [*where, *loc[1:]]}
+                    if problem.get("type") == "missing" and loc[0] in self.missing:
+                        problem["msg"] = self.missing[loc[0]]
+            out.append(problem)
+        return out

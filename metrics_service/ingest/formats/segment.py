@@ -1,0 +1,313 @@
+"""Segment's wire format under /segment: analytics.js (analytics-next), the HTTP
+Tracking API and its server libraries, and RudderStack, which speaks it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.responses import Response
+
+from metrics_service.http.auth import basic_user
+from metrics_service.http.errors import ApiError
+from metrics_service.http.openapi import BODY_ERRORS, Doc, Endpoint
+from metrics_service.ingest.decode import parse_json, type_name
+from metrics_service.ingest.formats.lane import (
+    SDK_KEY,
+    Foreign,
+    Loc,
+    Mapped,
+    Payload,
+    SdkLane,
+    compact,
+    user_agent,
+)
+from metrics_service.store.writer import Outcome
+
+PREFIX = "/segment/v1"
+# The browser SDK's short paths and the HTTP API's, by the call they carry.
+CALLS = {
+    "t": "track",
+    "p": "page",
+    "i": "identify",
+    "g": "group",
+    "a": "alias",
+    "s": "screen",
+    **{
+        name: name for name in ("track", "page", "identify", "group", "alias", "screen")
+    },
+}
+TRAITS_CALLS = ("identify", "group")
+
+_BY_ANONYMOUS: dict[str, Loc] = {
+    "visitor_id": ["anonymousId"],
+    "event": ["event"],
+    "event_id": ["messageId"],
+    "timestamp": ["timestamp"],
+    "sent_at": ["sentAt"],
+    "user_agent": ["context", "userAgent"],
+}
+_BY_USER: dict[str, Loc] = {**_BY_ANONYMOUS, "visitor_id": ["userId"]}
+
+
+def _where(properties: str, by_user: bool) -> dict[str, Loc]:
+    where = _BY_USER if by_user else _BY_ANONYMOUS
+    return {**where, "metadata": [properties]}
+
+
+_WHERE = {
+    (properties, by_user): _where(properties, by_user)
+    for properties in ("properties", "traits")
+    for by_user in (False, True)
+}
+_WHERE[("context.traits", False)] = {
+    **_BY_ANONYMOUS,
+    "metadata": ["context", "traits"],
+}
+_WHERE[("context.traits", True)] = {**_BY_USER, "metadata": ["context", "traits"]}
+
+
+def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
+    """One Segment message as our event (see README, Use the SDK you already have)."""
+    if not isinstance(message, dict):
+        return Mapped(message, {})
+    kind = message.get("type") if call is None else call
+    problems: list[dict[str, Any]] = []
+    if kind not in CALLS.values():
+        problems.append(
+            {
+                "loc": ["type"],
+                "msg": "expected one of track, page, screen, identify, group or "
+                f"alias, got {kind!r}"
+                if isinstance(kind, str)
+                else f"expected the call's type as a string, got {type_name(kind)}",
+                "type": "segment_type",
+            }
+        )
+        kind = "track"
+    context = message.get("context")
+    if not isinstance(context, dict):
+        context = {}
+    anonymous_id = message.get("anonymousId")
+    user_id = message.get("userId")
+    by_user = anonymous_id is None and user_id is not None
+    field = "properties"
+    metadata: Any = message.get("properties")
+    if kind in TRAITS_CALLS:
+        field = "traits"
+        metadata = message.get("traits")
+        if metadata is None and "traits" in context:
+            # RudderStack sends an identify's traits only in context.traits.
+            field, metadata = "context.traits", context["traits"]
+    elif kind == "alias":
+        metadata = None
+    if metadata is None:
+        metadata = {}
+    page = context.get("page")
+    if not isinstance(page, dict):
+        page = {}
+    library = context.get("library")
+    if not isinstance(library, dict):
+        library = {}
+    if isinstance(metadata, dict):
+        metadata = {
+            **metadata,
+            SDK_KEY: compact(
+                {
+                    "format": "segment",
+                    "type": kind,
+                    "user_id": user_id,
+                    "name": message.get("name"),
+                    "group_id": message.get("groupId"),
+                    "previous_id": message.get("previousId"),
+                    "url": page.get("url"),
+                    "path": page.get("path"),
+                    "title": page.get("title"),
+                    "referrer": page.get("referrer"),
+                    "library": library.get("name"),
+                    "library_version": library.get("version"),
+                }
+            ),
+        }
+    name = message.get("event") if kind == "track" else kind
+    event: dict[str, Any] = {"metadata": metadata}
+    if name is not None:
+        event["event"] = name
+    visitor = user_id if by_user else anonymous_id
+    if visitor is not None:
+        event["visitor_id"] = visitor
+    if "messageId" in message:
+        event["event_id"] = message["messageId"]
+    timestamp = message.get("timestamp")
+    if timestamp is None:
+        timestamp = message.get("originalTimestamp")  # RudderStack's
+    if timestamp is not None:
+        event["timestamp"] = timestamp
+    sent = message.get("sentAt", sent_at)
+    if sent is not None:
+        event["sent_at"] = sent
+    agent = context.get("userAgent")
+    if agent is not None:
+        event["user_agent"] = user_agent(agent)
+    where = _WHERE[(field, by_user)]
+    if timestamp is not None and "timestamp" not in message:
+        where = {**where, "timestamp": ["originalTimestamp"]}
+    return Mapped(event, where, problems)
+
+
+class SegmentLane(SdkLane):
+    """`call`: the one call a path carries, or None for a batch path."""
+
+    key_hint = "the writeKey (in the body, or as the Basic auth user)"
+    missing = {
+        "visitor_id": "no anonymousId or userId: one of them is the visitor id",
+        "event": "a track call needs its event name",
+    }
+
+    def __init__(self, call: str | None) -> None:
+        self.call = call
+
+    def payload(self, request: Foreign) -> Payload:
+        body = parse_json(request.body)
+        if not isinstance(body, dict):
+            raise ApiError(
+                422, f"expected a JSON object (a Segment call), got {type_name(body)}"
+            )
+        keys: list[tuple[str, object]] = []
+        user = basic_user(request.scope["headers"])
+        if user is not None:
+            keys.append(("writeKey (Basic auth user)", user))
+        if "writeKey" in body:
+            keys.append(("writeKey", body["writeKey"]))
+        if self.call is not None:
+            return Payload([_map(body, self.call, None)], False, keys)
+        batch = body.get("batch")
+        if not isinstance(batch, list):
+            raise ApiError(
+                422,
+                [
+                    {
+                        "loc": ["batch"],
+                        "msg": "expected an array of calls",
+                        "type": "list_type",
+                    }
+                ],
+            )
+        sent_at = body.get("sentAt")
+        items = [_map(message, None, sent_at) for message in batch]
+        for message in batch:
+            if isinstance(message, dict) and "writeKey" in message:
+                keys.append(("writeKey", message["writeKey"]))
+        return Payload(items, True, keys)
+
+    def answer(self, outcome: Outcome, sampled_out: int) -> tuple[int, bytes]:
+        # Segment's own answer, 200 {"success": true}; its libraries retry 5xx, 408 and
+        # 429 only, so a 4xx refusal (422) is dropped rather than retried forever.
+        return 200, orjson.dumps(
+            {
+                "success": True,
+                "stored": outcome.stored,
+                "duplicates": outcome.duplicates,
+                "sampled_out": sampled_out,
+            }
+        )
+
+
+def settings_document(request: Request) -> dict[str, Any]:
+    """What analytics.js loads from its cdnURL to become ready: Segment.io pointing
+    back here. analytics-next takes the body's writeKey and its Basic auth user from
+    `apiKey`, not from load()."""
+    write_key = request.path_params["writeKey"]
+    host = request.headers.get("host") or "127.0.0.1"
+    root = request.scope.get("root_path", "")
+    return {
+        "integrations": {
+            "Segment.io": {
+                "apiKey": write_key,
+                "apiHost": f"{host}{root}{PREFIX}",
+                "protocol": request.url.scheme,
+                "unbundledIntegrations": [],
+                "addBundledMetadata": True,
+                "maybeBundledConfigIds": {},
+            }
+        },
+        "plan": {
+            "track": {"__default": {"enabled": True, "integrations": {}}},
+            "identify": {"__default": {"enabled": True}},
+            "group": {"__default": {"enabled": True}},
+        },
+        "edgeFunction": {},
+        "analyticsNextEnabled": True,
+        "middlewareSettings": {},
+        "enabledMiddleware": {},
+        # No client metrics: they would go to Segment's own host.
+        "metrics": {"sampleRate": 0, "host": f"{host}{root}{PREFIX}"},
+        "legacyVideoPluginsEnabled": False,
+        "remotePlugins": [],
+    }
+
+
+async def settings(request: Request) -> Response:
+    return Response(
+        orjson.dumps(settings_document(request)), media_type="application/json"
+    )
+
+
+class SegmentAnswer(BaseModel):
+    success: bool
+    stored: int
+    duplicates: int
+    sampled_out: int
+
+
+class SegmentSettings(BaseModel):
+    integrations: dict[str, Any]
+
+
+_CALL_DOC = Doc(
+    "Segment: one call (analytics.js, the HTTP Tracking API, RudderStack)",
+    {200: ("Stored (or a duplicate ignored)", SegmentAnswer), **BODY_ERRORS},
+    body={"type": "object"},
+    description="The writeKey in the body or as the Basic auth user is checked "
+    "against METRICS_INGEST_TOKEN when that is set. Mapped as README's "
+    '"Use the SDK you already have" says.',
+)
+_BATCH_DOC = _CALL_DOC._replace(
+    summary='Segment: a batch, `{"batch": [...], "sentAt", "writeKey"}`, all or nothing'
+)
+
+
+def _endpoints() -> tuple[Endpoint, ...]:
+    lanes: dict[str, SegmentLane] = {}
+    rows = [
+        Endpoint(
+            "GET",
+            f"{PREFIX}/projects/{{writeKey}}/settings",
+            settings,
+            "open",
+            Doc(
+                "Segment: the settings analytics.js loads from its cdnURL",
+                {200: ("Segment.io pointing back at this service", SegmentSettings)},
+                params=(
+                    {
+                        "name": "writeKey",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                ),
+            ),
+        )
+    ]
+    for path, call in CALLS.items():
+        lane = lanes.setdefault(call, SegmentLane(call))
+        rows.append(Endpoint("POST", f"{PREFIX}/{path}", lane, "ingest", _CALL_DOC))
+    batch = SegmentLane(None)
+    for path in ("b", "batch"):
+        rows.append(Endpoint("POST", f"{PREFIX}/{path}", batch, "ingest", _BATCH_DOC))
+    return tuple(rows)
+
+
+ENDPOINTS = _endpoints()
