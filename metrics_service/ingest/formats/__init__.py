@@ -6,6 +6,6 @@ ENDPOINTS is their part of the route table (app.ENDPOINTS includes it).
 from __future__ import annotations
 
 from metrics_service.http.openapi import Endpoint
-from metrics_service.ingest.formats import segment
+from metrics_service.ingest.formats import posthog, segment
 
-ENDPOINTS: tuple[Endpoint, ...] = (*segment.ENDPOINTS,)
+ENDPOINTS: tuple[Endpoint, ...] = (*segment.ENDPOINTS, *posthog.ENDPOINTS)
