@@ -1,0 +1,146 @@
+"""deploy/clickhouse.sql run as written on embedded ClickHouse (chdb), over the files
+a collector with rotation on really writes."""
+
+from __future__ import annotations
+
+import gzip
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from chdb import session
+from conftest import EVENT_URL, event
+from starlette.testclient import TestClient
+
+from metrics_service import Config, create_app
+from metrics_service.store.rotation import segments
+
+ROOT = Path(__file__).resolve().parent.parent
+SQL = ROOT / "deploy" / "clickhouse.sql"
+NAMES = ("page_view",) * 6 + ("signup",) * 3 + ("checkout_completed",)
+
+
+def statements() -> list[str]:
+    """The file's statements in order, comment lines dropped."""
+    lines = [
+        line
+        for line in SQL.read_text().splitlines()
+        if not line.lstrip().startswith("--")
+    ]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+def ddl() -> list[str]:
+    return [s for s in statements() if s.startswith("CREATE")]
+
+
+def loads(stem: Path) -> list[str]:
+    """The load statements, pointed at `stem`'s files instead of data/metrics."""
+    return [
+        s.replace("'data/metrics", f"'{stem}")
+        for s in statements()
+        if s.startswith("INSERT")
+    ]
+
+
+def counts_query() -> str:
+    [query] = [s for s in statements() if s.startswith("SELECT")]
+    return query
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[Any]:
+    db = session.Session()
+    try:
+        yield db
+    finally:
+        db.cleanup()
+
+
+@pytest.fixture
+def clickhouse(engine: Any) -> Any:
+    engine.query("DROP DATABASE IF EXISTS metrics")
+    for statement in ddl():
+        engine.query(statement)
+    return engine
+
+
+def rows(db: Any, query: str) -> list[dict[str, Any]]:
+    text = db.query(query, "JSONEachRow").bytes()
+    return [orjson.loads(line) for line in text.splitlines()]
+
+
+def counts(db: Any) -> dict[str, int]:
+    """The file's count query: events by name, each line once."""
+    return {r["event"]: int(r["events"]) for r in rows(db, counts_query())}
+
+
+def fill(sink: Path, count: int, instance: str | None = None) -> Counter[str]:
+    """`count` events through a collector that rotates every ~2 KB."""
+    extra = {} if instance is None else {"instance": instance}
+    config = Config(jsonl=sink, rotate_bytes=2_000, rotate_keep=100, **extra)
+    sent: Counter[str] = Counter()
+    with TestClient(create_app(config)) as c:
+        for i in range(count):
+            name = NAMES[i % len(NAMES)]
+            body = event(name, metadata={"i": i, "plan": {"tier": "pro"}, "é": "ü"})
+            assert c.post(EVENT_URL, json=body).status_code == 202
+            sent[name] += 1
+    return sent
+
+
+def test_table_and_loads_count_each_line_once_after_a_second_load(
+    tmp_path: Path, clickhouse: Any
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    sent = fill(sink, 100)
+    found = segments(sink)
+    assert len(found) >= 4 and all(s.suffix == ".gz" for s in found)
+    lines = [
+        orjson.loads(line)
+        for s in found
+        for line in gzip.decompress(s.read_bytes()).splitlines()
+    ]
+    assert lines and "instance" not in lines[0]  # today's default: no such key
+
+    for statement in loads(tmp_path / "m"):
+        clickhouse.query(statement)
+    assert counts(clickhouse) == dict(sent)
+    [first] = rows(clickhouse, "SELECT * FROM metrics.events WHERE seq = 1")
+    assert first["instance"] == "" and first["event_id"] is None
+    assert orjson.loads(first["metadata"]) == {
+        "i": 0,
+        "plan": {"tier": "pro"},
+        "é": "ü",
+    }
+    assert first["received_at"].startswith(
+        lines[0]["received_at"][:19].replace("T", " ")
+    )
+
+    for statement in loads(tmp_path / "m"):  # the same segments shipped again
+        clickhouse.query(statement)
+    [stored] = rows(clickhouse, "SELECT count() AS n FROM metrics.events")
+    assert int(stored["n"]) == 200  # both copies, until parts merge
+    assert counts(clickhouse) == dict(sent)
+    clickhouse.query("OPTIMIZE TABLE metrics.events FINAL")
+    [merged] = rows(
+        clickhouse, "SELECT count() AS n, uniqExact(seq) AS seqs FROM metrics.events"
+    )
+    assert (int(merged["n"]), int(merged["seqs"])) == (100, 100)
+
+
+def test_a_folder_without_segments_loads_its_live_file(
+    tmp_path: Path, clickhouse: Any
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    sink.write_bytes(
+        b'{"seq":1,"received_at":"2026-03-01T10:15:00.000Z",'
+        b'"timestamp":"2026-03-01T10:14:59.000Z","event":"signup",'
+        b'"visitor_id":"visitor-1","metadata":{},"user_agent":null}\n'
+    )
+    for statement in loads(tmp_path / "m"):
+        clickhouse.query(statement)
+    assert counts(clickhouse) == {"signup": 1}
