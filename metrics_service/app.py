@@ -28,6 +28,7 @@ from metrics_service.http.schemas import (
     ErrorBody,
     Health,
     IngestResult,
+    Rejections,
     Snapshot,
     Timeseries,
     WaitResult,
@@ -35,13 +36,33 @@ from metrics_service.http.schemas import (
 from metrics_service.ingest.contract import BehaviorEvent
 from metrics_service.ingest.endpoint import Ingest
 from metrics_service.ingest.formats import ENDPOINTS as SDK_ENDPOINTS
-from metrics_service.read import dashboard, prometheus, snapshot, stream
+from metrics_service.read import dashboard, prometheus, rejected, snapshot, stream
 from metrics_service.read.timeseries import INTERVALS, MAX_BUCKETS, timeseries
 from metrics_service.read.wait import MAX_TIMEOUT, wait
 from metrics_service.service import Service
 from metrics_service.settings import Config
 
 API = "/api/metrics"
+REJECTION_FILTERS = (
+    query(
+        "status",
+        {"type": "array", "items": {"type": "integer"}},
+        "The refusal's HTTP status (400, 413, 415, 422); repeat for any of several.",
+    ),
+    {
+        **query(
+            "event",
+            {"type": "array", "items": {"type": "string"}},
+            "The refused event's name, when its body could be read; repeat for any"
+            " of several.",
+        ),
+        "style": "form",
+        "explode": True,
+    },
+    query("visitor_id", {"type": "string"}, "The refused event's visitor id."),
+    query("test_id", {"type": "string"}, "The test tag the request carried."),
+    query("after", {"type": "integer"}, "Only records with a greater id."),
+)
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
@@ -107,9 +128,44 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         snapshot.reset,
         "read",
         Doc(
-            "Empty the ring and its counters (never the file)",
-            {200: ("Cleared", Cleared)},
+            "Empty the ring, its counters and the quarantine (never a file)",
+            {200: ("Cleared; `cleared` counts the ring's events", Cleared)},
             description="Global: parallel tests should isolate with `after` instead.",
+        ),
+    ),
+    Endpoint(
+        "GET",
+        f"{API}/behavior/rejected",
+        rejected.rejected,
+        "read",
+        Doc(
+            "The quarantine: refused ingest requests, newest first",
+            {
+                200: ("The matching records, newest first", Rejections),
+                BAD_QUERY[0]: BAD_QUERY[1],
+            },
+            params=(
+                query(
+                    "limit",
+                    {"type": "integer", "minimum": 0, "default": 50},
+                    "How many of the newest records to return (clamped to"
+                    " METRICS_REJECT_CAPACITY).",
+                ),
+                *REJECTION_FILTERS,
+            ),
+            description="Every 400, 413, 415 and 422 of an ingest endpoint, kept in"
+            " memory (METRICS_REJECT_CAPACITY) and in `<stem>.rejected.jsonl`."
+            " Filters combine with AND.",
+        ),
+    ),
+    Endpoint(
+        "DELETE",
+        f"{API}/behavior/rejected",
+        rejected.clear,
+        "read",
+        Doc(
+            "Empty the quarantine (never its file)",
+            {200: ("Cleared; `cleared` counts the records", Cleared)},
         ),
     ),
     Endpoint(
@@ -197,6 +253,19 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                     "With sequence: `visitor_id` or `meta.<path>`; the whole sequence"
                     " must come from one value of it.",
                 ),
+                query(
+                    "rejected",
+                    {"type": "boolean", "default": False},
+                    "Wait for refused ingest requests (the quarantine's records)"
+                    " instead of events, matched by status, event, visitor_id,"
+                    " test_id and after (a record id); with count, timeout and"
+                    " absent, nothing else. The answer holds `rejections`.",
+                ),
+                query(
+                    "status",
+                    {"type": "array", "items": {"type": "integer"}},
+                    "With rejected=true: the refusal's status; repeat for several.",
+                ),
                 *FILTERS,
             ),
             description="Events already in the ring count. Woken by ingestion, no "
@@ -243,6 +312,13 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                     "schema": {"type": "integer"},
                     "description": "Resume: first the ring's events after this seq.",
                 },
+                query(
+                    "rejected",
+                    {"type": "boolean", "default": True},
+                    "Also send each refused ingest request as it happens, as `event:"
+                    " rejected` with the quarantine's record (no `id:`); matched by"
+                    " the `event`, `visitor_id` and `test_id` filters only.",
+                ),
                 *FILTERS,
             ),
             description="`id: <seq>`, `event: behavior`, `data: <stored event>`; a"

@@ -83,6 +83,16 @@ def as_optional_path(raw: str) -> Path | None:
     return Path(raw) if raw.strip() else None
 
 
+OFF = "off"
+
+
+def as_path_or_off(raw: str) -> Path | str | None:
+    """A path; `off` (any case) for none at all; empty for the default."""
+    if raw.strip().lower() == OFF:
+        return OFF
+    return as_optional_path(raw)
+
+
 def as_lower(raw: str) -> str:
     return raw.strip().lower()
 

@@ -9,9 +9,10 @@ import orjson
 
 from metrics_service.ingest.policy import Policy
 from metrics_service.read.hub import Hub
-from metrics_service.settings import Config
+from metrics_service.settings import BY_NAME, Config, ConfigError
 from metrics_service.store import replay, tail
 from metrics_service.store.chunk import repacked
+from metrics_service.store.quarantine import Quarantine, clash
 from metrics_service.store.ring import Ring
 from metrics_service.store.rotation import Rotator
 from metrics_service.store.sink import Sink
@@ -48,10 +49,29 @@ class Service:
         # Rejections by HTTP status (errors.py counts them) and sampled-out events,
         # both for GET /metrics.
         self.rejected: dict[int, int] = {}
+        self.quarantine = self._quarantine(config)
         # the waiters and stream subscribers
-        self.hub = Hub(self.writer, limit=config.max_waiters)
+        self.hub = Hub(
+            self.writer, limit=config.max_waiters, quarantine=self.quarantine
+        )
         self.sampled_out = 0
         self.file_json = orjson.dumps(str(config.jsonl))  # in every ingest answer
+
+    @staticmethod
+    def _quarantine(config: Config) -> Quarantine:
+        """Raises ConfigError naming METRICS_REJECT_JSONL for a file that would mix
+        with the sink's."""
+        path = config.rejected_file
+        problem = None if path is None else clash(config.jsonl, path)
+        if problem is not None:
+            raise ConfigError(BY_NAME["reject_jsonl"].var, problem)
+        return Quarantine(
+            config.reject_capacity,
+            path,
+            redact_keys=config.redact_keys,
+            rotate_bytes=config.rotate_bytes,
+            rotate_keep=config.rotate_keep,
+        )
 
     def start(self) -> None:
         """Repair a torn tail, open the sink, and replay the newest events into the ring."""
@@ -66,7 +86,10 @@ class Service:
         # over from the file, the one source of truth.
         self.ring.clear()
         self.ring.load(found.parts)
-        self.hub = Hub(self.writer, limit=config.max_waiters)
+        self.hub = Hub(
+            self.writer, limit=config.max_waiters, quarantine=self.quarantine
+        )
+        self.quarantine.start()
         self.writer.last_seq = found.last_seq
         self.writer.blocked = None
         if found.last_seq > SEQ_LIMIT:
@@ -120,5 +143,8 @@ class Service:
         self.hub.close()
         await self.writer.close()
         self.writer.loop = None
+        self.quarantine.close()
         await asyncio.to_thread(self.rotator.wait, 30)
+        if self.quarantine.rotator is not None:
+            await asyncio.to_thread(self.quarantine.rotator.wait, 30)
         logger.info("closed %s after seq %d", self.config.jsonl, self.writer.last_seq)

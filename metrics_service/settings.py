@@ -23,6 +23,7 @@ from metrics_service.declaration import (
 )
 from metrics_service.declaration import (
     NONE,
+    OFF,
     SETTING_KEY,
     Bounds,
     Setting,
@@ -36,6 +37,7 @@ from metrics_service.declaration import (
     as_optional_names,
     as_optional_path,
     as_optional_str,
+    as_path_or_off,
     as_sample,
     declare,
 )
@@ -81,6 +83,23 @@ class Config:
             as_instance,
             "this collector's name, written into each line as `instance`; unset: "
             "no such key",
+        ),
+    )
+    reject_capacity: int = field(
+        default=500,
+        metadata=declare(
+            as_int,
+            "refused ingest requests kept in memory (the quarantine); 0 turns the"
+            " quarantine off, its file too",
+            bounds=Bounds(min=0, max=1_000_000),
+        ),
+    )
+    reject_jsonl: Path | str | None = field(
+        default=None,
+        metadata=declare(
+            as_path_or_off,
+            "the quarantine's JSONL file; unset: `<stem>.rejected.jsonl` beside the"
+            " sink; `off`: no file",
         ),
     )
     # ingestion (issue: batches, beacons, ...)
@@ -225,6 +244,15 @@ class Config:
         config = cls(**values)
         config.validate()
         return config
+
+    @property
+    def rejected_file(self) -> Path | None:
+        """The quarantine's file, or None when there is none."""
+        if self.reject_capacity <= 0 or self.reject_jsonl == OFF:
+            return None
+        if isinstance(self.reject_jsonl, Path):
+            return self.reject_jsonl
+        return self.jsonl.with_name(f"{self.jsonl.stem}.rejected.jsonl")
 
     def validate(self) -> None:
         for each in SETTINGS:

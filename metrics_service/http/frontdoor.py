@@ -8,6 +8,7 @@ raises is answered here, `{"detail": ...}` with its status, and counted.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -20,7 +21,12 @@ from metrics_service.http.auth import Guards, Tokens, route_path, split_token
 from metrics_service.http.deadline import deadline
 from metrics_service.http.errors import ApiError, as_api_error, count_rejection, encode
 from metrics_service.http.openapi import Endpoint
+from metrics_service.ingest.endpoint import BODY_KEY
+from metrics_service.ingest.test_tag import test_id
 from metrics_service.settings import Config
+from metrics_service.store.quarantine import STATUSES, Request
+
+logger = logging.getLogger("metrics_service")
 
 
 class Lane(Protocol):
@@ -126,6 +132,10 @@ class FrontDoor:
         """Answer `exc` as `{"detail": ...}` with its status, and count it."""
         error = as_api_error(exc, scope)
         count_rejection(scope, error.status_code)
+        if error.status_code in STATUSES:
+            path = route_path(scope) if scope.get("root_path") else scope["path"]
+            if path in self.lanes:
+                quarantine(scope, path, error)
         body, headers = encode(error)
         headers.append((b"content-length", b"%d" % len(body)))
         if vary:
@@ -158,6 +168,32 @@ class FrontDoor:
                     f"origin {shown!r} may not send events: it is not one of "
                     "METRICS_CORS_ORIGINS",
                 )
+
+
+def quarantine(scope: Scope, path: str, error: ApiError) -> None:
+    """Record a refused ingest request, before it is answered (so a client that reads
+    the quarantine after its 4xx finds it). Never raises: the answer comes first."""
+    service = getattr(scope.get("app"), "service", None)
+    kept = getattr(service, "quarantine", None)
+    if kept is None or not kept.enabled:
+        return
+    try:
+        try:
+            tag = test_id(scope)
+        except ApiError:  # the tag itself was refused: the record goes without it
+            tag = None
+        kept.record(
+            Request(
+                path,
+                error.status_code,
+                error.detail,
+                scope["headers"],
+                scope.get(BODY_KEY),
+                tag,
+            )
+        )
+    except Exception:
+        logger.exception("could not record a refused request to %s", path)
 
 
 def vary_origin(message: Message) -> None:

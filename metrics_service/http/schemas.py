@@ -35,12 +35,21 @@ class StoredEvent(BaseModel):
 
     seq: int = Field(description="Assigned by the collector: 1, 2, 3 … never reused.")
     received_at: str = Field(description="When the collector accepted it (UTC, Z).")
+    instance: str | None = Field(
+        default=None,
+        description="The collector that wrote it (METRICS_INSTANCE); absent when unset.",
+    )
     timestamp: str = Field(description="When it happened (UTC, Z), clock-corrected.")
     event: str
     visitor_id: str
     event_id: str | None = Field(
         default=None,
         description="The client's id, after visitor_id; absent when not given.",
+    )
+    test_id: str | None = Field(
+        default=None,
+        description="The per-test tag of the request that sent it, after event_id;"
+        " absent when not sent.",
     )
     metadata: dict[str, Any] = Field(description="{} when not given.")
     user_agent: str | None
@@ -120,6 +129,7 @@ class Snapshot(BaseModel):
             "capacity": 500,
             "evicted": 0,
             "last_seq": 1,
+            "rejected": 0,
         }
     )
 
@@ -141,6 +151,11 @@ class Snapshot(BaseModel):
     last_seq: int = Field(
         description="The highest seq assigned so far, whatever the filters; pass it as"
         " `after` to see only what comes next."
+    )
+    rejected: int = Field(
+        description="Ingest requests refused (400, 413, 415, 422) and recorded in the"
+        " quarantine since start-up or the last reset, whatever the filters; those"
+        " pushed out of the full quarantine included. 0 when it is off."
     )
 
 
@@ -176,11 +191,91 @@ class Cleared(BaseModel):
     cleared: int = Field(description="How many events the ring held.")
 
 
+REJECTION_EXAMPLE: dict[str, Any] = {
+    "id": 1,
+    "received_at": "2026-11-21T23:17:55.619Z",
+    "path": "/api/metrics/event",
+    "status": 422,
+    "detail": [
+        {
+            "loc": ["metadata", "amount"],
+            "msg": "metadata.amount: -5 is less than the minimum of 0",
+            "type": "schema",
+            "path": "metadata.amount",
+            "rule": "minimum",
+        }
+    ],
+    "content_type": "application/json",
+    "user_agent": "curl/7.88.1",
+    "origin": None,
+    "visitor_id": "visitor-123",
+    "event": "checkout_completed",
+    "body": '{"visitor_id":"visitor-123","event":"checkout_completed",'
+    '"metadata":{"plan":"pro","amount":-5}}',
+    "truncated": False,
+}
+
+
+class RejectionRecord(BaseModel):
+    """One refused ingest request, as the quarantine keeps it and its file holds it
+    (one line each, keys in this order)."""
+
+    model_config = _answer(REJECTION_EXAMPLE)
+
+    id: int = Field(description="The quarantine's own sequence: 1, 2, 3 …")
+    received_at: str = Field(description="When it was refused (UTC, Z).")
+    path: str = Field(description="The ingest path it was sent to.")
+    status: int = Field(description="400, 413, 415 or 422.")
+    detail: Any = Field(description="Exactly the error answer's `detail`.")
+    content_type: str | None
+    user_agent: str | None
+    origin: str | None
+    test_id: str | None = Field(
+        default=None, description="Only when the request carried a test tag."
+    )
+    visitor_id: str | None = Field(
+        description="The refused event's, when the body could be read (in a batch:"
+        " the first event with a problem)."
+    )
+    event: str | None = Field(description="Its name, likewise.")
+    body: str | None = Field(
+        description="The first 4 KiB of the body after gzip/base64 decoding, as text"
+        " (invalid UTF-8 replaced); JSON redacted (METRICS_REDACT_KEYS) and without"
+        " SDK credentials (writeKey, api_key, token, api_secret). null when no body"
+        " was read (413, 415)."
+    )
+    truncated: bool = Field(description="Whether `body` was cut at 4 KiB.")
+
+
+class Rejections(BaseModel):
+    model_config = _answer(
+        {"total": 1, "rejections": [REJECTION_EXAMPLE], "last_id": 1}
+    )
+
+    total: int = Field(description="Records in the quarantine matching the filters.")
+    rejections: list[RejectionRecord] = Field(
+        description="The newest `limit`, newest first."
+    )
+    last_id: int = Field(
+        description="The highest id assigned so far, whatever the filters: the"
+        " `after` for what comes next."
+    )
+
+
 class WaitResult(BaseModel):
-    model_config = _answer({"matched": 1, "events": [STORED_EXAMPLE]})
+    model_config = _answer(
+        {"matched": 1, "events": [STORED_EXAMPLE]},
+        {"matched": 1, "rejections": [REJECTION_EXAMPLE]},
+    )
 
     matched: int
-    events: list[StoredEvent] = Field(description="Oldest first.")
+    events: list[StoredEvent] = Field(
+        default_factory=list, description="Oldest first (not with rejected=true)."
+    )
+    rejections: list[RejectionRecord] = Field(
+        default_factory=list,
+        description="With rejected=true, instead of events: the records, oldest first.",
+    )
 
 
 class Bucket(BaseModel):
@@ -222,6 +317,14 @@ class ErrorItem(BaseModel):
     msg: str
     type: str | None = None
     index: int | None = None
+    path: str | None = Field(
+        default=None,
+        description="A taxonomy schema's error: where, dotted (`metadata.amount`).",
+    )
+    rule: str | None = Field(
+        default=None,
+        description="A taxonomy schema's error: the keyword that failed (`minimum`).",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -1,26 +1,32 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from types import FrameType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 
 from metrics_service.read.filters import Filters
 from metrics_service.store.chunk import Entry, Predicate
+from metrics_service.store.quarantine import Quarantine, Rejection
 from metrics_service.store.writer import Writer
+
+T = TypeVar("T", Entry, Rejection)
+RejectionPredicate = Callable[[Rejection], bool]
 
 QUEUE_LIMIT = 1000
 MAX_LISTENERS = 1000  # parked waiters plus stream subscribers (METRICS_MAX_WAITERS)
 
 
-class Waiter:
-    """One `wait` request: done once `count` matching entries have been seen.
+class Waiter(Generic[T]):
+    """One `wait` request: done once `count` matching entries (or rejections) have
+    been seen.
 
     It keeps at most `keep` (the ring's capacity) of them, the newest: a waiter
     never holds more than the ring could.
@@ -28,14 +34,14 @@ class Waiter:
 
     __slots__ = ("count", "events", "future", "keep", "seen")
 
-    def __init__(self, count: int, events: list[Entry], keep: int) -> None:
+    def __init__(self, count: int, events: list[T], keep: int) -> None:
         self.count = count
         self.keep = keep
         self.seen = len(events)
-        self.events = events[-keep:] if len(events) > keep else events
+        self.events: list[T] = events[-keep:] if len(events) > keep else events
         self.future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
-    def add(self, matches: list[Entry]) -> bool:
+    def add(self, matches: list[T]) -> bool:
         """Take new matches; True once `count` have been seen."""
         self.seen += len(matches)
         events = self.events
@@ -46,15 +52,26 @@ class Waiter:
 
 
 class Subscriber:
-    """One stream client: matching entries queue here until its response sends them."""
+    """One stream client: matching entries (and rejections, when it asked for them)
+    queue here until its response sends them."""
 
-    __slots__ = ("closed", "key", "limit", "overflowed", "predicate", "queue", "wakeup")
+    __slots__ = (
+        "closed",
+        "key",
+        "limit",
+        "overflowed",
+        "predicate",
+        "queue",
+        "rejections",
+        "wakeup",
+    )
 
     def __init__(self, predicate: Predicate, limit: int) -> None:
         self.predicate = predicate
         self.key: Hashable = predicate
         self.limit = limit
         self.queue: deque[Entry] = deque()
+        self.rejections: deque[Rejection] = deque()
         self.overflowed = False
         self.closed = False
         self.wakeup = asyncio.Event()
@@ -63,6 +80,11 @@ class Subscriber:
         items = list(self.queue)
         self.queue.clear()
         self.wakeup.clear()
+        return items
+
+    def take_rejections(self) -> list[Rejection]:
+        items = list(self.rejections)
+        self.rejections.clear()
         return items
 
 
@@ -127,9 +149,19 @@ class Hub:
     """
 
     def __init__(
-        self, writer: Writer, *, limit: int = MAX_LISTENERS, keep: int | None = None
+        self,
+        writer: Writer,
+        *,
+        limit: int = MAX_LISTENERS,
+        keep: int | None = None,
+        quarantine: Quarantine | None = None,
     ) -> None:
-        self._waiters: dict[Hashable, tuple[Predicate, set[Waiter]]] = {}
+        self._waiters: dict[Hashable, tuple[Predicate, set[Waiter[Entry]]]] = {}
+        # Rejections are few: their waiters and subscribers are checked one by one.
+        self._quarantine = quarantine
+        self._rejection_waiters: dict[Waiter[Rejection], RejectionPredicate] = {}
+        self._rejection_subs: dict[Subscriber, RejectionPredicate] = {}
+        self._on_quarantine = False
         self._subscribers: dict[Hashable, tuple[Predicate, set[Subscriber]]] = {}
         self._waiting = 0
         self._streaming = 0
@@ -146,6 +178,32 @@ class Hub:
         # ring entries than the ring keeps.
         if self._unsubscribe is None and not self.closed:
             self._unsubscribe = self._writer.subscribe(self._on_entries)
+
+    def _listen_rejections(self) -> None:
+        quarantine = self._quarantine
+        if quarantine is not None and not self._on_quarantine and not self.closed:
+            quarantine.listeners.append(self._on_rejection)
+            self._on_quarantine = True
+
+    def _on_rejection(self, rejection: Rejection) -> None:
+        for waiter, predicate in list(self._rejection_waiters.items()):
+            if predicate(rejection) and waiter.add([rejection]):
+                self._drop_rejection_waiter(waiter)
+                if not waiter.future.done():
+                    waiter.future.set_result(True)
+        for sub, predicate in list(self._rejection_subs.items()):
+            if not predicate(rejection):
+                continue
+            if len(sub.rejections) >= sub.limit:
+                sub.overflowed = True
+                self.unsubscribe(sub)
+            else:
+                sub.rejections.append(rejection)
+            sub.wakeup.set()
+
+    def _drop_rejection_waiter(self, waiter: Waiter[Rejection]) -> None:
+        if self._rejection_waiters.pop(waiter, None) is not None:
+            self._waiting -= 1
 
     @property
     def full(self) -> bool:
@@ -194,7 +252,7 @@ class Hub:
                         queue.extend(found)
                     sub.wakeup.set()
 
-    def _drop_waiter(self, key: Hashable, waiter: Waiter) -> None:
+    def _drop_waiter(self, key: Hashable, waiter: Waiter[Entry]) -> None:
         group = self._waiters.get(key)
         if group is not None and waiter in group[1]:
             group[1].discard(waiter)
@@ -236,7 +294,7 @@ class Hub:
             raise Full(self.full_message())
         self._hook_exit_signals()
         self._listen()
-        waiter = Waiter(count, existing, self.keep)
+        waiter: Waiter[Entry] = Waiter(count, existing, self.keep)
         key = self._key(predicate)
         group = self._waiters.get(key)
         if group is None:
@@ -268,11 +326,55 @@ class Hub:
             raise ShuttingDown
         return done, waiter.events, waiter.seen
 
+    async def wait_rejections(
+        self,
+        predicate: RejectionPredicate,
+        count: int,
+        existing: list[Rejection],
+        timeout: float,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
+    ) -> tuple[bool, list[Rejection], int]:
+        """As `wait_counted`, for the quarantine's records."""
+        if len(existing) >= count:
+            return True, existing, len(existing)
+        if self.closed:
+            raise ShuttingDown
+        if self.full:
+            raise Full(self.full_message())
+        self._hook_exit_signals()
+        self._listen_rejections()
+        quarantine = self._quarantine
+        keep = quarantine.capacity if quarantine is not None else self.keep
+        waiter: Waiter[Rejection] = Waiter(count, existing, max(keep, 1))
+        self._rejection_waiters[waiter] = predicate
+        self._waiting += 1
+        waits: list[asyncio.Future[Any]] = [waiter.future]
+        if disconnected is not None:
+            waits.append(asyncio.ensure_future(disconnected()))
+        try:
+            await asyncio.wait(
+                waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            done = waiter.future.done() and waiter.future.result()
+        finally:
+            self._drop_rejection_waiter(waiter)
+            for each in waits[1:]:
+                each.cancel()
+        if not done and self.closed:
+            raise ShuttingDown
+        return done, waiter.events, waiter.seen
+
     def subscribe(
-        self, predicate: Predicate, limit: int = QUEUE_LIMIT, *, force: bool = False
+        self,
+        predicate: Predicate,
+        limit: int = QUEUE_LIMIT,
+        *,
+        force: bool = False,
+        rejections: RejectionPredicate | None = None,
     ) -> Subscriber:
         """A new subscriber; Full when `limit` waiters and subscribers are registered
-        (unless `force`: the stream endpoint checks `full` before it answers)."""
+        (unless `force`: the stream endpoint checks `full` before it answers). With
+        `rejections`, the quarantine's matching records queue on it too."""
         if self.full and not force and not self.closed:
             raise Full(self.full_message())
         self._hook_exit_signals()
@@ -287,9 +389,13 @@ class Hub:
                 group = self._subscribers[key] = (predicate, set())
             group[1].add(sub)
             self._streaming += 1
+            if rejections is not None:
+                self._listen_rejections()
+                self._rejection_subs[sub] = rejections
         return sub
 
     def unsubscribe(self, sub: Subscriber) -> None:
+        self._rejection_subs.pop(sub, None)
         group = self._subscribers.get(sub.key)
         if group is not None and sub in group[1]:
             group[1].discard(sub)
@@ -308,6 +414,16 @@ class Hub:
         if self._unsubscribe is not None:
             self._unsubscribe()
             self._unsubscribe = None
+        if self._on_quarantine and self._quarantine is not None:
+            with contextlib.suppress(ValueError):
+                self._quarantine.listeners.remove(self._on_rejection)
+            self._on_quarantine = False
+        for pending in self._rejection_waiters:
+            if not pending.future.done():
+                pending.future.set_result(False)
+        self._waiting -= len(self._rejection_waiters)
+        self._rejection_waiters.clear()
+        self._rejection_subs.clear()
         for _, waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.future.done():

@@ -70,6 +70,7 @@ async def snapshot(request: Request) -> Response:
             "capacity": ring.capacity,
             "evicted": ring.evicted,
             "last_seq": service.writer.last_seq,
+            "rejected": service.quarantine.recorded,
         }
     )
 
@@ -77,6 +78,7 @@ async def snapshot(request: Request) -> Response:
 async def reset(request: Request) -> Response:
     service = service_of(request)
     cleared = service.ring.clear()
+    service.quarantine.clear()
     return JSONResponse({"ok": True, "cleared": cleared})
 
 

@@ -8,10 +8,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from metrics_service.http.errors import ApiError
-from metrics_service.read.filters import Filters, parse_filters
-from metrics_service.read.hub import QUEUE_LIMIT, Hub
+from metrics_service.read.filters import Filters, invalid, parse_filters
+from metrics_service.read.hub import QUEUE_LIMIT, Hub, RejectionPredicate
+from metrics_service.read.rejected import RejectionFilters
 from metrics_service.service import Service
 from metrics_service.store.chunk import Entry
+from metrics_service.store.quarantine import Rejection
 from metrics_service.store.ring import Ring
 
 HEARTBEAT = 15.0
@@ -28,6 +30,11 @@ def _join(entries: Iterable[Entry]) -> bytes:
     return b"".join(message(entry) for entry in entries)
 
 
+def rejected_message(found: Rejection) -> bytes:
+    # No `id:`: a reconnecting EventSource resumes by event seq, never by record id.
+    return b"event: rejected\ndata: %s\n\n" % found.line
+
+
 async def events(
     hub: Hub,
     ring: Ring,
@@ -35,14 +42,16 @@ async def events(
     *,
     heartbeat: float = HEARTBEAT,
     limit: int = QUEUE_LIMIT,
+    rejections: RejectionPredicate | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body: the ring's matches after `filters.after` (when resuming), then live ones.
+    """The SSE body: the ring's matches after `filters.after` (when resuming), then live
+    ones, and live refusals matching `rejections` (when given).
 
     Ends with `event: reset` when the client fell `limit` events behind, and ends
     quietly when the hub closes.
     """
     # Subscribing and reading the backlog happen in one loop step: no gap, no repeat.
-    sub = hub.subscribe(filters, limit, force=True)
+    sub = hub.subscribe(filters, limit, force=True, rejections=rejections)
     backlog = filters.scan(ring) if filters.after is not None else []
     last_sent = filters.after
     try:
@@ -53,13 +62,16 @@ async def events(
             last_sent = backlog[-1].seq
         del backlog
         while not sub.closed:
-            if not sub.queue and not sub.overflowed:
+            if not sub.queue and not sub.rejections and not sub.overflowed:
                 try:
                     await asyncio.wait_for(sub.wakeup.wait(), heartbeat)
                 except TimeoutError:
                     yield b": heartbeat\n\n"
                     continue
+            refused = sub.take_rejections()
             entries = sub.take()
+            if refused:
+                yield b"".join(rejected_message(found) for found in refused)
             if entries:
                 yield _join(entries)
                 last_sent = entries[-1].seq
@@ -97,9 +109,21 @@ def _resume_from(request: Request, filters: Filters) -> Filters:
 
 async def stream(request: Request) -> Response:
     service: Service = request.app.service
-    filters = _resume_from(request, parse_filters(request.query_params))
+    params = request.query_params
+    filters = _resume_from(request, parse_filters(params, extra={"rejected"}))
+    rejections = None
+    if params.get("rejected", "true") not in ("true", "false"):
+        raise invalid("rejected", f"expected true or false, got {params['rejected']!r}")
+    if params.get("rejected", "true") == "true" and service.quarantine.enabled:
+        # The filters a record can be checked against; the others are about
+        # stored events only.
+        rejections = RejectionFilters(
+            events=filters.events,
+            visitor_id=filters.visitor_id,
+            test_id=getattr(filters, "test_id", None),
+        )
     if service.hub.full:
         hub = service.hub
         raise ApiError(503, hub.full_message(), {"Retry-After": "1"})
-    body = events(service.hub, service.ring, filters)
+    body = events(service.hub, service.ring, filters, rejections=rejections)
     return StreamingResponse(body, media_type="text/event-stream", headers=HEADERS)

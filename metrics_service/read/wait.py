@@ -26,14 +26,18 @@ from metrics_service.read.filters import (
     parse_filters,
 )
 from metrics_service.read.hub import Full, Hub, ShuttingDown
+from metrics_service.read.rejected import PARAMS, parse_rejection_filters
 from metrics_service.store.chunk import Entry
+from metrics_service.store.quarantine import Rejection
 from metrics_service.store.ring import Ring
 
 MAX_TIMEOUT = 60.0
 MAX_SEQUENCE = 100  # names in `sequence`
 OWN_PARAMS = frozenset(
-    {"count", "timeout", "absent", "exactly", "settle", "sequence", "per"}
+    {"count", "timeout", "absent", "exactly", "settle", "sequence", "per", "rejected"}
 )
+# With rejected=true: what a quarantine record can be waited on by.
+REJECTED_PARAMS = frozenset({"count", "timeout", "absent", "rejected"}) | PARAMS
 
 
 def _int_param(
@@ -141,6 +145,10 @@ def _answer(events: list[Entry], status: int, matched: int | None = None) -> Res
 async def wait(request: Request) -> Response:
     service = request.app.service
     params = request.query_params
+    if _bool_param(request, "rejected"):
+        return await _wait_rejected(request)
+    if "status" in params:
+        raise invalid("status", "only with rejected=true: stored events have none")
     filters = parse_filters(params, extra=OWN_PARAMS)
     absent = _bool_param(request, "absent")
     exactly = _bool_param(request, "exactly")
@@ -209,6 +217,65 @@ async def wait(request: Request) -> Response:
         raise ApiError(503, "the service is shutting down") from None
     except Full as exc:
         raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
+
+
+def _rejected_answer(
+    records: list[Rejection], status: int, matched: int | None = None
+) -> Response:
+    body = {
+        "matched": len(records) if matched is None else matched,
+        "rejections": [orjson.Fragment(found.line) for found in records],
+    }
+    return JSONResponse(body, status)
+
+
+async def _wait_rejected(request: Request) -> Response:
+    """rejected=true: the same wait (or absent=true) over the quarantine's records."""
+    service = request.app.service
+    params = request.query_params
+    for name in sorted(set(params.keys()) - REJECTED_PARAMS):
+        raise invalid(
+            name,
+            "cannot be combined with rejected=true: refusals are matched by "
+            + ", ".join(sorted(PARAMS)),
+        )
+    quarantine = service.quarantine
+    if not quarantine.enabled:
+        raise invalid("rejected", "the quarantine is off (METRICS_REJECT_CAPACITY=0)")
+    filters = parse_rejection_filters(params, extra=REJECTED_PARAMS)
+    absent = _bool_param(request, "absent")
+    if absent and "count" in params:
+        raise invalid("count", "cannot be combined with absent=true")
+    count = _int_param(request, "count", 1, 1, 1 << 62)
+    if count > quarantine.capacity:
+        raise invalid(
+            "count",
+            f"must be at most {quarantine.capacity:,}, the quarantine's capacity"
+            " (METRICS_REJECT_CAPACITY)",
+        )
+    timeout = _seconds_param(
+        request, "timeout", 5.0, MAX_TIMEOUT, f"{MAX_TIMEOUT:g} seconds"
+    )
+    hub = service.hub
+    if hub.full:
+        raise ApiError(503, hub.full_message(), {"Retry-After": "1"})
+    try:
+        done, records, seen = await hub.wait_rejections(
+            filters,
+            count,
+            filters.scan(quarantine.records),
+            timeout,
+            lambda: disconnected(request.receive),
+        )
+    except ShuttingDown:
+        raise ApiError(503, "the service is shutting down") from None
+    except Full as exc:
+        raise ApiError(503, str(exc), {"Retry-After": "1"}) from None
+    if absent:
+        return (
+            _rejected_answer(records, 409, seen) if done else _rejected_answer([], 200)
+        )
+    return _rejected_answer(records, 200 if done else 408)
 
 
 class _Progress:

@@ -43,12 +43,12 @@ def readable_segments(path: Path) -> list[Path]:
     return [p for p in found if p.suffix != ".gz" or p.name[:-3] not in plain]
 
 
-def first_seq(path: Path) -> int:
-    """The seq on the first line of `path`, or 0 when there is none to read."""
+def first_seq(path: Path, key: str = "seq") -> int:
+    """The seq (or `key`) on the first line of `path`, or 0 when there is none to read."""
     try:
         with open(path, "rb") as fh:
             line = fh.readline(1024 * 1024)
-        return int(orjson.loads(line)["seq"])
+        return int(orjson.loads(line)[key])
     except (OSError, orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return 0
 
@@ -58,10 +58,12 @@ class Rotator:
 
     Only the rename runs on the caller's thread; gzip and pruning old segments
     happen in one worker at a time so a burst of rotations cannot pile up threads.
+    A segment is named after the `key` (seq, or the quarantine's id) of its first line.
     """
 
-    def __init__(self, path: Path, max_bytes: int, keep: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, keep: int, key: str = "seq") -> None:
         self.path = path
+        self.key = key
         self.max_bytes = max_bytes
         self.keep = keep
         self._lock = threading.Lock()
@@ -77,7 +79,7 @@ class Rotator:
         """Rename the active file to a segment name; the caller reopens the path."""
         now = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         target = self.path.with_name(
-            f"{self.path.stem}-{now}-{first_seq(self.path)}{self.path.suffix}"
+            f"{self.path.stem}-{now}-{first_seq(self.path, self.key)}{self.path.suffix}"
         )
         if target.exists() or target.with_name(target.name + ".gz").exists():
             # Only a first line without a seq can repeat a name; never overwrite.

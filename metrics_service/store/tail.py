@@ -78,7 +78,7 @@ def reverse_lines(path: Path) -> Iterator[bytes]:
         yield from reversed(block[:-1].split(b"\n"))
 
 
-def _segment_lines(segment: Path, count: int) -> list[bytes]:
+def segment_lines(segment: Path, count: int) -> list[bytes]:
     """The last `count` lines of a segment, newest first (a .gz is read through)."""
     if segment.suffix != ".gz":
         out: list[bytes] = []
@@ -123,7 +123,7 @@ def _source_lines(
             if source == path:
                 yield from reverse_lines(source)
             else:
-                yield from _segment_lines(source, max(count, 1))
+                yield from segment_lines(source, max(count, 1))
         except (OSError, EOFError) as exc:
             logger.warning("could not read %s for replay: %s", source, exc)
 
