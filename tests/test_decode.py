@@ -13,6 +13,7 @@ from metrics_service import _native
 from metrics_service.http.errors import ApiError
 from metrics_service.ingest import fast as plain
 from metrics_service.ingest.clock import Received, received_now
+from metrics_service.ingest.contract import has_control_chars
 from metrics_service.ingest.decode import (
     check_events,
     parse_batch,
@@ -25,7 +26,13 @@ from metrics_service.store.line import Group
 MAX_EVENT = 32 * 1024
 
 
-def fast(body: bytes, received: Received, *, batch: bool = True) -> Group | None:
+def fast(
+    body: bytes,
+    received: Received,
+    *,
+    batch: bool = True,
+    test_id: str | None = None,
+) -> Group | None:
     return plain.group(
         body,
         batch=batch,
@@ -35,14 +42,20 @@ def fast(body: bytes, received: Received, *, batch: bool = True) -> Group | None
         stamp=received.text,
         ts=received.ts,
         header_user_agent="agent/1.0",
+        test_id=test_id,
     )
 
 
-def full(body: bytes, received: Received) -> Group:
+def full(body: bytes, received: Received, *, test_id: str | None = None) -> Group:
     objs = parse_batch(body, "application/json", 1000)
     events = check_events(objs, Policy(), MAX_EVENT, batch=True)
     group, _ = to_group(
-        events, Policy(), received=received, header_user_agent="agent/1.0", batch=True
+        events,
+        Policy(),
+        received=received,
+        header_user_agent="agent/1.0",
+        batch=True,
+        test_id=test_id,
     )
     return group
 
@@ -267,8 +280,9 @@ def test_the_fast_struct_is_derived_from_the_public_model() -> None:
 
     fields = PlainEvent.__struct_fields__
     # The stored line's keys after `timestamp`, which the fast path leaves to the
-    # full path along with sent_at.
-    assert fields == KEYS[KEYS.index("timestamp") + 1 :]
+    # full path along with sent_at, but for test_id: the collector's, never the body's.
+    after = KEYS[KEYS.index("timestamp") + 1 :]
+    assert fields == tuple(key for key in after if key != "test_id")
     assert set(BehaviorEvent.model_fields) - set(fields) == {"timestamp", "sent_at"}
 
 
@@ -325,3 +339,60 @@ def test_both_paths_store_line_separators_escaped(char: str) -> None:
         assert stored_body.count(escaped) == 3
     _agree(body, batch=True)
     assert fast(orjson.dumps([{**event, "event": f"x{char}y"}]), received) is None
+
+
+TEST_IDS = ["t", "tests/test_a.py::test_b[x-1]", 'a "q" \\ é \U0001f600', "x" * 256]
+
+
+@pytest.mark.parametrize("tag", TEST_IDS)
+def test_both_paths_stamp_the_test_id_after_event_id(tag: str) -> None:
+    received = received_now()
+    events = [
+        *_edge_events(),
+        {
+            "visitor_id": "visitor-1",
+            "event": "e",
+            "metadata": {"test_id": "m", "metadata": {"metadata": 1}},
+        },
+    ]
+    for event in events:
+        body = orjson.dumps([event, {**event, "event_id": "id-1"}])
+        try:
+            want = full(body, received, test_id=tag)
+        except ApiError:
+            assert fast(body, received, test_id=tag) is None
+            continue
+        got = fast(body, received, test_id=tag)
+        if got is not None:
+            assert stored(got) == stored(want)
+        bare = full(body, received)
+        for line, untagged in zip(stored(want), stored(bare), strict=True):
+            # The same line, with test_id inserted before metadata and nothing else.
+            decoded = orjson.loads(b"{" + line[-1])
+            assert decoded["test_id"] == tag
+            keys = list(decoded)
+            assert keys[keys.index("test_id") + 1] == "metadata"
+            del decoded["test_id"]
+            assert orjson.dumps(decoded) == orjson.dumps(
+                orjson.loads(b"{" + untagged[-1])
+            )
+            assert line[:-1] == untagged[:-1]
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(near_plain, min_size=1, max_size=3),
+    st.text(min_size=1, max_size=20).filter(lambda t: not has_control_chars(t)),
+)
+def test_whatever_the_fast_path_tags_the_full_path_tags_the_same(
+    events: list[dict[str, Any]], tag: str
+) -> None:
+    try:
+        body = orjson.dumps(events)
+    except orjson.JSONEncodeError:
+        return
+    received = received_now()
+    group = fast(body, received, test_id=tag)
+    if group is None:
+        return
+    assert stored(group) == stored(full(body, received, test_id=tag))

@@ -193,3 +193,88 @@ def test_flat_params_passes_operators_through() -> None:
         ("meta.ok__exists", "true"),
         ("meta.user.tier__ne", "gold"),
     ]
+
+
+TAGGED = [
+    # test_id, metadata: a metadata key named test_id is not the tag.
+    ("tests/a.py::one", {}),  # 1
+    (None, {"test_id": "tests/a.py::one"}),  # 2
+    ("tests/a.py::two", {}),  # 3
+    ("tests/b.py::one", {"test_id": "x"}),  # 4
+]
+
+
+@pytest.fixture
+def tagged(tmp_path: Path) -> Iterator[TestClient]:
+    # A chunk of 2, so the ring serves the filter from packed chunks and its deque.
+    with TestClient(create_app(Config(jsonl=tmp_path / "m.jsonl"))) as client:
+        ring = client.app.service.ring  # type: ignore[attr-defined]
+        ring._chunk = 2
+        for tag, metadata in TAGGED:
+            body = {"event": "e", "visitor_id": "visitor-1", "metadata": metadata}
+            headers = {} if tag is None else {"X-Metrics-Test-Id": tag}
+            response = client.post("/api/metrics/event", json=body, headers=headers)
+            assert response.status_code == 202, response.text
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"test_id": "tests/a.py::one"}, [1]),
+        ({"test_id": "tests/a.py::"}, []),
+        ({"test_id": "nothing"}, []),
+        ({"test_id": "x"}, []),
+        ({"test_id": "tests/b.py::one", "event": "e"}, [4]),
+        ({"test_id__prefix": "tests/a.py::"}, [1, 3]),
+        ({"test_id__in": "tests/a.py::two,tests/b.py::one"}, [3, 4]),
+        ({"test_id__exists": "false"}, [2]),
+        ({"test_id__ne": "tests/a.py::one"}, [2, 3, 4]),
+        ({"test_id__contains": "::one"}, [1, 4]),
+    ],
+)
+def test_test_id_filter(tagged: TestClient, params: Any, expected: list[int]) -> None:
+    assert seqs(tagged, params) == expected
+
+
+def test_test_id_on_wait_timeseries_and_the_stream(tagged: TestClient) -> None:
+    params = {"test_id": "tests/a.py::two", "count": 1, "timeout": 0}
+    response = tagged.get(WAIT, params=params)
+    assert response.status_code == 200
+    assert [e["seq"] for e in response.json()["events"]] == [3]
+    response = tagged.get(
+        SERIES, params={"interval": "1d", "test_id": "tests/a.py::one"}
+    )
+    assert response.status_code == 200
+    [bucket] = response.json()["buckets"]
+    assert bucket["by_event"] == {"e": 1}
+    params = {"after": 0, "test_id": "tests/b.py::one"}
+    with tagged.stream("GET", STREAM, params=params) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if line.startswith("id: "):
+                ids = [int(line[4:])]
+                break
+    assert ids == [4]
+
+
+def test_a_waiter_for_a_test_id_is_woken_by_its_event_only(tagged: TestClient) -> None:
+    got: list[Any] = []
+
+    def wait() -> None:
+        params = {"after": 4, "test_id": "late", "timeout": 5}
+        got.append(tagged.get(WAIT, params=params))
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    hub = tagged.app.service.hub  # type: ignore[attr-defined]
+    while hub.counts[0] == 0 and waiter.is_alive():
+        threading.Event().wait(0.005)
+    body = {"event": "x", "visitor_id": "visitor-1", "metadata": {"test_id": "late"}}
+    for headers in ({"X-Metrics-Test-Id": "early"}, {}, {"X-Metrics-Test-Id": "late"}):
+        response = tagged.post("/api/metrics/event", json=body, headers=headers)
+        assert response.status_code == 202
+    waiter.join(5)
+    [response] = got
+    assert response.status_code == 200
+    assert [e["seq"] for e in response.json()["events"]] == [7]

@@ -87,6 +87,22 @@ def test_index_takes_keys_inside_other_words_as_other_keys() -> None:
     assert index(ok) == (ok, [len(ok)], b"\x00")
 
 
+def test_index_reads_the_collectors_optional_keys_as_other_keys() -> None:
+    lines = [
+        line(1, received_at="r", instance="web-1", event_id="e", test_id="t::1"),
+        line(2, instance="web_2", test_id="t"),
+        line(3, instance="a_visitor_id", event_id="e", test_id="x_event_id y"),
+    ]
+    assert index(*lines) == (
+        b"".join(lines),
+        list(itertools.accumulate(map(len, lines))),
+        b"\x01\x00\x01",
+    )
+    # A key's exact text as a value is left to Python, as for any other key.
+    assert index(lines[0], line(4, instance="event_id")) is None
+    assert index(lines[0], line(4, test_id="visitor_id")) is None
+
+
 def test_index_needs_whole_lines() -> None:
     assert native is not None
     assert native.index(line(1)) is None
@@ -197,6 +213,8 @@ def reference_index(block: bytes) -> tuple[bytes, list[int], bytes] | None:
 
 TOKENS = ["{", "}", '"visitor_id"', '"event_id"', ':"', ":null", ":", '"', "_"]
 TOKENS += ["a", "\\", "\n", " ", '"a_b"', '"event_id":"', '"event_id":null']
+# The collector's optional keys, and values that look like keys.
+TOKENS += [',"test_id":"t_1"', '"instance":"event_id"', '"test_id":"visitor_id"']
 # Mostly lines that open and close like objects around one visitor_id key, so
 # that about half of them are accepted.
 LINES = st.lists(

@@ -671,3 +671,63 @@ def test_a_sink_with_crlf_line_endings_serves_lines_without_cr(
     assert response.status_code == 200
     assert b"\\r" not in response.content and b"\r" not in response.content
     assert [e["seq"] for e in response.json()["last_events"]] == [2, 1]
+
+
+def keyed(
+    seq: int, instance: str | None, test_id: str | None, **extra: object
+) -> bytes:
+    """A stored line with the collector's optional keys where it writes them."""
+    line = stored(seq, event_id=f"id-{seq}" if seq % 2 else None, **extra)
+    line = line.replace(b',"event_id":null', b"")
+    if instance is not None:
+        line = line.replace(
+            b'Z","timestamp"', b'Z","instance":"%s","timestamp"' % instance.encode(), 1
+        )
+    if test_id is not None:
+        tag = b',"test_id":' + orjson.dumps(test_id)
+        line = line.replace(b',"metadata":', tag + b',"metadata":', 1)
+    return line
+
+
+def test_lines_with_instance_and_test_id_keep_the_fast_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    tags = [None, "tests/a.py::t[1]", "t_event_id", None]
+    names = [None, "web-1", "web_2.eu", None, "a"]
+    lines = [keyed(i, names[i % 5], tags[i % 4]) for i in range(1, 60)]
+    sink.write_bytes(b"".join(lines))
+    assert b'"instance":"web-1"' in lines[0] and b'"test_id":"t_event_id"' in lines[1]
+    expected = replay(sink, 100).entries
+    assert [orjson.loads(e.line).get("test_id") for e in expected[:3]] == tags[1:4]
+    monkeypatch.setattr(tail, "BLOCK", 700)
+
+    _forbid(monkeypatch, "parse_entry")
+    _forbid(monkeypatch, "readback")
+    found = recovery.load(sink, 100)
+    assert (found.last_seq, found.skipped) == (59, 0)
+    packed = sum(len(part.seqs) for part in found.parts if isinstance(part, Packed))
+    assert packed == (59 if native else 0)
+    ring = _ring_of(found.parts, 100)
+    assert _rows(ring) == expected
+    assert ring.event_ids(100) == [e.event_id for e in expected if e.event_id]
+
+
+@pytest.mark.parametrize("name", ["visitor_id", "event_id", "a_visitor_id"])
+@pytest.mark.parametrize(
+    "tag", ['"visitor_id":"x', '"event_id":"y"', "visitor_id", "\\", "é"]
+)
+def test_key_like_instances_and_test_ids_are_read_as_the_full_parse_reads_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, tag: str
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    lines = [keyed(i, name, tag if i % 3 else None) for i in range(1, 12)]
+    sink.write_bytes(b"".join(lines))
+    expected = replay(sink, 100).entries
+    assert [(e.visitor_id, e.event_id) for e in expected] == [
+        (f"visitor-{i % 7}", f"id-{i}" if i % 2 else None) for i in range(1, 12)
+    ]
+    monkeypatch.setattr(tail, "BLOCK", 400)
+    ring = _ring_of(recovery.load(sink, 100).parts, 100)
+    assert _rows(ring) == expected
+    assert ring.event_ids(100) == [e.event_id for e in expected if e.event_id]

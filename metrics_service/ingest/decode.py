@@ -18,11 +18,11 @@ from pydantic import ValidationError
 from metrics_service import _native
 from metrics_service.http.body import NDJSON_TYPES
 from metrics_service.http.errors import ApiError
-from metrics_service.ingest import fast
+from metrics_service.ingest import fast, test_tag
 from metrics_service.ingest.clock import Received, iso
 from metrics_service.ingest.contract import BehaviorEvent, PlainEvent
 from metrics_service.ingest.policy import Policy
-from metrics_service.store.line import Group, escape_separators, head
+from metrics_service.store.line import Group, escape_separators, head, tagged
 
 
 def decode(
@@ -35,8 +35,10 @@ def decode(
     max_event_bytes: int,
     received: Received,
     user_agent: str | None,
+    test_id: str | None = None,
 ) -> tuple[Group, int]:
-    """The body's accepted events as one group, and how many sampling dropped.
+    """The body's accepted events as one group, and how many sampling dropped;
+    `test_id` (ingest/test_tag.py) is stamped on each.
 
     Raises ApiError: 400 malformed, 422 invalid (every problem at once).
     """
@@ -50,6 +52,7 @@ def decode(
             stamp=received.text,
             ts=received.ts,
             header_user_agent=user_agent,
+            test_id=test_id,
         )
         if group is not None:
             return group, 0
@@ -61,6 +64,7 @@ def decode(
         received=received,
         header_user_agent=user_agent,
         batch=batch,
+        test_id=test_id,
     )
 
 
@@ -182,7 +186,13 @@ def error_items(exc: ValidationError, index: int | None = None) -> list[dict[str
     ):
         loc = list(err["loc"])
         msg = err["msg"]
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and loc[-1] == test_tag.QUERY:
+            msg = (
+                f"unknown field {loc[-1]!r}: the collector sets it from the "
+                f"{test_tag.HEADER} header, the {test_tag.QUERY} query parameter "
+                f"or the {test_tag.COOKIE} cookie"
+            )
+        elif err["type"] == "extra_forbidden":
             msg = f"unknown field {loc[-1]!r}: free-form data belongs in metadata"
         elif err["type"] in _PYTHON_WORDS:
             msg = _PYTHON_WORDS[err["type"]]  # pydantic speaks Python: "dictionary"
@@ -252,8 +262,10 @@ def to_group(
     received: Received,
     header_user_agent: str | None,
     batch: bool,
+    test_id: str | None = None,
 ) -> tuple[Group, int]:
-    """The events sampling keeps (redacted) as a group, and how many it dropped."""
+    """The events sampling keeps (redacted) as a group, and how many it dropped;
+    `test_id` (ingest/test_tag.py) is stamped on each."""
     rows: list[tuple[float, str, str, str | None, bytes, bytes]] = []
     problems: list[dict[str, Any]] = []
     redacts, samples = policy.redacts, policy.samples
@@ -279,6 +291,8 @@ def to_group(
     ts, names, visitor_ids, event_ids, heads, bodies = (
         ([], [], [], [], [], []) if not rows else map(list, zip(*rows, strict=True))
     )
+    if test_id is not None and bodies:
+        bodies = tagged(bodies, test_id)
     group = Group(received.iso, ts, names, visitor_ids, event_ids, heads, bodies)
     return group, len(events) - len(rows)
 

@@ -15,6 +15,7 @@ from metrics_service.http.body import (
 from metrics_service.http.errors import ApiError
 from metrics_service.ingest.clock import received_now
 from metrics_service.ingest.decode import decode
+from metrics_service.ingest.test_tag import test_id
 from metrics_service.service import Service
 from metrics_service.store.sink import SinkError
 from metrics_service.store.writer import Outcome
@@ -54,6 +55,7 @@ class Ingest:
             raise ApiError(415, f"unsupported Content-Type {kind!r}; send {names}")
         body = await read_body(head, receive, config.max_body_bytes)
         scope[BODY_KEY] = body  # for the quarantine, should the front door refuse it
+        tag = test_id(scope)
         group, sampled_out = decode(
             body,
             kind,
@@ -63,6 +65,7 @@ class Ingest:
             max_event_bytes=config.max_event_bytes,
             received=received_now(),
             user_agent=head.user_agent,
+            test_id=tag,
         )
         service.sampled_out += sampled_out
         outcome = NOTHING

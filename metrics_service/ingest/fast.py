@@ -16,7 +16,7 @@ from msgspec import UNSET
 
 from metrics_service import _native
 from metrics_service.ingest.contract import Envelope, PlainEvent, has_control_chars
-from metrics_service.store.line import Group, escape_separators, head
+from metrics_service.store.line import Group, escape_separators, head, tagged
 
 # orjson.dumps, which measures events on the full path, stops at 254 levels; a body
 # with fewer brackets than this cannot be that deep.
@@ -73,8 +73,10 @@ def group(
     stamp: str,
     ts: float,
     header_user_agent: str | None,
+    test_id: str | None = None,
 ) -> Group | None:
-    """The body's events as one group stamped `stamp`, when all are plain; else None."""
+    """The body's events as one group stamped `stamp` (and `test_id`), when all are
+    plain; else None."""
     if _native.long_digits(body):
         return None
     events = decode(body, batch=batch, max_batch=max_batch)
@@ -124,6 +126,8 @@ def group(
         and any(body.count(b"{") + body.count(b"[") > _BRACKETS for body in bodies)
     ):
         return None
+    if test_id is not None:
+        bodies = tagged(bodies, test_id)
     count = len(bodies)
     return Group(
         received,

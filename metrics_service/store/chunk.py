@@ -309,10 +309,11 @@ class Chunk:
             out.extend(self.slice(first, last + 1))
         return out
 
-    def containing(self, needle: bytes, lower: int) -> set[int]:
-        """Indexes (>= lower) whose line holds `needle`, plus every odd entry: a superset."""
+    def containing(self, needle: bytes, lower: int, *, odd: bool = True) -> set[int]:
+        """Indexes (>= lower) whose line holds `needle`, plus every odd entry unless
+        `odd` is false (a needle read from the line alone): a superset."""
         lines, ends = self.lines, self.ends
-        found = {i for i in self.odd if i >= lower}
+        found = {i for i in self.odd if i >= lower} if odd else set()
         pos = lines.find(needle, ends[lower - 1] if lower else 0)
         while pos >= 0:
             i = bisect.bisect_right(ends, pos)

@@ -1,31 +1,40 @@
 """The stored line, the one format of the JSONL file, the ring and every answer:
 
-    {"seq":…,"received_at":"…","timestamp":"…","event":…,"visitor_id":…,
-     ["event_id":…,]"metadata":{…},"user_agent":…}
+    {"seq":…,"received_at":"…",["instance":"…",]"timestamp":"…","event":…,
+     "visitor_id":…,["event_id":…,]["test_id":…,]"metadata":{…},"user_agent":…}
 
-seq and received_at are the collector's; the rest is the event's, in this order.
+seq, received_at, instance (METRICS_INSTANCE, when set) and test_id (the request's
+per-test tag, ingest/test_tag.py, when sent) are the collector's; the rest is the
+event's, in this order. A key in brackets is absent, not null, when it has no value.
 """
 
 from __future__ import annotations
 
+import re
 from itertools import compress
 from typing import Any, NamedTuple
 
 import msgspec
 
-# The keys of a stored line, in order; `event_id` only when the client sent one.
+# The keys of a stored line, in order; `instance`, `event_id` and `test_id` only
+# when there is one.
 KEYS = (
     "seq",
     "received_at",
+    "instance",
     "timestamp",
     "event",
     "visitor_id",
     "event_id",
+    "test_id",
     "metadata",
     "user_agent",
 )
-# seq, received_at, then a group's head and body for the event (see Group).
+# seq, received_at (with the instance, see received_slot()), then a group's head and
+# body for the event (see Group).
 LINE = b'{"seq":%d,"received_at":"%s",%s%s'
+# A collector's name, as settings.py's parser accepts it: nothing JSON escapes.
+_INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 # U+2028, U+2029 and U+0085 are valid raw in JSON strings, but str.splitlines(),
@@ -47,6 +56,28 @@ def escape_separators(encoded: bytes) -> bytes:
     if b"\xc2\x85" in encoded:
         encoded = encoded.replace(*_NEL)
     return encoded
+
+
+def received_slot(received_at: bytes, instance: str | None) -> bytes:
+    """What fills LINE's received_at slot: the time, then `","instance":"<name>` when
+    the collector has a name, so the key follows received_at at no cost per line."""
+    if instance is None:
+        return received_at
+    if not _INSTANCE.fullmatch(instance):
+        raise ValueError(f"not a collector name: {instance!r}")
+    return b'%s","instance":"%s' % (received_at, instance.encode())
+
+
+def tagged(bodies: list[bytes], test_id: str) -> list[bytes]:
+    """Bodies with `"test_id":…` right before their metadata, as KEYS orders them."""
+    # Every body has `,"metadata":` after event and visitor_id, and its first one is
+    # the key: inside a JSON string each '"' is escaped, so no value holds it.
+    key = b',"test_id":' + escape_separators(_encode_text(test_id)) + _METADATA
+    return [body.replace(_METADATA, key, 1) for body in bodies]
+
+
+_METADATA = b',"metadata":'
+_encode_text = msgspec.json.encode
 
 
 def head(stamp: str) -> bytes:

@@ -247,12 +247,14 @@ class Ring:
         *,
         visitor_id: str | None = None,
         event_id: str | None = None,
+        test_id: str | None = None,
         since: float | None = None,
         until: float | None = None,
     ) -> list[Entry]:
         """Candidates for a filter, oldest first: every entry named in `events` (any of)
-        with a seq above `after`, this visitor_id and event_id and since <= ts <= until,
-        and maybe a few more (the caller still checks each one). None: no condition.
+        with a seq above `after`, this visitor_id, event_id and test_id and since <= ts
+        <= until, and maybe a few more (the caller still checks each one). None: no
+        condition.
 
         Served from the event index, the seq order, a byte search of the packed lines
         and the ts column, so only candidates are rebuilt (what `Filters.scan` needs).
@@ -265,11 +267,19 @@ class Ring:
                 needles.append(b'"event_id":' + orjson.dumps(event_id))
         except orjson.JSONEncodeError:
             needles = []  # cannot have been stored: the caller's check finds nothing
-        if needles or since is not None or until is not None:
+        tagged = None
+        if test_id is not None:
+            try:
+                # Not kept apart like visitor_id: an entry without it in its line,
+                # odd or not, does not have it.
+                tagged = b'"test_id":' + orjson.dumps(test_id)
+            except orjson.JSONEncodeError:
+                return []
+        if needles or tagged or since is not None or until is not None:
             lo = -math.inf if since is None else since
             hi = math.inf if until is None else until
             return self._select_packed(
-                events, after, needles, (lo, hi), visitor_id, event_id
+                events, after, needles, (lo, hi), visitor_id, event_id, tagged
             )
         if events is None:
             return list(self) if after is None else self.after(after)
@@ -289,6 +299,7 @@ class Ring:
         window: tuple[float, float],
         visitor_id: str | None,
         event_id: str | None,
+        tagged: bytes | None = None,
     ) -> list[Entry]:
         lo, hi = window
         timed = lo != -math.inf or hi != math.inf
@@ -302,6 +313,9 @@ class Ring:
             hits: set[int] | None = None
             for needle in needles:
                 found = chunk.containing(needle, lower)
+                hits = found if hits is None else hits & found
+            if tagged is not None:
+                found = chunk.containing(tagged, lower, odd=False)
                 hits = found if hits is None else hits & found
             if events is not None:
                 named = set(chunk.positions(events, lower))
@@ -323,6 +337,7 @@ class Ring:
             and (events is None or entry.event in events)
             and visitor_id in (None, entry.visitor_id)
             and event_id in (None, entry.event_id)
+            and (tagged is None or tagged in entry.line)
             and lo <= entry.ts <= hi
         )
         return out
