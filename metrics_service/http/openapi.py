@@ -58,6 +58,13 @@ FILTERS = (
     query("visitor_id", {"type": "string"}, "Exact visitor id."),
     query("event_id", {"type": "string"}, "Exact client event id."),
     query(
+        "test_id",
+        {"type": "string"},
+        "Exact per-test tag the collector stamped (X-Metrics-Test-Id header,"
+        " `test_id` query parameter or `metrics_test_id` cookie of the ingest"
+        " request); also takes the operators.",
+    ),
+    query(
         "since",
         {"type": "string", "format": "date-time"},
         "ISO-8601; events whose `timestamp` is at or after it (naive means UTC).",
