@@ -1,0 +1,369 @@
+"""Segment's wire format (/segment): recorded bodies as analytics-next, RudderStack's
+JS SDK and analytics-python send them, through the app."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import errno
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import SNAPSHOT_URL, read_lines
+from starlette.testclient import TestClient
+from test_faults import patch_os, raising
+
+from metrics_service import Config, create_app
+
+ANON = "5c1e3a7e-9d41-4b8e-a0f2-1f6e2d3c4b5a"
+UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/131.0"
+
+
+def basic(write_key: str) -> dict[str, str]:
+    return {
+        "Authorization": "Basic " + base64.b64encode(f"{write_key}:".encode()).decode()
+    }
+
+
+def iso(moment: dt.datetime) -> str:
+    return (
+        moment.astimezone(dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def parse(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# analytics-next 1.84's track call to /v1/t, as recorded (text/plain, Basic auth).
+def next_track(**fields: Any) -> dict[str, Any]:
+    return {
+        "timestamp": "2026-12-03T12:00:00.000Z",
+        "integrations": {},
+        "type": "track",
+        "event": "Signed Up",
+        "properties": {"plan": "pro", "seats": 3},
+        "context": {
+            "page": {
+                "path": "/pricing",
+                "referrer": "http://127.0.0.1:5001/",
+                "search": "",
+                "title": "Pricing",
+                "url": "http://127.0.0.1:5001/pricing",
+            },
+            "userAgent": UA,
+            "locale": "en-US",
+            "library": {"name": "analytics.js", "version": "npm:next-1.84.0"},
+            "timezone": "UTC",
+        },
+        "messageId": "ajs-next-1764763200000-0f3c2a1b-aaaa-bbbb-cccc-000000000001",
+        "anonymousId": ANON,
+        "writeKey": "wk_test",
+        "userId": None,
+        "sentAt": "2026-12-03T12:00:00.005Z",
+        "_metadata": {"bundled": ["Segment.io"], "unbundled": [], "bundledIds": []},
+        **fields,
+    }
+
+
+def post(client: TestClient, path: str, body: Any, **headers: str) -> Any:
+    return client.post(
+        f"/segment/v1/{path}",
+        content=orjson.dumps(body),
+        headers={"Content-Type": "text/plain", **basic("wk_test"), **headers},
+    )
+
+
+def test_an_analytics_next_track_is_stored_with_the_mapping(
+    client: TestClient, config: Config
+) -> None:
+    sent = dt.datetime.now(dt.UTC)
+    body = next_track(timestamp=iso(sent - dt.timedelta(seconds=5)), sentAt=iso(sent))
+    r = post(client, "t", body)
+    assert r.status_code == 200
+    assert r.json() == {"success": True, "stored": 1, "duplicates": 0, "sampled_out": 0}
+    (line,) = read_lines(config.jsonl)
+    assert line["event"] == "Signed Up"
+    assert line["visitor_id"] == ANON
+    assert line["event_id"] == body["messageId"]
+    assert line["user_agent"] == UA
+    assert line["metadata"] == {
+        "plan": "pro",
+        "seats": 3,
+        "$sdk": {
+            "format": "segment",
+            "type": "track",
+            "url": "http://127.0.0.1:5001/pricing",
+            "path": "/pricing",
+            "title": "Pricing",
+            "referrer": "http://127.0.0.1:5001/",
+            "library": "analytics.js",
+            "library_version": "npm:next-1.84.0",
+        },
+    }
+    # Clock skew: the event happened 5 s before the SDK sent it, by the SDK's clock.
+    received = parse(line["received_at"])
+    assert parse(line["timestamp"]) == received - dt.timedelta(seconds=5)
+
+
+def test_each_short_path_is_its_call(client: TestClient, config: Config) -> None:
+    base = {"anonymousId": ANON, "userId": "user-42", "context": {}}
+    calls = {
+        "p": {"type": "page", "name": "Home", "properties": {"path": "/"}},
+        "s": {"type": "screen", "name": "Cart", "properties": {"items": 2}},
+        "i": {"type": "identify", "traits": {"plan": "pro"}},
+        "g": {"type": "group", "groupId": "org-7", "traits": {"size": 10}},
+        "a": {"type": "alias", "previousId": "old-visitor"},
+    }
+    for path, call in calls.items():
+        r = post(client, path, {**base, **call})
+        assert r.status_code == 200, r.text
+    lines = read_lines(config.jsonl)
+    assert [line["event"] for line in lines] == [
+        "page",
+        "screen",
+        "identify",
+        "group",
+        "alias",
+    ]
+    assert {line["visitor_id"] for line in lines} == {ANON}
+    page, screen, identify, group, alias = (line["metadata"] for line in lines)
+    assert page["path"] == "/"
+    assert page["$sdk"] == {
+        "format": "segment",
+        "type": "page",
+        "user_id": "user-42",
+        "name": "Home",
+    }
+    assert screen["items"] == 2
+    assert identify["plan"] == "pro"
+    assert group["size"] == 10
+    assert group["$sdk"]["group_id"] == "org-7"
+    assert alias == {
+        "$sdk": {
+            "format": "segment",
+            "type": "alias",
+            "user_id": "user-42",
+            "previous_id": "old-visitor",
+        }
+    }
+
+
+def test_the_http_api_paths_and_rudderstack_json(
+    client: TestClient, config: Config
+) -> None:
+    # RudderStack's JS SDK: application/json;charset=UTF-8, its time in
+    # originalTimestamp, an identify's traits only in context.traits.
+    identify = {
+        "type": "identify",
+        "anonymousId": ANON,
+        "userId": "user-42",
+        "messageId": "rs-1",
+        "originalTimestamp": "2026-12-03T12:00:00.000Z",
+        "sentAt": "2026-12-03T12:00:00.000Z",
+        "context": {
+            "traits": {"email": "ada@example.com"},
+            "library": {"name": "RudderLabs JavaScript SDK", "version": "3.11.0"},
+        },
+    }
+    r = client.post(
+        "/segment/v1/identify",
+        content=orjson.dumps(identify),
+        headers={
+            "Content-Type": "application/json;charset=UTF-8",
+            "AnonymousId": base64.b64encode(ANON.encode()).decode(),
+            "SentAt": "2026-12-03T12:00:00.000Z",
+            **basic("wk_test"),
+        },
+    )
+    assert r.status_code == 200, r.text
+    r = post(client, "track", {"event": "Paid", "userId": "user-42"})
+    assert r.status_code == 200, r.text
+    first, second = read_lines(config.jsonl)
+    assert first["event"] == "identify"
+    assert first["metadata"]["email"] == "ada@example.com"
+    assert first["metadata"]["$sdk"]["library"] == "RudderLabs JavaScript SDK"
+    assert parse(first["timestamp"]) <= parse(first["received_at"])
+    assert second["event"] == "Paid"
+    assert second["visitor_id"] == "user-42"  # no anonymousId: the userId
+
+
+def test_a_batch_applies_its_sent_at_and_is_stored_in_one_piece(
+    client: TestClient, config: Config
+) -> None:
+    sent = dt.datetime.now(dt.UTC)
+    body = {
+        "batch": [
+            {
+                **next_track(messageId=f"m-{i}"),
+                "timestamp": iso(sent - dt.timedelta(seconds=i)),
+            }
+            for i in range(1, 4)
+        ],
+        "sentAt": iso(sent),
+        "writeKey": "wk_test",
+    }
+    for item in body["batch"]:
+        del item["sentAt"]
+    r = post(client, "b", body)
+    assert r.status_code == 200, r.text
+    assert r.json()["stored"] == 3
+    lines = read_lines(config.jsonl)
+    for i, line in enumerate(lines, 1):
+        received = parse(line["received_at"])
+        assert parse(line["timestamp"]) == received - dt.timedelta(seconds=i)
+
+
+def test_a_batch_is_refused_whole_naming_the_foreign_fields(
+    client: TestClient, config: Config
+) -> None:
+    body = {
+        "batch": [
+            next_track(messageId="ok-1"),
+            next_track(anonymousId="abc", messageId="m-2"),
+            {"type": "track", "properties": {}},
+            {"type": "flush", "anonymousId": ANON},
+            "not a call",
+        ],
+    }
+    r = post(client, "batch", body)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    by_index = {(p["index"], tuple(p["loc"])): p["msg"] for p in detail}
+    assert "6 characters" in by_index[(1, ("anonymousId",))]
+    assert by_index[(2, ("anonymousId",))] == (
+        "no anonymousId or userId: one of them is the visitor id"
+    )
+    assert by_index[(2, ("event",))] == "a track call needs its event name"
+    assert "flush" in by_index[(3, ("type",))]
+    assert by_index[(4, ())] == "expected a JSON object, got a string"
+    assert not config.jsonl.exists() or read_lines(config.jsonl) == []
+    r = post(client, "b", {"batch": {"type": "track"}})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["batch"]
+    r = post(client, "b", {"batch": []})
+    assert r.status_code == 422
+    assert "empty" in r.json()["detail"]
+
+
+def test_a_retried_message_id_is_stored_once(
+    client: TestClient, config: Config
+) -> None:
+    body = next_track()
+    assert post(client, "t", body).json()["stored"] == 1
+    again = post(client, "t", body, **{"X-Retry-Count": "1"})
+    assert again.status_code == 200
+    assert again.json()["duplicates"] == 1
+    assert len(read_lines(config.jsonl)) == 1
+
+
+def test_an_event_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", max_event_bytes=600)
+    with TestClient(create_app(config)) as c:
+        r = post(c, "t", next_track(properties={"blob": "x" * 600}))
+    assert r.status_code == 422
+    assert "the limit is 600 bytes" in r.json()["detail"][0]["msg"]
+
+
+def test_taxonomy_and_redaction_apply_also_inside_sdk(tmp_path: Path) -> None:
+    config = Config(
+        jsonl=tmp_path / "m.jsonl",
+        allowed_events=frozenset({"Signed Up"}),
+        redact_keys=frozenset({"seats", "url"}),
+    )
+    with TestClient(create_app(config)) as c:
+        r = post(c, "t", next_track(event="Other"))
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["event"]
+        assert "allowed: Signed Up" in r.json()["detail"][0]["msg"]
+        assert post(c, "t", next_track()).status_code == 200
+    (line,) = read_lines(config.jsonl)
+    assert line["metadata"]["seats"] == "[redacted]"
+    assert line["metadata"]["$sdk"]["url"] == "[redacted]"
+    assert line["metadata"]["$sdk"]["path"] == "/pricing"
+
+
+def test_the_settings_document_points_back_here(client: TestClient) -> None:
+    r = client.get("/segment/v1/projects/wk_test/settings", headers={"Host": "h:9"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json"
+    io = r.json()["integrations"]["Segment.io"]
+    assert io["apiKey"] == "wk_test"
+    assert io["apiHost"] == "h:9/segment/v1"
+    assert io["protocol"] == "http"
+    assert r.json()["metrics"]["sampleRate"] == 0
+
+
+def test_the_write_key_is_checked_against_the_ingest_token(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", ingest_token="wk-secret-1")
+    body = next_track()
+    del body["writeKey"]
+    with TestClient(create_app(config)) as c:
+        r = c.post("/segment/v1/t", content=orjson.dumps(body))
+        assert r.status_code == 401
+        assert "writeKey" in r.json()["detail"]
+        r = c.post("/segment/v1/t", content=orjson.dumps(body), headers=basic("nope"))
+        assert r.status_code == 401
+        assert "not valid" in r.json()["detail"]
+        assert "wk-secret-1" not in r.text
+        wrong_in_body = {**body, "writeKey": "nope"}
+        r = c.post(
+            "/segment/v1/t",
+            content=orjson.dumps(wrong_in_body),
+            headers=basic("wk-secret-1"),
+        )
+        assert r.status_code == 401
+        r = c.post(
+            "/segment/v1/t", content=orjson.dumps(body), headers=basic("wk-secret-1")
+        )
+        assert r.status_code == 200
+        r = c.post(
+            "/segment/v1/t",
+            content=orjson.dumps(
+                {**body, "messageId": "m-2", "writeKey": "wk-secret-1"}
+            ),
+        )
+        assert r.status_code == 200
+        r = c.post(
+            "/segment/v1/t",
+            content=orjson.dumps({**body, "messageId": "m-3"}),
+            headers={"Authorization": "Bearer wk-secret-1"},
+        )
+        assert r.status_code == 200
+        # The settings document stays open: analytics.js fetches it without a key.
+        assert c.get("/segment/v1/projects/x/settings").status_code == 200
+    assert len(read_lines(config.jsonl)) == 3
+
+
+def test_cors_preflight_allows_the_sdk_headers(client: TestClient) -> None:
+    r = client.options(
+        "/segment/v1/t",
+        headers={
+            "Origin": "http://127.0.0.1:5001",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type,"
+            "x-retry-count,anonymousid,sentat",
+        },
+    )
+    assert r.status_code == 200
+    allowed = r.headers["access-control-allow-headers"].lower()
+    for header in ("authorization", "x-retry-count", "anonymousid", "sentat"):
+        assert header in allowed
+    r = post(client, "t", next_track(), Origin="http://127.0.0.1:5001")
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == "*"
+
+
+def test_a_failing_sink_answers_503_so_the_sdk_retries(
+    client: TestClient, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:
+        patch_os(m, write=raising(OSError(errno.EIO, "I/O error")))
+        r = post(client, "t", next_track())
+    assert r.status_code == 503
+    assert post(client, "t", next_track()).status_code == 200
+    assert client.get(SNAPSHOT_URL).json()["total"] == 1
