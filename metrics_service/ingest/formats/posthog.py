@@ -69,8 +69,8 @@ def _map(item: Any, sent_at: Any, now: dt.datetime) -> Mapped:
     metadata: Any = properties
     agent = None
     if isinstance(properties, dict):
-        if distinct_id is None:
-            distinct_id = properties.get("distinct_id")
+        if distinct_id is None and "distinct_id" in properties:
+            distinct_id = properties["distinct_id"]
             where = _WHERE_IN_PROPERTIES
         agent = properties.get("$raw_user_agent")
         # The token may be METRICS_INGEST_TOKEN itself: it is never stored.
