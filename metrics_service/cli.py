@@ -14,7 +14,7 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from metrics_service import settings, stats
+from metrics_service import export, settings, stats
 from metrics_service.declaration import Setting
 from metrics_service.ingest.policy import Policy
 from metrics_service.settings import Config, ConfigError
@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug", "trace"],
     )
     stats.add_parser(commands)
+    export.add_parser(commands)
     return parser
 
 
@@ -326,5 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve(args)
     if args.command == "stats":
         return stats.run(args)
+    if args.command == "export":
+        return export.run(args)
     parser.error(f"unknown command {args.command!r}")
     return 2
