@@ -87,6 +87,9 @@ def _check_answers(http: httpx.Client) -> None:
         ("get", f"{API}/behavior/timeseries", {"params": {"interval": "1s"}}, 200),
         ("get", f"{API}/behavior/timeseries", {"params": {"interval": "2m"}}, 422),
         ("get", "/static/nope.txt", {}, 404),
+        ("get", f"{API}/behavior/rejected", {"params": {"status": 422}}, 200),
+        ("get", f"{API}/behavior/wait", {"params": {"rejected": "true"}}, 200),
+        ("delete", f"{API}/behavior/rejected", {}, 200),
         ("delete", f"{API}/behavior", {}, 200),
     ]
     checked: set[tuple[str, str, int]] = set()
