@@ -106,6 +106,8 @@ PUBLIC_NAMES = [  # variables and flags people have in their scripts: never rena
     ("METRICS_RING_CAPACITY", "--capacity"),
     ("METRICS_JSONL", "--jsonl"),
     ("METRICS_INSTANCE", None),
+    ("METRICS_REJECT_CAPACITY", None),
+    ("METRICS_REJECT_JSONL", None),
     ("METRICS_MAX_BATCH", None),
     ("METRICS_MAX_BODY_BYTES", None),
     ("METRICS_MAX_EVENT_BYTES", None),
@@ -150,6 +152,8 @@ def test_every_setting_is_read_from_its_variable() -> None:
         "METRICS_RING_CAPACITY": "7",
         "METRICS_JSONL": "/tmp/e.jsonl",
         "METRICS_INSTANCE": "web-2",
+        "METRICS_REJECT_CAPACITY": "8",
+        "METRICS_REJECT_JSONL": "/tmp/r.jsonl",
         "METRICS_MAX_BATCH": "5",
         "METRICS_MAX_BODY_BYTES": "6",
         "METRICS_MAX_EVENT_BYTES": "4",
@@ -176,6 +180,8 @@ def test_every_setting_is_read_from_its_variable() -> None:
         ring_capacity=7,
         jsonl=Path("/tmp/e.jsonl"),
         instance="web-2",
+        reject_capacity=8,
+        reject_jsonl=Path("/tmp/r.jsonl"),
         max_batch=5,
         max_body_bytes=6,
         max_event_bytes=4,
@@ -391,3 +397,29 @@ def test_instance_is_a_short_name_or_unset() -> None:
         Config.from_env({"METRICS_INSTANCE": "web 1"})
     assert caught.value.name == "METRICS_INSTANCE"
     assert "letters, digits" in caught.value.message
+
+
+def test_rejected_file_is_beside_the_sink_by_default() -> None:
+    config = Config.from_env({"METRICS_JSONL": "/tmp/x/events.jsonl"})
+    assert config.rejected_file == Path("/tmp/x/events.rejected.jsonl")
+
+
+@pytest.mark.parametrize("raw", ["off", "OFF", " Off "])
+def test_rejected_file_off(raw: str) -> None:
+    config = Config.from_env({"METRICS_REJECT_JSONL": raw})
+    assert config.reject_jsonl == "off"
+    assert config.rejected_file is None
+
+
+def test_rejected_file_moved_and_no_file_without_a_quarantine() -> None:
+    moved = Config.from_env({"METRICS_REJECT_JSONL": "/var/log/refused.jsonl"})
+    assert moved.rejected_file == Path("/var/log/refused.jsonl")
+    off = Config.from_env({"METRICS_REJECT_CAPACITY": "0"})
+    assert off.rejected_file is None
+
+
+def test_reject_capacity_bounds() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_env({"METRICS_REJECT_CAPACITY": "-1"})
+    assert caught.value.name == "METRICS_REJECT_CAPACITY"
+    assert "must be between 0 and 1,000,000" in caught.value.message
