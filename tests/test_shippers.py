@@ -1,0 +1,276 @@
+"""deploy/vector.yaml and deploy/fluent-bit.yaml, parsed and held against the files
+the collector really writes: its rotation code names the segments, its torn-tail
+repair names the .torn file, and its writer produces the longest line."""
+
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from conftest import EVENT_URL, event
+from starlette.testclient import TestClient
+
+from metrics_service import Config, create_app
+from metrics_service.store import rotation
+from metrics_service.store.rotation import Rotator, segments
+from metrics_service.store.tail import repair_torn_tail
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+# The sink as docker-compose.yml places it; the shippers read that folder.
+[SERVICE] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())[
+    "services"
+].values()
+SINK = str(SERVICE["environment"]["METRICS_JSONL"])
+FOLDER = str(Path(SINK).parent)
+
+
+def vector() -> dict[str, Any]:
+    config = yaml.safe_load((DEPLOY / "vector.yaml").read_text())
+    assert isinstance(config, dict)
+    return config
+
+
+def fluent_bit() -> dict[str, Any]:
+    config = yaml.safe_load((DEPLOY / "fluent-bit.yaml").read_text())
+    assert isinstance(config, dict)
+    return config
+
+
+def tail_input() -> dict[str, Any]:
+    [tail] = [i for i in fluent_bit()["pipeline"]["inputs"] if i["name"] == "tail"]
+    assert isinstance(tail, dict)
+    return tail
+
+
+def fluent_output(name: str) -> dict[str, Any]:
+    [out] = [o for o in fluent_bit()["pipeline"]["outputs"] if o["name"] == name]
+    assert isinstance(out, dict)
+    return out
+
+
+def size(text: str | int) -> int:
+    """Fluent Bit's sizes: 64k, 1M or a plain number of bytes."""
+    match = re.fullmatch(r"(\d+)([kKmM]?)[bB]?", str(text))
+    assert match, text
+    return int(match[1]) * {"": 1, "k": 1024, "m": 1024**2}[match[2].lower()]
+
+
+class Shipper:
+    """Which paths a shipper's include and exclude patterns pick up."""
+
+    def __init__(self, include: list[str], exclude: list[str], folder: Path) -> None:
+        self.include = [p.replace(FOLDER, str(folder)) for p in include]
+        self.exclude = [p.replace(FOLDER, str(folder)) for p in exclude]
+
+    def ships(self, path: Path) -> bool:
+        name = str(path)
+        return any(fnmatch.fnmatchcase(name, p) for p in self.include) and not any(
+            fnmatch.fnmatchcase(name, p) for p in self.exclude
+        )
+
+
+def vector_shipper(folder: Path) -> Shipper:
+    source = vector()["sources"]["metrics_log"]
+    return Shipper(source["include"], source["exclude"], folder)
+
+
+def fluent_bit_shipper(folder: Path) -> Shipper:
+    tail = tail_input()
+    return Shipper(tail["path"].split(","), tail["exclude_path"].split(","), folder)
+
+
+class Written:
+    """Every kind of file the collector leaves in its folder, named by its own code."""
+
+    def __init__(self, folder: Path) -> None:
+        self.sink = folder / Path(SINK).name
+        config = Config(jsonl=self.sink, rotate_bytes=1_000, rotate_keep=100)
+        partials: list[Path] = []
+        replace = os.replace
+
+        def recording(src: Any, dst: Any) -> None:
+            partials.append(Path(src))
+            replace(src, dst)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(rotation.os, "replace", recording)
+            with TestClient(create_app(config)) as c:
+                for _ in range(20):
+                    assert c.post(EVENT_URL, json=event()).status_code == 202
+        self.gzipped = segments(self.sink)
+        assert len(self.gzipped) >= 3
+        assert all(p.suffix == ".gz" for p in self.gzipped)
+        # The name a segment has between its rename and its gzip.
+        self.plain = [p.with_suffix("") for p in self.gzipped]
+        # compress() writes the .gz under a temporary name, then renames it.
+        self.partial = next(p for p in partials if p.name.endswith(".partial"))
+
+        with open(self.sink, "ab") as fh:
+            fh.write(b'{"seq":99,"recei')  # what a crash mid-write leaves
+        assert repair_torn_tail(self.sink) > 0
+        [self.torn] = folder.glob("*.torn")
+
+        # The rejected-requests file beside the sink, rotated by the same code.
+        self.rejected = self.sink.with_name(
+            f"{self.sink.stem}.rejected{self.sink.suffix}"
+        )
+        self.rejected.write_bytes(b'{"id":1}\n')
+        rotator = Rotator(self.rejected, max_bytes=1, keep=10)
+        self.rejected_segment = rotator.rotate()
+        assert rotator.wait(10)
+        [self.rejected_gz] = folder.glob(f"{self.rejected.stem}-*.gz")
+        self.rejected.write_bytes(b'{"id":2}\n')
+
+    def kept_out(self) -> list[Path]:
+        return [
+            self.partial,
+            self.torn,
+            self.rejected,
+            self.rejected_segment,
+            self.rejected_gz,
+        ]
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory) -> Written:
+    return Written(tmp_path_factory.mktemp("data"))
+
+
+def test_the_shippers_watch_the_folder_and_sink_the_collector_writes() -> None:
+    source = vector()["sources"]["metrics_log"]
+    assert source["include"][0] == SINK
+    assert tail_input()["path"].split(",")[0] == SINK
+    patterns = [*source["include"], *source["exclude"], tail_input()["exclude_path"]]
+    for pattern in patterns:
+        assert all(p.startswith(FOLDER + "/") for p in pattern.split(","))
+
+
+def test_vector_ships_the_sink_and_every_segment_and_nothing_else(
+    written: Written,
+) -> None:
+    shipper = vector_shipper(written.sink.parent)
+    for path in [written.sink, *written.plain, *written.gzipped]:
+        assert shipper.ships(path), path.name
+    for path in written.kept_out():
+        assert not shipper.ships(path), path.name
+
+
+def test_fluent_bit_ships_the_sink_and_plain_segments_and_nothing_else(
+    written: Written,
+) -> None:
+    shipper = fluent_bit_shipper(written.sink.parent)
+    for path in [written.sink, *written.plain]:
+        assert shipper.ships(path), path.name
+    # Its tail input cannot read gzip: gzipped segments are for ClickHouse's load.
+    for path in [*written.kept_out(), *written.gzipped]:
+        assert not shipper.ships(path), path.name
+
+
+def test_the_patterns_match_the_files_in_the_folder(written: Written) -> None:
+    """Against the folder's real listing, not just names built here."""
+    folder = written.sink.parent
+    present = sorted(p for p in folder.iterdir() if p.is_file())
+    shipper = vector_shipper(folder)
+    shipped = {p.name for p in present if shipper.ships(p)}
+    assert shipped == {written.sink.name} | {p.name for p in written.gzipped}
+    assert written.torn.name in {p.name for p in present}
+
+
+def longest_line(folder: Path) -> int:
+    """The longest line the collector writes at METRICS_MAX_EVENT_BYTES's default:
+    the largest event it accepts, with every key the collector adds at its widest."""
+    config = Config(jsonl=folder / "m.jsonl", instance="i" * 64)
+    headers = {"User-Agent": "u" * 600, "X-Metrics-Test-Id": "t" * 256}
+    refused = 0
+    with TestClient(create_app(config)) as c:
+        pad = config.max_event_bytes
+        while pad > 0:
+            body = event(
+                visitor_id="v" * 64,
+                event_id="e" * 100,
+                metadata={"pad": "x" * pad},
+            )
+            answer = c.post(EVENT_URL, json=body, headers=headers)
+            if answer.status_code == 202:
+                break
+            assert answer.status_code == 422, answer.text
+            refused += 1
+            pad -= 16
+    assert refused  # the first event was over the limit: this one is the largest
+    lines = config.jsonl.read_bytes().splitlines()
+    assert len(lines) == 1
+    assert len(orjson.loads(lines[0])["metadata"]["pad"]) > config.max_event_bytes - 400
+    return len(lines[0]) + 1
+
+
+def test_line_limits_are_above_the_longest_line(tmp_path: Path) -> None:
+    longest = longest_line(tmp_path)
+    assert longest > Config().max_event_bytes
+    assert vector()["sources"]["metrics_log"]["max_line_bytes"] > longest
+    tail = tail_input()
+    assert size(tail["buffer_max_size"]) > longest
+    assert size(tail["buffer_chunk_size"]) <= size(tail["buffer_max_size"])
+
+
+def test_checkpoints_are_kept_across_restarts() -> None:
+    config = vector()
+    assert config["data_dir"].startswith("/var/lib/")
+    source = config["sources"]["metrics_log"]
+    assert source["read_from"] == "beginning"
+    assert source["oldest_first"] is True
+    # Acknowledged by every sink before the checkpoint moves.
+    assert source["acknowledgements"]["enabled"] is True
+    for sink in config["sinks"].values():
+        assert sink["acknowledgements"]["enabled"] is True
+    tail = tail_input()
+    assert tail["db"].startswith("/var/lib/") and tail["read_from_head"] is True
+    assert tail["storage.type"] == "filesystem"
+    assert fluent_bit()["service"]["storage.path"].startswith("/var/lib/")
+
+
+def test_kafka_messages_are_keyed_by_visitor() -> None:
+    kafka = vector()["sinks"]["kafka"]
+    assert kafka["key_field"] == "visitor_id"
+    assert kafka["librdkafka_options"]["enable.idempotence"] == "true"
+    assert fluent_output("kafka")["message_key_field"] == "visitor_id"
+    assert fluent_output("kafka")["rdkafka.enable.idempotence"] is True
+
+
+def test_clickhouse_sinks_insert_into_the_documented_table() -> None:
+    sql = (DEPLOY / "clickhouse.sql").read_text()
+    assert "CREATE TABLE IF NOT EXISTS metrics.events" in sql
+    sink = vector()["sinks"]["clickhouse"]
+    assert (sink["database"], sink["table"]) == ("metrics", "events")
+    assert sink["format"] == "json_each_row" and sink["date_time_best_effort"] is True
+    transform = vector()["transforms"][sink["inputs"][0]]
+    assert "encode_json(.metadata)" in transform["source"]
+    uri = fluent_output("http")["uri"]
+    assert "INSERT%20INTO%20metrics.events%20FORMAT%20JSONEachRow" in uri
+    assert "date_time_input_format=best_effort" in uri
+
+
+def test_both_warn_about_a_shipper_down_across_rotation_and_gzip() -> None:
+    for name in ("vector.yaml", "fluent-bit.yaml"):
+        lines = (DEPLOY / name).read_text().splitlines()
+        comments = " ".join(line.lstrip("# ") for line in lines if line.startswith("#"))
+        assert "miss the rest of that segment" in comments.replace("misses", "miss")
+        assert "METRICS_ROTATE_KEEP" in comments and "never 0" in comments, name
+
+
+def test_a_segment_name_is_what_the_rotation_code_makes(written: Written) -> None:
+    """The patterns assume `<stem>-<time>-<seq>.jsonl[.gz]`; so does segment_pattern."""
+    pattern = rotation.segment_pattern(written.sink)
+    for path in [*written.plain, *written.gzipped]:
+        assert pattern.match(path.name), path.name
+    first = orjson.loads(
+        gzip.decompress(written.gzipped[0].read_bytes()).splitlines()[0]
+    )
+    assert written.gzipped[0].name.endswith(f"-{first['seq']}.jsonl.gz")
