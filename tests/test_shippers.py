@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
 from metrics_service.store import rotation
-from metrics_service.store.rotation import Rotator, segments
+from metrics_service.store.rotation import segments
 from metrics_service.store.tail import repair_torn_tail
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,6 +105,8 @@ class Written:
             with TestClient(create_app(config)) as c:
                 for _ in range(20):
                     assert c.post(EVENT_URL, json=event()).status_code == 202
+                    refused = event(visitor_id="v")  # too short: quarantined
+                    assert c.post(EVENT_URL, json=refused).status_code == 422
         self.gzipped = segments(self.sink)
         assert len(self.gzipped) >= 3
         assert all(p.suffix == ".gz" for p in self.gzipped)
@@ -118,24 +120,20 @@ class Written:
         assert repair_torn_tail(self.sink) > 0
         [self.torn] = folder.glob("*.torn")
 
-        # The rejected-requests file beside the sink, rotated by the same code.
-        self.rejected = self.sink.with_name(
-            f"{self.sink.stem}.rejected{self.sink.suffix}"
-        )
-        self.rejected.write_bytes(b'{"id":1}\n')
-        rotator = Rotator(self.rejected, max_bytes=1, keep=10)
-        self.rejected_segment = rotator.rotate()
-        assert rotator.wait(10)
-        [self.rejected_gz] = folder.glob(f"{self.rejected.stem}-*.gz")
-        self.rejected.write_bytes(b'{"id":2}\n')
+        # The quarantine's file beside the sink (its refused requests) and its segments.
+        assert config.rejected_file is not None
+        self.rejected = config.rejected_file
+        self.rejected_gz = segments(self.rejected)
+        assert self.rejected.exists() and len(self.rejected_gz) >= 2
+        self.rejected_plain = [p.with_suffix("") for p in self.rejected_gz]
 
     def kept_out(self) -> list[Path]:
         return [
             self.partial,
             self.torn,
             self.rejected,
-            self.rejected_segment,
-            self.rejected_gz,
+            *self.rejected_plain,
+            *self.rejected_gz,
         ]
 
 
