@@ -45,6 +45,7 @@ class Service:
             fsync=config.fsync,
             fsync_interval=config.fsync_interval,
             dedupe_window=config.dedupe_window,
+            instance=config.instance,
         )
         # Rejections by HTTP status (errors.py counts them) and sampled-out events,
         # both for GET /metrics.

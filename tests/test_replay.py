@@ -731,3 +731,20 @@ def test_key_like_instances_and_test_ids_are_read_as_the_full_parse_reads_them(
     ring = _ring_of(recovery.load(sink, 100).parts, 100)
     assert _rows(ring) == expected
     assert ring.event_ids(100) == [e.event_id for e in expected if e.event_id]
+
+
+def test_a_named_collector_replays_its_own_lines(tmp_path: Path) -> None:
+    cfg = Config(jsonl=tmp_path / "m.jsonl", instance="web-1")
+    with TestClient(create_app(cfg)) as client:
+        for name in ("a", "b"):
+            headers = {"X-Metrics-Test-Id": f"t-{name}"}
+            r = client.post(EVENT_URL, json=event(name, event_id=name), headers=headers)
+            assert r.status_code == 202
+        before = client.get(SNAPSHOT_URL).json()["last_events"]
+    assert [line["instance"] for line in read_lines(cfg.jsonl)] == ["web-1", "web-1"]
+    with TestClient(create_app(cfg)) as client:
+        assert client.get(SNAPSHOT_URL).json()["last_events"] == before
+        r = client.get(SNAPSHOT_URL, params={"test_id": "t-b"})
+        assert [e["seq"] for e in r.json()["last_events"]] == [2]
+        r = client.post(EVENT_URL, json=event("c", event_id="a"))  # a replayed id
+        assert (r.status_code, r.json()["duplicates"]) == (202, 1)

@@ -36,6 +36,7 @@ def store(
     *,
     capacity: int = 100,
     listen: bool = True,
+    instance: str | None = None,
 ) -> tuple[list[Outcome], Ring, list[bytes], list[list[Entry]]]:
     """Submit `groups` in one loop step (one flush); outcomes, ring, file lines, and
     what a listener saw."""
@@ -44,7 +45,7 @@ def store(
     heard: list[list[Entry]] = []
 
     async def run() -> list[Outcome]:
-        writer = Writer(ring, sink, fsync="never", dedupe_window=100)
+        writer = Writer(ring, sink, fsync="never", dedupe_window=100, instance=instance)
         if listen:
             writer.subscribe(heard.append)
         futures = [writer.enqueue(g) for g in groups]
@@ -232,3 +233,43 @@ def test_a_failed_fsync_stores_nothing_and_burns_no_seq(
     assert [entry.seq for entry in ring.newest(10)] == [1]
     assert [[entry.seq for entry in entries] for entries in heard] == [[1]]
     assert "fsync failed" in str(failed) and "[Errno" not in str(failed)
+
+
+def test_without_an_instance_lines_are_as_before(tmp_path: Path) -> None:
+    lines = store(tmp_path, [group(("a", "visitor-1", "e-1"))])[2]
+    assert lines == [
+        b'{"seq":1,"received_at":"2026-01-01T00:00:00.000Z",'
+        b'"timestamp":"2026-01-01T00:00:01.500Z",'
+        b'"event":"a","visitor_id":"visitor-1","event_id":"e-1"}'
+    ]
+
+
+@pytest.mark.parametrize("name", ["web-1", "A", "eu.west_2-" + "x" * 53])
+def test_an_instance_follows_received_at_in_every_line(
+    tmp_path: Path, name: str
+) -> None:
+    groups = [
+        group(("a", "visitor-1", None)),
+        group(("b", "visitor-2", "e"), ("c", "v-3", None)),
+    ]
+    _, ring, lines, heard = store(tmp_path, groups, instance=name)
+    assert len(lines) == 3
+    for seq, line in enumerate(lines, 1):
+        assert line.startswith(
+            b'{"seq":%d,"received_at":"2026-01-01T00:00:00.000Z","instance":"%s",'
+            b'"timestamp":"' % (seq, name.encode())
+        )
+        assert list(orjson.loads(line))[:4] == [
+            "seq",
+            "received_at",
+            "instance",
+            "timestamp",
+        ]
+    assert [e.line for e in ring] == lines
+    assert [e.line for batch in heard for e in batch] == lines
+
+
+@pytest.mark.parametrize("name", ["", "-web", 'a"b', "a\\b", "x" * 65, "é"])
+def test_a_name_json_would_escape_is_refused(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ValueError, match="not a collector name"):
+        Writer(Ring(10), Sink(tmp_path / "events.jsonl"), instance=name)

@@ -10,7 +10,7 @@ from metrics_service import _native
 from metrics_service.settings import FsyncPolicy
 from metrics_service.store.chunk import Entry
 from metrics_service.store.dedupe import Dedupe
-from metrics_service.store.line import Group
+from metrics_service.store.line import Group, received_slot
 from metrics_service.store.ring import Ring
 from metrics_service.store.sink import Sink, SinkError
 
@@ -54,8 +54,13 @@ class Writer:
         fsync: FsyncPolicy = "interval",
         fsync_interval: float = 1.0,
         dedupe_window: int = 0,
+        instance: str | None = None,
     ) -> None:
+        """`instance`: the collector's name (METRICS_INSTANCE), written in each line."""
         self.ring = ring
+        self.instance = instance
+        # Appended to each group's received_at in LINE's slot (store/line.py).
+        self._instance = received_slot(b"", instance)
         self.sink = sink
         self.fsync_policy = fsync
         self.fsync_interval = fsync_interval
@@ -139,6 +144,7 @@ class Writer:
         groups: list[Group] = []  # what is stored of each
         outcomes: list[Outcome] = []
         dedupe = self.dedupe.window > 0
+        instance = self._instance
         for group, _ in pending:
             duplicates = 0
             if dedupe:
@@ -152,7 +158,10 @@ class Writer:
             if seq > MAX_SEQ or self.blocked is not None:
                 break  # refused below, before a line is made
             if stored:
-                lines += _native.lines(first, group.received, group.heads, group.bodies)
+                received = group.received
+                if instance:
+                    received += instance
+                lines += _native.lines(first, received, group.heads, group.bodies)
             groups.append(group)
             outcomes.append(
                 Outcome(stored, duplicates, first, seq)
