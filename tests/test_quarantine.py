@@ -1,0 +1,548 @@
+"""The quarantine: refused ingest requests recorded, read, waited for, streamed and
+kept in their own JSONL file (store/quarantine.py, read/rejected.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
+from starlette.testclient import TestClient
+
+from metrics_service import Config, create_app
+from metrics_service.app import App
+from metrics_service.read.filters import Filters
+from metrics_service.read.rejected import RejectionFilters
+from metrics_service.read.stream import events
+from metrics_service.settings import ConfigError
+from metrics_service.store import rotation
+from metrics_service.store.quarantine import BODY_LIMIT, Quarantine, Request
+
+BATCH_URL = "/api/metrics/events"
+REJECTED_URL = "/api/metrics/behavior/rejected"
+WAIT_URL = "/api/metrics/behavior/wait"
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(jsonl=tmp_path / "m.jsonl", max_body_bytes=64 * 1024)
+
+
+@pytest.fixture
+def client(config: Config) -> Iterator[TestClient]:
+    with TestClient(create_app(config)) as c:
+        yield c
+
+
+def rejections(client: TestClient, **params: Any) -> list[dict[str, Any]]:
+    r = client.get(REJECTED_URL, params=params)
+    assert r.status_code == 200
+    found: list[dict[str, Any]] = r.json()["rejections"]
+    return found
+
+
+def test_each_refused_status_is_recorded_newest_first(client: TestClient) -> None:
+    assert client.post(EVENT_URL, content=b"{", headers=JSON).status_code == 400
+    big = b'{"visitor_id": "' + b"v" * 70_000 + b'"}'
+    assert client.post(EVENT_URL, content=big, headers=JSON).status_code == 413
+    r = client.post(EVENT_URL, content=b"{}", headers={"Content-Type": "image/png"})
+    assert r.status_code == 415
+    assert client.post(EVENT_URL, json={"event": "x"}).status_code == 422
+    r = client.get(REJECTED_URL)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["total"] == 4 and body["last_id"] == 4
+    assert [(x["id"], x["status"]) for x in body["rejections"]] == [
+        (4, 422),
+        (3, 415),
+        (2, 413),
+        (1, 400),
+    ]
+    by_status = {x["status"]: x for x in body["rejections"]}
+    assert by_status[400]["body"] == "{" and by_status[400]["truncated"] is False
+    # 413 and 415 are refused before the body is read: no body is recorded.
+    assert by_status[413]["body"] is None and by_status[415]["body"] is None
+    assert by_status[415]["content_type"] == "image/png"
+    assert client.get(SNAPSHOT_URL).json()["rejected"] == 4
+
+
+def test_a_record_holds_exactly_the_answers_detail(client: TestClient) -> None:
+    batch = [event("page_view"), event("signup", visitor_id="visitor-7", bad=1)]
+    r = client.post(
+        BATCH_URL,
+        json=batch,
+        headers={
+            "User-Agent": "probe/1.0",
+            "Origin": "https://shop.example",
+            "X-Metrics-Test-Id": "tests/test_x.py::test_y",
+        },
+    )
+    assert r.status_code == 422
+    [record] = rejections(client)
+    assert list(record) == [
+        "id",
+        "received_at",
+        "path",
+        "status",
+        "detail",
+        "content_type",
+        "user_agent",
+        "origin",
+        "test_id",
+        "visitor_id",
+        "event",
+        "body",
+        "truncated",
+    ]
+    assert record["detail"] == r.json()["detail"]
+    assert record["detail"][0]["index"] == 1
+    assert record["path"] == BATCH_URL and record["status"] == 422
+    assert record["received_at"].endswith("Z")
+    assert record["user_agent"] == "probe/1.0"
+    assert record["origin"] == "https://shop.example"
+    assert record["content_type"] == "application/json"
+    assert record["test_id"] == "tests/test_x.py::test_y"
+    # The refused event of the batch, not its first one.
+    assert (record["visitor_id"], record["event"]) == ("visitor-7", "signup")
+    assert orjson.loads(record["body"]) == batch
+
+
+def test_no_test_id_when_the_tag_itself_is_refused(client: TestClient) -> None:
+    r = client.post(EVENT_URL, json=event(), headers={"X-Metrics-Test-Id": ""})
+    assert r.status_code == 422
+    [record] = rejections(client)
+    assert "test_id" not in record
+    assert record["detail"] == r.json()["detail"]
+
+
+def test_redaction_and_credentials_at_any_depth(tmp_path: Path) -> None:
+    config = Config(
+        jsonl=tmp_path / "m.jsonl",
+        redact_keys=frozenset({"email"}),
+        ingest_token="sekrit-token",
+    )
+    body = {
+        "visitor_id": "visitor-123",
+        "event": "signup",
+        "metadata": {
+            "Email": "a@b.example",
+            "deep": [{"email": "c@d.example", "api_key": "k1", "keep": 1}],
+            "writeKey": "k2",
+            "Token": "k3",
+            "api_secret": "k4",
+        },
+        "extra": True,
+    }
+    with TestClient(create_app(config)) as c:
+        r = c.post(
+            EVENT_URL + "?token=sekrit-token",
+            json=body,
+            headers={"Authorization": "Bearer sekrit-token"},
+        )
+        assert r.status_code == 422
+        [record] = rejections(c, token="sekrit-token")
+    assert orjson.loads(record["body"])["metadata"] == {
+        "Email": "[redacted]",
+        "deep": [{"email": "[redacted]", "keep": 1}],
+    }
+    written = config.rejected_file
+    assert written is not None
+    text = written.read_text()
+    for secret in ("sekrit-token", "a@b.example", "c@d.example", "k1", "k2", "k3"):
+        assert secret not in text
+    assert "authorization" not in text.lower()
+
+
+def test_ndjson_lines_are_redacted_one_by_one(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", redact_keys=frozenset({"email"}))
+    lines = [
+        orjson.dumps(event(metadata={"email": "x@y.example"})),
+        b"{broken",
+        orjson.dumps(event("late", visitor_id="visitor-9")),
+    ]
+    with TestClient(create_app(config)) as c:
+        r = c.post(
+            BATCH_URL,
+            content=b"\n".join(lines) + b"\n",
+            headers={"Content-Type": "application/x-ndjson"},
+        )
+        assert r.status_code == 400
+        [record] = rejections(c)
+    assert "x@y.example" not in record["body"]
+    assert "{broken" in record["body"]
+
+
+def test_body_is_cut_at_4_kib_after_gzip(client: TestClient) -> None:
+    batch = [event(metadata={"n": i, "pad": "é" * 30}) for i in range(200)]
+    batch.append({"event": "x"})
+    raw = orjson.dumps(batch)
+    assert len(raw) > BODY_LIMIT
+    r = client.post(
+        BATCH_URL,
+        content=gzip.compress(raw),
+        headers={**JSON, "Content-Encoding": "gzip"},
+    )
+    assert r.status_code == 422
+    [record] = rejections(client)
+    assert record["truncated"] is True
+    assert len(record["body"].encode()) <= BODY_LIMIT + 2
+    assert record["body"].startswith('[{"visitor_id":"visitor-123"')
+    assert record["event"] == "x" and record["visitor_id"] is None
+
+
+def test_invalid_utf8_is_replaced(client: TestClient) -> None:
+    r = client.post(EVENT_URL, content=b'{"event": "\xff\xfe"}', headers=JSON)
+    assert r.status_code == 400
+    [record] = rejections(client)
+    assert record["body"] == '{"event": "\ufffd\ufffd"}'
+
+
+def test_filters_limit_and_after(client: TestClient) -> None:
+    client.post(EVENT_URL, json={"event": "a", "visitor_id": "v"})  # 422, short id
+    client.post(EVENT_URL, json=event("b", bad=1), headers={"X-Metrics-Test-Id": "t"})
+    client.post(EVENT_URL, content=b"{", headers=JSON)  # 400
+    assert [x["id"] for x in rejections(client, status=422)] == [2, 1]
+    assert [x["id"] for x in rejections(client, status=[400, 422])] == [3, 2, 1]
+    assert [x["id"] for x in rejections(client, event="b")] == [2]
+    assert [x["id"] for x in rejections(client, event=["a", "b"])] == [2, 1]
+    assert [x["id"] for x in rejections(client, visitor_id="v")] == [1]
+    assert [x["id"] for x in rejections(client, test_id="t")] == [2]
+    assert [x["id"] for x in rejections(client, after=1)] == [3, 2]
+    r = client.get(REJECTED_URL, params={"limit": 1, "status": 422})
+    assert r.status_code == 200
+    assert r.json()["total"] == 2 and len(r.json()["rejections"]) == 1
+    for bad in ({"nope": 1}, {"status": "x"}, {"after": "x"}, {"limit": -1}):
+        r = client.get(REJECTED_URL, params=bad)
+        assert r.status_code == 422, bad
+        assert r.json()["detail"][0]["loc"] == ["query", next(iter(bad))]
+
+
+def test_refusals_of_other_endpoints_are_not_recorded(client: TestClient) -> None:
+    assert client.get(SNAPSHOT_URL, params={"limit": "x"}).status_code == 422
+    assert client.get(WAIT_URL, params={"nope": 1}).status_code == 422
+    assert client.post(EVENT_URL, json=event()).status_code == 202
+    assert rejections(client) == []
+    assert client.get(SNAPSHOT_URL).json()["rejected"] == 0
+
+
+def test_delete_and_the_main_reset_clear_it(client: TestClient) -> None:
+    for _ in range(2):
+        client.post(EVENT_URL, content=b"{", headers=JSON)
+    r = client.delete(REJECTED_URL)
+    assert r.status_code == 200
+    assert r.json() == {"ok": True, "cleared": 2}
+    assert rejections(client) == []
+    client.post(EVENT_URL, content=b"{", headers=JSON)
+    client.post(EVENT_URL, json=event())
+    r = client.delete(SNAPSHOT_URL)
+    assert r.status_code == 200
+    assert r.json() == {"ok": True, "cleared": 1}
+    assert rejections(client) == []
+    snap = client.get(SNAPSHOT_URL).json()
+    assert snap["rejected"] == 0
+    # Ids go on: a mark taken before the reset still means "after this".
+    client.post(EVENT_URL, content=b"{", headers=JSON)
+    assert [x["id"] for x in rejections(client)] == [4]
+
+
+def test_reads_need_the_read_token(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", read_token="r-token")
+    with TestClient(create_app(config)) as c:
+        assert c.post(EVENT_URL, content=b"{", headers=JSON).status_code == 400
+        assert c.get(REJECTED_URL).status_code == 401
+        assert c.delete(REJECTED_URL).status_code == 401
+        r = c.get(REJECTED_URL, headers={"Authorization": "Bearer r-token"})
+        assert r.status_code == 200
+        assert r.json()["total"] == 1
+
+
+def test_capacity_bounds_what_is_kept(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", reject_capacity=3)
+    with TestClient(create_app(config)) as c:
+        for _ in range(5):
+            c.post(EVENT_URL, content=b"{", headers=JSON)
+        r = c.get(REJECTED_URL, params={"limit": 100})
+        assert r.status_code == 200
+        assert r.json()["total"] == 3 and r.json()["last_id"] == 5
+        assert [x["id"] for x in r.json()["rejections"]] == [5, 4, 3]
+        assert c.get(SNAPSHOT_URL).json()["rejected"] == 5
+        quarantine = c.app.service.quarantine  # type: ignore[attr-defined]
+        assert quarantine.bytes == sum(len(x.line) for x in quarantine.records)
+    assert config.rejected_file is not None
+    assert len(read_lines(config.rejected_file)) == 5
+
+
+def test_memory_budget_holds_for_large_details() -> None:
+    quarantine = Quarantine(2, None)
+    detail = [{"loc": ["x"], "msg": "m" * 10_000}] * 5
+    for _ in range(3):
+        quarantine.record(Request("/p", 422, detail, [], b"{}", None))
+    # Each record is over the budget of two: only the newest stays.
+    assert [found.id for found in quarantine.records] == [3]
+    assert quarantine.bytes == len(quarantine.records[0].line)
+
+
+def test_capacity_zero_turns_it_off(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", reject_capacity=0)
+    with TestClient(create_app(config)) as c:
+        assert c.post(EVENT_URL, content=b"{", headers=JSON).status_code == 400
+        r = c.get(REJECTED_URL)
+        assert r.status_code == 200
+        assert r.json() == {"total": 0, "rejections": [], "last_id": 0}
+        assert c.get(SNAPSHOT_URL).json()["rejected"] == 0
+        r = c.get(WAIT_URL, params={"rejected": "true", "timeout": 0})
+        assert r.status_code == 422
+        assert "METRICS_REJECT_CAPACITY=0" in r.json()["detail"][0]["msg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
+
+
+def test_file_off_keeps_memory(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", reject_jsonl="off")
+    with TestClient(create_app(config)) as c:
+        c.post(EVENT_URL, content=b"{", headers=JSON)
+        assert len(rejections(c)) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
+
+
+def test_a_file_that_cannot_be_written_never_fails_the_answer(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", reject_jsonl=Path("/dev/full"))
+    with TestClient(create_app(config)) as c:
+        for _ in range(3):
+            assert c.post(EVENT_URL, content=b"{", headers=JSON).status_code == 400
+        assert len(rejections(c)) == 3
+        assert c.app.service.quarantine.write_errors == 3  # type: ignore[attr-defined]
+
+
+def test_a_recording_bug_never_fails_the_answer(
+    client: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(request: Request) -> None:
+        raise RuntimeError("boom")
+
+    quarantine = client.app.service.quarantine  # type: ignore[attr-defined]
+    monkeypatch.setattr(quarantine, "record", broken)
+    r = client.post(EVENT_URL, content=b"{", headers=JSON)
+    assert r.status_code == 400
+    assert r.json()["detail"].startswith("malformed JSON")
+    assert "could not record a refused request" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["m.jsonl", "m-20260101T000000-1.jsonl"])
+def test_a_rejected_file_that_would_mix_with_the_sink_stops_start_up(
+    tmp_path: Path, name: str
+) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", reject_jsonl=tmp_path / name)
+    with pytest.raises(ConfigError) as caught:
+        create_app(config)
+    assert caught.value.name == "METRICS_REJECT_JSONL"
+
+
+def test_file_is_clean_jsonl_rotates_and_is_never_replayed(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", rotate_bytes=2000, rotate_keep=3)
+    rejected = config.rejected_file
+    assert rejected == tmp_path / "m.rejected.jsonl"
+    with TestClient(create_app(config)) as c:
+        for i in range(30):
+            assert c.post(EVENT_URL, json=event(bad=i)).status_code == 422
+        assert c.post(EVENT_URL, json=event()).status_code == 202
+        c.app.service.quarantine.rotator.wait(10)  # type: ignore[attr-defined]
+    segments = rotation.segments(rejected)
+    assert segments and all(s.name.startswith("m.rejected-") for s in segments)
+    assert len({s.name.removesuffix(".gz") for s in segments}) <= 3
+    assert rotation.segments(config.jsonl) == []
+    ids = []
+    for source in [*segments, rejected]:
+        data = (
+            gzip.decompress(source.read_bytes())
+            if source.suffix == ".gz"
+            else source.read_bytes()
+        )
+        assert data.endswith(b"\n")
+        ids += [orjson.loads(line)["id"] for line in data.splitlines()]
+    assert ids == sorted(ids) and ids[-1] == 30
+    # The sink holds the one accepted event and no refused line.
+    assert [line["seq"] for line in read_lines(config.jsonl)] == [1]
+    # A restart replays the sink only, and the quarantine's ids go on.
+    with TestClient(create_app(config)) as c:
+        snap = c.get(SNAPSHOT_URL).json()
+        assert snap["total"] == 1 and snap["rejected"] == 0
+        c.post(EVENT_URL, content=b"{", headers=JSON)
+        assert [x["id"] for x in rejections(c)] == [31]
+
+
+def test_foreign_sdk_lanes_are_recorded_without_their_keys(client: TestClient) -> None:
+    body = {"writeKey": "seg-secret", "event": "Order Completed", "properties": {}}
+    r = client.post("/segment/v1/track", json=body)
+    assert r.status_code in (400, 422)
+    [record] = rejections(client)
+    assert record["path"] == "/segment/v1/track"
+    assert record["detail"] == r.json()["detail"]
+    assert record["event"] == "Order Completed"
+    assert "seg-secret" not in record["body"]
+
+
+def test_posthog_form_base64_and_gzip_bodies_are_decoded() -> None:
+    quarantine = Quarantine(10, None)
+    payload = orjson.dumps({"api_key": "phc_x", "event": "$pageview", "x": 1})
+    for raw in (
+        b"data=" + base64.b64encode(payload),
+        base64.b64encode(gzip.compress(payload)),
+        b"data=" + base64.urlsafe_b64encode(payload).rstrip(b"="),
+    ):
+        found = quarantine.record(Request("/posthog/e", 400, "bad", [], raw, None))
+        assert found is not None
+        record = orjson.loads(found.line)
+        assert orjson.loads(record["body"]) == {"event": "$pageview", "x": 1}, raw
+        assert record["event"] == "$pageview"
+
+
+# --- live: /wait rejected=true and the stream -----------------------------------------
+
+
+def run_app(
+    config: Config, body: Callable[[App, httpx.AsyncClient], Coroutine[Any, Any, Any]]
+) -> Any:
+    async def run() -> Any:
+        app = create_app(config)
+        app.service.start()
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                return await body(app, c)
+        finally:
+            await app.service.stop()
+
+    return asyncio.run(run())
+
+
+def test_wait_rejected_is_woken_by_a_refusal(config: Config) -> None:
+    async def body(app: App, c: httpx.AsyncClient) -> list[httpx.Response]:
+        waiting = asyncio.ensure_future(
+            c.get(
+                WAIT_URL,
+                params={"rejected": "true", "event": "checkout", "timeout": 10},
+            )
+        )
+        while app.service.hub.counts[0] == 0:
+            await asyncio.sleep(0.01)
+        await c.post(EVENT_URL, content=b"{", headers=JSON)  # another refusal
+        posted = await c.post(EVENT_URL, json=event("checkout", bad=1))
+        return [posted, await waiting]
+
+    posted, waited = run_app(config, body)
+    assert posted.status_code == 422
+    assert waited.status_code == 200
+    body_ = waited.json()
+    assert body_["matched"] == 1
+    [record] = body_["rejections"]
+    assert record["event"] == "checkout" and record["detail"] == posted.json()["detail"]
+
+
+def test_wait_rejected_absent_and_timeout(client: TestClient) -> None:
+    params = {"rejected": "true", "absent": "true", "timeout": 0.05}
+    r = client.get(WAIT_URL, params=params)
+    assert r.status_code == 200
+    assert r.json() == {"matched": 0, "rejections": []}
+    client.post(EVENT_URL, json=event("x", bad=1))
+    r = client.get(WAIT_URL, params=params)
+    assert r.status_code == 409
+    assert r.json()["matched"] == 1
+    r = client.get(WAIT_URL, params={**params, "status": 400})
+    assert r.status_code == 200
+    r = client.get(WAIT_URL, params={"rejected": "true", "count": 2, "timeout": 0.05})
+    assert r.status_code == 408
+    assert r.json()["matched"] == 1
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"rejected": "true", "exactly": "true"}, "exactly"),
+        ({"rejected": "true", "sequence": "a,b"}, "sequence"),
+        ({"rejected": "true", "meta.plan": "pro"}, "meta.plan"),
+        ({"rejected": "true", "since": "2026-01-01"}, "since"),
+        ({"rejected": "true", "absent": "true", "count": 2}, "count"),
+        ({"rejected": "true", "count": 501}, "count"),
+        ({"rejected": "maybe"}, "rejected"),
+        ({"status": 422}, "status"),
+    ],
+)
+def test_wait_rejected_refuses_what_makes_no_sense(
+    client: TestClient, params: dict[str, Any], name: str
+) -> None:
+    r = client.get(WAIT_URL, params={**params, "timeout": 0})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", name]
+
+
+def test_stream_carries_rejections_unless_opted_out(config: Config) -> None:
+    async def body(app: App, c: httpx.AsyncClient) -> list[bytes]:
+        service = app.service
+        stream: AsyncIterator[bytes] = events(
+            service.hub,
+            service.ring,
+            _filters(),
+            rejections=RejectionFilters(events=frozenset({"checkout"})),
+        )
+        chunks = [await anext(stream)]  # connected: subscribed
+        await c.post(EVENT_URL, json=event("page_view", bad=1))  # not matching
+        await c.post(EVENT_URL, json=event("checkout", bad=1))
+        await c.post(EVENT_URL, json=event("checkout"))
+        chunks.append(await anext(stream))
+        if b"event: behavior" not in b"".join(chunks):
+            chunks.append(await anext(stream))
+        await stream.aclose()
+        return chunks
+
+    chunks = b"".join(run_app(config, body))
+    rejected = [m for m in chunks.split(b"\n\n") if b"event: rejected" in m]
+    assert len(rejected) == 1
+    [data] = [line for line in rejected[0].split(b"\n") if line.startswith(b"data: ")]
+    assert orjson.loads(data[6:])["event"] == "checkout"
+    assert b"id: " not in rejected[0]
+    assert b"event: behavior" in chunks
+
+
+def test_stream_param_rejected(client: TestClient) -> None:
+    r = client.get("/api/metrics/behavior/stream", params={"rejected": "nope"})
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["query", "rejected"]
+
+
+def test_rejected_false_subscribes_to_no_rejection(config: Config) -> None:
+    async def body(app: App, c: httpx.AsyncClient) -> int:
+        hub = app.service.hub
+        stream = events(hub, app.service.ring, _filters())
+        await anext(stream)
+        count = len(hub._rejection_subs)
+        await stream.aclose()
+        return count
+
+    assert run_app(config, body) == 0
+
+
+def _filters() -> Filters:
+    return Filters()
+
+
+def test_quarantine_file_ids_continue_from_segments(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    segment = tmp_path / "r-20260101T000000-1.jsonl"
+    segment.write_bytes(b'{"id":1}\n{"id":7}\n')
+    quarantine = Quarantine(5, path)
+    quarantine.start()
+    found = quarantine.record(Request("/p", 400, "x", [], None, None))
+    quarantine.close()
+    assert found is not None and found.id == 8
+    assert os.path.getsize(path) > 0
