@@ -89,7 +89,17 @@ def fill(sink: Path, count: int, instance: str | None = None) -> Counter[str]:
             body = event(name, metadata={"i": i, "plan": {"tier": "pro"}, "é": "ü"})
             assert c.post(EVENT_URL, json=body).status_code == 202
             sent[name] += 1
+            if i % 10 == 0:  # quarantined beside the sink, never loaded
+                refused = event(name, visitor_id="v")
+                assert c.post(EVENT_URL, json=refused).status_code == 422
+    assert config.rejected_file is not None and config.rejected_file.exists()
     return sent
+
+
+def stored_lines(sink: Path) -> list[dict[str, Any]]:
+    """The lines of the sink's segments, oldest first, then of the sink."""
+    data = b"".join(gzip.decompress(s.read_bytes()) for s in segments(sink))
+    return [orjson.loads(line) for line in (data + sink.read_bytes()).splitlines()]
 
 
 def test_table_and_loads_count_each_line_once_after_a_second_load(
@@ -99,11 +109,7 @@ def test_table_and_loads_count_each_line_once_after_a_second_load(
     sent = fill(sink, 100)
     found = segments(sink)
     assert len(found) >= 4 and all(s.suffix == ".gz" for s in found)
-    lines = [
-        orjson.loads(line)
-        for s in found
-        for line in gzip.decompress(s.read_bytes()).splitlines()
-    ]
+    lines = stored_lines(sink)
     assert lines and "instance" not in lines[0]  # today's default: no such key
 
     for statement in loads(tmp_path / "m"):
@@ -144,3 +150,33 @@ def test_a_folder_without_segments_loads_its_live_file(
     for statement in loads(tmp_path / "m"):
         clickhouse.query(statement)
     assert counts(clickhouse) == {"signup": 1}
+
+
+def test_collectors_with_and_without_a_name_merge_without_collisions(
+    tmp_path: Path, clickhouse: Any
+) -> None:
+    sent: Counter[str] = Counter()
+    stems = []
+    for instance in ("web-1", "web-2", None):
+        folder = tmp_path / (instance or "unnamed")
+        sent += fill(folder / "m.jsonl", 30, instance)
+        stems.append(folder / "m")
+    lines = stored_lines(tmp_path / "web-1" / "m.jsonl")
+    assert lines[0]["instance"] == "web-1" and lines[0]["seq"] == 1
+    assert "instance" not in stored_lines(tmp_path / "unnamed" / "m.jsonl")[0]
+
+    for _ in range(2):  # every folder shipped twice
+        for stem in stems:
+            for statement in loads(stem):
+                clickhouse.query(statement)
+    assert counts(clickhouse) == dict(sent)
+    per = rows(
+        clickhouse,
+        "SELECT instance, count() AS n, min(seq) AS lo, max(seq) AS hi"
+        " FROM metrics.events FINAL GROUP BY instance ORDER BY instance",
+    )
+    assert [(r["instance"], int(r["n"]), int(r["lo"]), int(r["hi"])) for r in per] == [
+        ("", 30, 1, 30),
+        ("web-1", 30, 1, 30),
+        ("web-2", 30, 1, 30),
+    ]
