@@ -9,8 +9,68 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import httpx
+    from playwright.sync_api import BrowserContext
 
 HEALTH_PATH = "/api/metrics/behavior/health"
+REJECTED_PATH = "/api/metrics/behavior/rejected"
+# The collector's carriers of a request's test id (metrics_service/ingest/test_tag.py,
+# which imports the app: tests/test_client.py checks these are its names).
+TEST_ID_HEADER = "X-Metrics-Test-Id"
+TEST_ID_QUERY = "test_id"
+TEST_ID_COOKIE = "metrics_test_id"
+# Injected into each page of a Playwright context (see MetricsClient.tag_context):
+# requests to the collector's origin by fetch (keepalive too), XMLHttpRequest and
+# sendBeacon get `?test_id=`, which no CORS rule looks at. Other origins are untouched.
+TAG_SCRIPT = """(function (origin, name, id) {
+  "use strict";
+  function tagged(url) {
+    try {
+      var u = new URL(String(url), location.href);
+      if (u.origin !== origin || u.searchParams.has(name)) return null;
+      u.searchParams.set(name, id);
+      return u.href;
+    } catch (e) {
+      return null;
+    }
+  }
+  var fetch0 = window.fetch;
+  if (typeof fetch0 === "function") {
+    window.fetch = function (input, init) {
+      var isRequest = typeof Request === "function" && input instanceof Request;
+      var url = tagged(isRequest ? input.url : input);
+      if (!url) return fetch0.apply(this, arguments);
+      if (!isRequest) return fetch0.call(this, url, init);
+      // A Request's body is a stream, which Chromium uploads only over HTTP/2: copy it.
+      var self = this;
+      var read = /^(GET|HEAD)$/.test(input.method) ? Promise.resolve(null) : input.clone().blob();
+      return read.then(function (body) {
+        var copy = new Request(url, {
+          method: input.method, headers: input.headers, body: body, mode: input.mode,
+          credentials: input.credentials, cache: input.cache, redirect: input.redirect,
+          referrer: input.referrer, integrity: input.integrity,
+          keepalive: input.keepalive, signal: input.signal,
+        });
+        return fetch0.call(self, copy, init);
+      });
+    };
+  }
+  var nav = window.navigator;
+  if (nav && typeof nav.sendBeacon === "function") {
+    var beacon0 = nav.sendBeacon;
+    nav.sendBeacon = function (url, data) {
+      return beacon0.call(nav, tagged(url) || url, data);
+    };
+  }
+  if (typeof XMLHttpRequest === "function") {
+    var open0 = XMLHttpRequest.prototype.open;
+    XMLHttpRequest.prototype.open = function (method, url) {
+      var args = Array.prototype.slice.call(arguments);
+      args[1] = tagged(url) || url;
+      return open0.apply(this, args);
+    };
+  }
+})(%s, %s, %s);
+"""
 
 
 def _query(filters: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -25,12 +85,16 @@ class MetricsClient:
     """A client for the collector's HTTP API, made for assertions in tests.
 
     Filters are keyword arguments: `event="signup"` (or a list: any of),
-    `visitor_id`, `event_id`, `since`/`until` (ISO string or datetime), `after`
-    (a seq from `mark()`), and `meta={"plan": "pro"}` for `meta.plan=pro`.
+    `visitor_id`, `event_id`, `test_id`, `since`/`until` (ISO string or datetime),
+    `after` (a seq from `mark()`), `meta={"plan": "pro"}` for `meta.plan=pro`, and
+    operators as suffixes (`visitor_id__prefix="visitor-"`).
 
     `token` is sent as `Authorization: Bearer <token>` on every request (the
     collector's METRICS_READ_TOKEN); `ingest_token`, when given, replaces it on
     `post()` (METRICS_INGEST_TOKEN, when the two differ).
+
+    A client bound to a `test_id` (see `view()`) reads only the events and refusals
+    carrying that id, and `post()` stamps it on what it sends.
     """
 
     def __init__(
@@ -40,10 +104,12 @@ class MetricsClient:
         timeout: float = 10.0,
         token: str | None = None,
         ingest_token: str | None = None,
+        test_id: str | None = None,
     ) -> None:
         import httpx
 
         self.base_url = base_url.rstrip("/")
+        self.test_id = test_id
         self._timeout = timeout
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._post_headers = (
@@ -52,9 +118,21 @@ class MetricsClient:
         self._http = httpx.Client(
             base_url=self.base_url, timeout=timeout, headers=headers
         )
+        self._owner = True
+
+    def view(self, test_id: str) -> MetricsClient:
+        """A client bound to `test_id`, sharing this one's connections (so it costs no
+        new connection pool, and closing it closes nothing)."""
+        bound = object.__new__(MetricsClient)
+        bound.__dict__.update(self.__dict__)
+        bound.test_id = test_id
+        bound._owner = False
+        return bound
 
     def close(self) -> None:
-        self._http.close()
+        """Close the connections (a view leaves its parent's open)."""
+        if self._owner:
+            self._http.close()
 
     @property
     def closed(self) -> bool:
@@ -66,14 +144,28 @@ class MetricsClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _filters(self, filters: Mapping[str, Any]) -> dict[str, Any]:
+        # A view's own test id, unless the caller names one (test_id=None: any).
+        if self.test_id is None or "test_id" in filters:
+            return {k: v for k, v in filters.items() if v is not None}
+        return {**filters, "test_id": self.test_id}
+
     def health(self) -> dict[str, Any]:
+        """The collector's health answer (ring and sink), whatever its status."""
         response = self._http.get(HEALTH_PATH)
         body: dict[str, Any] = response.json()
         return body
 
     def post(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """POST one event; returns the 202's body, raises httpx.HTTPStatusError else.
+
+        A view sends its test id in the X-Metrics-Test-Id header.
+        """
+        headers = dict(self._post_headers)
+        if self.test_id is not None:
+            headers[TEST_ID_HEADER] = self.test_id
         response = self._http.post(
-            "/api/metrics/event", json=dict(event), headers=self._post_headers
+            "/api/metrics/event", json=dict(event), headers=headers
         )
         response.raise_for_status()
         body: dict[str, Any] = response.json()
@@ -81,7 +173,7 @@ class MetricsClient:
 
     def snapshot(self, *, limit: int | None = None, **filters: Any) -> dict[str, Any]:
         """The snapshot; with filters, total/by_event/last_events cover matches only."""
-        params = _query(filters)
+        params = _query(self._filters(filters))
         if limit is not None:
             params.append(("limit", str(limit)))
         response = self._http.get("/api/metrics/behavior", params=tuple(params))
@@ -197,7 +289,7 @@ class MetricsClient:
     ) -> httpx.Response:
         return self._http.get(
             "/api/metrics/behavior/wait",
-            params=tuple(_query(filters) + params),
+            params=tuple(_query(self._filters(filters)) + params),
             timeout=seconds + self._timeout,
         )
 
@@ -221,6 +313,8 @@ class MetricsClient:
         recent = self.snapshot(limit=20, **window)
         others = [e for e in recent["last_events"] if e not in matched][::-1]
         where = f"after seq {filters['after']}" if window else "in the ring"
+        if self.test_id is not None:
+            where += f" from test {self.test_id!r}"
         lines.append(
             f"events {where}: {recent['total']} in all, by name"
             f" {_by_event(recent['by_event'])}; the newest that did not match:"
@@ -231,7 +325,7 @@ class MetricsClient:
     def reset(self) -> int:
         """Empty the ring (never the file); returns how many events were cleared.
 
-        Global: tests running in parallel should isolate with `mark()` and `after=`.
+        Global, even from a view: isolate with a view or `after=mark()` instead.
         """
         response = self._http.delete("/api/metrics/behavior")
         response.raise_for_status()
@@ -239,13 +333,69 @@ class MetricsClient:
         return cleared
 
     def timeseries(self, interval: str = "1m", **filters: Any) -> dict[str, Any]:
-        params = [*_query(filters), ("interval", interval)]
+        """Counts per `interval` bucket (1s 10s 1m 5m 15m 1h 1d) of matching events."""
+        params = [*_query(self._filters(filters)), ("interval", interval)]
         response = self._http.get(
             "/api/metrics/behavior/timeseries", params=tuple(params)
         )
         response.raise_for_status()
         body: dict[str, Any] = response.json()
         return body
+
+    def rejections(self, **filters: Any) -> list[dict[str, Any]] | None:
+        """Refused ingest requests in the quarantine, newest first (a view's: those
+        carrying its test id); None from a collector without a quarantine (404).
+
+        Filters: `status`, `event`, `visitor_id`, `test_id`, `after` (a record id).
+        """
+        params = _query(self._filters(filters))
+        response = self._http.get(REJECTED_PATH, params=tuple(params))
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        records: list[dict[str, Any]] = response.json()["rejections"]
+        return records
+
+    def tag_context(self, context: BrowserContext) -> None:
+        """Make a Playwright context's pages tag what they send to this collector with
+        this view's test id, without a change to the pages' code.
+
+        Requests by fetch, XMLHttpRequest and sendBeacon get `?test_id=` (a script run
+        in each page before its own); every other request to the collector's host
+        (an image pixel, a navigation) carries the `metrics_test_id` cookie.
+        """
+        import json
+        from urllib.parse import quote, urlsplit
+
+        if self.test_id is None:
+            raise ValueError("tag_context() needs a view: client.view(test_id)")
+        parts = urlsplit(self.base_url)
+        origin = f"{parts.scheme}://{parts.netloc}"
+        args = (json.dumps(origin), json.dumps(TEST_ID_QUERY), json.dumps(self.test_id))
+        context.add_init_script(script=TAG_SCRIPT % args)
+        cookie = quote(self.test_id, safe="")
+        context.add_cookies([{"name": TEST_ID_COOKIE, "value": cookie, "url": origin}])
+
+    def tracker_tag(self, **options: Any) -> str:
+        """The HTML that loads tracker.js from this collector and calls metrics.init.
+
+        `options` add to init's (visitorId, flushInterval, token); a view adds its
+        testId, so pages opened outside Playwright are tagged too.
+        """
+        import json
+        from html import escape as html_escape
+
+        init: dict[str, Any] = {"endpoint": self.base_url}
+        if self.test_id is not None:
+            init["testId"] = self.test_id
+        init.update(options)
+        # "</" would end the script element early; "<\/" means the same in JSON.
+        config = json.dumps(init).replace("</", "<\\/")
+        source = html_escape(f"{self.base_url}/tracker.js")
+        return (
+            f'<script src="{source}"></script>\n'
+            f"<script>metrics.init({config});</script>"
+        )
 
 
 def _shown(filters: Mapping[str, Any]) -> str:

@@ -67,9 +67,12 @@
   }
 
   function url() {
-    // The ingest token (if the collector wants one) goes in the query: beacons cannot set headers.
-    var query = config.token ? "?token=" + encodeURIComponent(config.token) : "";
-    return config.endpoint + "/api/metrics/events" + query;
+    // The ingest token (if the collector wants one) and the test id go in the query:
+    // beacons cannot set headers, and a header would cost a CORS preflight.
+    var query = [];
+    if (config.token) query.push("token=" + encodeURIComponent(config.token));
+    if (config.testId) query.push("test_id=" + encodeURIComponent(config.testId));
+    return config.endpoint + "/api/metrics/events" + (query.length ? "?" + query.join("&") : "");
   }
 
   function body(events) {
@@ -151,7 +154,8 @@
 
   var metrics = {
     /** options: endpoint (collector base URL); optional visitorId, flushInterval (ms, default 1000),
-     *  token (METRICS_INGEST_TOKEN, when the collector requires one). */
+     *  token (METRICS_INGEST_TOKEN, when the collector requires one), testId (the test_id the
+     *  collector stamps on these events; the pytest plugin's tracker_tag() sets it). */
     init: function (options) {
       options = options || {};
       if (!options.endpoint) throw new Error("metrics.init: endpoint is required");
@@ -160,6 +164,7 @@
         visitorId: options.visitorId ? String(options.visitorId).trim() : storedVisitorId(),
         flushInterval: options.flushInterval > 0 ? options.flushInterval : 1000,
         token: options.token ? String(options.token) : null,
+        testId: options.testId ? String(options.testId) : null,
       };
       if (config.visitorId.length < 6 || config.visitorId.length > 64) {
         throw new Error("metrics.init: visitorId must be 6 to 64 characters");
