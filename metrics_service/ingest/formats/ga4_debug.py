@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
+from metrics_service.http.errors import ApiError
 from metrics_service.http.openapi import BODY_ERRORS, Doc
 from metrics_service.ingest.decode import parse_json, type_name
 from metrics_service.ingest.formats.lane import query_of, read_foreign
@@ -340,7 +341,12 @@ class ValidationAnswer(BaseModel):
 async def debug(request: Request) -> Response:
     config = request.app.service.config
     _, body = await read_foreign(request.scope, request.receive, config.max_body_bytes)
-    data = parse_json(body)
+    try:
+        data = parse_json(body)
+    except ApiError as exc:
+        if exc.status_code != 422:
+            raise
+        data = orjson.loads(body)  # an integer past 64 bits: still JSON to validate
     messages = validate(
         data, query_of(request.scope), len(body), time.time_ns() // 1000
     )
