@@ -44,7 +44,7 @@ def collector_files(folder: Path) -> list[Path]:
     """A rotating collector's segments (oldest first) and live sink, with events that
     use every key a client can set."""
     sink = folder / "m.jsonl"
-    config = Config(jsonl=sink, rotate_bytes=1_500, rotate_keep=100)
+    config = Config(jsonl=sink, rotate_bytes=1_500, rotate_keep=100, instance="web-1")
     with TestClient(create_app(config)) as c:
         for i in range(24):
             body = event(
@@ -55,6 +55,8 @@ def collector_files(folder: Path) -> list[Path]:
             if i % 2:
                 body["event_id"] = f"evt-{i}"
             headers = {"User-Agent": f"agent/{i}"} if i % 5 else {}
+            if i % 4 == 0:
+                headers["X-Metrics-Test-Id"] = f"spec {i}"
             assert c.post(EVENT_URL, json=body, headers=headers).status_code == 202
     files = [*readable_segments(sink), sink]
     assert len(files) >= 3 and files[0].suffix == ".gz"
@@ -125,6 +127,8 @@ def test_export_round_trips_every_key_of_live_rotated_and_old_files(
         assert comparable(as_line(row)) == comparable(line)
     assert {"instance", "test_id", "event_id"} <= expected[-1].keys()
     assert rows[-1]["test_id"] == "checkout spec #3"
+    assert rows[0]["instance"] == "web-1" and rows[0]["test_id"] == "spec 0"
+    assert "instance" not in expected[-2] and rows[-2]["instance"] is None
     assert [r["seq"] for r in rows[:-2]] == list(range(1, 25))
 
 
