@@ -365,3 +365,37 @@ def test_a_missing_token_still_says_one_is_required(client: TestClient) -> None:
     assert_401(response)
     assert response.json()["detail"].startswith("a token is required")
     assert "error=" not in response.headers["www-authenticate"]
+
+
+def test_sdk_routes_are_guarded_by_their_own_key() -> None:
+    guard_of = Guards(ENDPOINTS).of
+    assert guard_of("/segment/v1/t") == "sdk"
+    assert guard_of("/segment/v1/batch") == "sdk"
+    assert guard_of("/posthog/e/") == "sdk"
+    assert guard_of("/ga4/mp/collect") == "sdk"
+    assert guard_of("/ga4/g/collect") == "sdk"
+    assert guard_of("/ga4/debug/mp/collect") == "open"
+    # Templates with a suffix: one plain segment, nothing else.
+    assert guard_of("/segment/v1/projects/wk_1/settings") == "open"
+    assert guard_of("/posthog/array/phc_1/config.js") == "open"
+    assert guard_of("/posthog/array/phc_1/config") == "open"
+    assert guard_of("/segment/v1/projects/../settings") == "read"
+    assert guard_of("/segment/v1/projects/a/b/settings") == "read"
+    assert guard_of("/segment/v1/projects//settings") == "read"
+
+
+def test_sdk_routes_take_the_token_or_their_key_and_nothing_else(
+    client: TestClient,
+) -> None:
+    call = {"type": "track", "event": "e", "anonymousId": "anon-123456"}
+    assert client.post("/segment/v1/t", json=call).status_code == 401
+    assert client.post(f"/segment/v1/t?token={INGEST}", json=call).status_code == 200
+    bearer = {"Authorization": f"Bearer {INGEST}"}
+    assert client.post("/segment/v1/t", json=call, headers=bearer).status_code == 200
+    keyed = {**call, "writeKey": INGEST}
+    assert client.post("/segment/v1/t", json=keyed).status_code == 200
+    # The read token opens no ingest route, whichever way it comes.
+    response = client.post("/segment/v1/t", json={**call, "writeKey": READ})
+    assert_401(response)
+    response = client.post(f"/segment/v1/t?token={READ}", json=call)
+    assert_401(response)
