@@ -164,6 +164,129 @@ def test_broken_taxonomy_stops_the_cli_with_one_line(
     assert "Traceback" not in err
 
 
+# --- typed tracking plans: a JSON Schema per event ---------------------------------
+
+TYPED = {
+    "events": {
+        "checkout_completed": {
+            "required": ["currency"],
+            "schema": {
+                "type": "object",
+                "required": ["plan", "amount"],
+                "properties": {
+                    "plan": {"enum": ["free", "pro"]},
+                    "amount": {"type": "number", "minimum": 0},
+                    "items": {
+                        "type": "array",
+                        "items": {"$ref": "#/$defs/item"},
+                    },
+                },
+                "$defs": {"item": {"properties": {"sku": {"type": "string"}}}},
+            },
+        },
+        "page_view": {},
+    }
+}
+
+
+def test_schema_errors_are_per_index_with_path_and_rule(tmp_path: Path) -> None:
+    cfg = Config(jsonl=tmp_path / "m.jsonl", taxonomy=taxonomy_file(tmp_path, TYPED))
+    good = {"plan": "pro", "amount": 12.5, "currency": "EUR"}
+    bad = {"plan": "team", "amount": -1, "items": [{"sku": 7}], "currency": "EUR"}
+    with TestClient(create_app(cfg)) as c:
+        r = c.post(
+            BATCH_URL,
+            json=[
+                event("checkout_completed", metadata=good),
+                event("checkout_completed", metadata=bad),
+                event("checkout_completed", metadata={"amount": True}),
+                event("page_view"),
+            ],
+        )
+        assert r.status_code == 422
+        detail = r.json()["detail"]
+        [record] = c.get("/api/metrics/behavior/rejected").json()["rejections"]
+    assert record["detail"] == detail
+    assert [(d["index"], d["loc"], d.get("rule")) for d in detail] == [
+        (1, ["metadata", "amount"], "minimum"),
+        (1, ["metadata", "items", 0, "sku"], "type"),
+        (1, ["metadata", "plan"], "enum"),
+        (2, ["metadata", "currency"], None),
+        (2, ["metadata", "plan"], "required"),
+        (2, ["metadata", "amount"], "type"),
+    ]
+    assert detail[0] == {
+        "index": 1,
+        "loc": ["metadata", "amount"],
+        "msg": "metadata.amount: must be at least 0, got -1",
+        "type": "schema",
+        "path": "metadata.amount",
+        "rule": "minimum",
+    }
+    assert detail[1]["path"] == "metadata.items[0].sku"
+    assert detail[1]["msg"] == "metadata.items[0].sku: expected string, got number"
+    assert detail[2]["msg"] == (
+        'metadata.plan: must be one of ["free","pro"], got "team"'
+    )
+    # The taxonomy's own `required` form still works beside the schema.
+    assert detail[3]["type"] == "missing_required_metadata"
+    assert detail[5]["msg"] == "metadata.amount: expected number, got boolean"
+    assert read_lines(cfg.jsonl) == []
+
+
+def test_a_valid_event_passes_its_schema(tmp_path: Path) -> None:
+    cfg = Config(jsonl=tmp_path / "m.jsonl", taxonomy=taxonomy_file(tmp_path, TYPED))
+    metadata = {"plan": "free", "amount": 0, "currency": "EUR", "items": [{"sku": "a"}]}
+    with TestClient(create_app(cfg)) as c:
+        r = c.post(EVENT_URL, json=event("checkout_completed", metadata=metadata))
+        assert r.status_code == 202
+    assert read_lines(cfg.jsonl)[0]["metadata"] == metadata
+
+
+def test_schemas_are_compiled_once_and_only_for_events_with_one(tmp_path: Path) -> None:
+    policy = Policy.from_config(Config(taxonomy=taxonomy_file(tmp_path, TYPED)))
+    assert set(policy.validators) == {"checkout_completed"}
+    assert policy.problems(model("page_view", metadata={"anything": [1]})) == []
+    assert Policy.from_config(Config(taxonomy=taxonomy_file(tmp_path, TAXONOMY))) == (
+        Policy.from_config(Config(taxonomy=taxonomy_file(tmp_path, TAXONOMY)))
+    )
+
+
+def test_schema_errors_are_capped_per_event(tmp_path: Path) -> None:
+    schema = {"type": "object", "additionalProperties": {"type": "string"}}
+    content = {"events": {"e": {"schema": schema}}}
+    policy = Policy.from_config(Config(taxonomy=taxonomy_file(tmp_path, content)))
+    problems = policy.problems(model("e", metadata={f"k{i}": i for i in range(50)}))
+    assert len(problems) == 20
+
+
+@pytest.mark.parametrize(
+    ("schema", "words"),
+    [
+        ({"type": "nope"}, "events.a.schema.type: "),
+        (
+            {"properties": {"x": {"minimum": "0"}}},
+            "events.a.schema.properties.x.minimum: '0' is not of type 'number'",
+        ),
+        ({"allOf": [{"type": 3}]}, "events.a.schema.allOf[0].type: "),
+        (
+            {"properties": {"x": {"$ref": "https://example.com/s.json"}}},
+            "events.a.schema.properties.x.$ref: only local references",
+        ),
+        ([], "events.a.schema: expected a JSON Schema object"),
+    ],
+)
+def test_a_broken_schema_stops_start_up_naming_event_and_path(
+    tmp_path: Path, schema: Any, words: str
+) -> None:
+    path = taxonomy_file(tmp_path, {"events": {"a": {"schema": schema}}})
+    with pytest.raises(ConfigError) as caught:
+        Policy.from_config(Config(taxonomy=path))
+    assert caught.value.name == "METRICS_TAXONOMY"
+    assert words in caught.value.message
+    assert "\n" not in caught.value.message
+
+
 # --- sampling ----------------------------------------------------------------
 
 
