@@ -1,12 +1,15 @@
 """`metrics-service stats`: totals over the sink and its segments, one line at a time.
 
 Memory stays constant in the file size: counts per event name, the time range and
-the seq range are a few numbers each. Distinct visitors are counted exactly in a
+the seq ranges are a few numbers each. Distinct visitors are counted exactly in a
 set up to EXACT_VISITORS ids (~100 MB), then estimated (k minimum values, ~1.5 %).
+A line's identity is (instance, seq): the seqs of each collector (METRICS_INSTANCE)
+are followed apart, so merged files count their gaps and duplicates per collector.
 """
 
 from __future__ import annotations
 
+import bisect
 import gzip
 import hashlib
 import heapq
@@ -77,6 +80,58 @@ class DistinctCounter:
         return round((self.k - 1) * (2**64) / (kth + 1))
 
 
+class SeqRanges:
+    """The seqs seen, as sorted disjoint runs: one run for a file without gaps, so
+    memory grows only with the gaps and the lines out of order."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ends: list[int] = []  # inclusive
+        self.events = 0
+        self.duplicates = 0
+
+    def add(self, seq: int) -> None:
+        self.events += 1
+        starts, ends = self.starts, self.ends
+        if ends and seq == ends[-1] + 1:  # the common case: the next seq
+            ends[-1] = seq
+            return
+        i = bisect.bisect_right(starts, seq) - 1  # the run starting at or before seq
+        if i >= 0 and seq <= ends[i]:
+            self.duplicates += 1
+            return
+        joins_left = i >= 0 and ends[i] == seq - 1
+        joins_right = i + 1 < len(starts) and starts[i + 1] == seq + 1
+        if joins_left and joins_right:
+            ends[i] = ends[i + 1]
+            del starts[i + 1], ends[i + 1]
+        elif joins_left:
+            ends[i] = seq
+        elif joins_right:
+            starts[i + 1] = seq
+        else:
+            starts.insert(i + 1, seq)
+            ends.insert(i + 1, seq)
+
+    @property
+    def missing(self) -> int:
+        """Seqs between the first and the last that no line holds."""
+        if not self.starts:
+            return 0
+        held = sum(self.ends) - sum(self.starts) + len(self.starts)
+        return self.ends[-1] - self.starts[0] + 1 - held
+
+    def as_dict(self, instance: str | None) -> dict[str, Any]:
+        return {
+            "instance": instance,
+            "events": self.events,
+            "first_seq": self.starts[0] if self.starts else None,
+            "last_seq": self.ends[-1] if self.ends else None,
+            "missing_seqs": self.missing,
+            "duplicate_seqs": self.duplicates,
+        }
+
+
 @dataclass
 class Stats:
     files: list[str] = field(default_factory=list)
@@ -89,6 +144,7 @@ class Stats:
     last_seq: int | None = None
     visitors: DistinctCounter = field(default_factory=DistinctCounter)
     errors: list[str] = field(default_factory=list)
+    seqs: dict[str | None, SeqRanges] = field(default_factory=dict)
 
     def add(self, line: bytes) -> None:
         if not line.strip():
@@ -115,14 +171,24 @@ class Stats:
             if self.last_timestamp is None or stamp > self.last_timestamp:
                 self.last_timestamp = stamp
         seq = obj.get("seq")
-        if isinstance(seq, int):
+        if isinstance(seq, int) and not isinstance(seq, bool):
             if self.first_seq is None or seq < self.first_seq:
                 self.first_seq = seq
             if self.last_seq is None or seq > self.last_seq:
                 self.last_seq = seq
+            instance = obj.get("instance")
+            if not isinstance(instance, str):
+                instance = None
+            ranges = self.seqs.get(instance)
+            if ranges is None:
+                ranges = self.seqs[instance] = SeqRanges()
+            ranges.add(seq)
 
     def as_dict(self) -> dict[str, Any]:
         ranked = sorted(self.by_event.items(), key=lambda item: (-item[1], item[0]))
+        # Lines without an instance first, then by name.
+        names = sorted(self.seqs, key=lambda name: (name is not None, name or ""))
+        instances = [self.seqs[name].as_dict(name) for name in names]
         return {
             "files": self.files,
             "events": self.events,
@@ -133,6 +199,9 @@ class Stats:
             "last_timestamp": self.last_timestamp,
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
+            "missing_seqs": sum(item["missing_seqs"] for item in instances),
+            "duplicate_seqs": sum(item["duplicate_seqs"] for item in instances),
+            "instances": instances,
             "by_event": [{"event": name, "count": n} for name, n in ranked],
             "errors": self.errors,
         }
@@ -251,15 +320,43 @@ def render(stats: Stats) -> str:
         ("first timestamp", printable(data["first_timestamp"] or "-")),
         ("last timestamp", printable(data["last_timestamp"] or "-")),
         ("seq range", _range(data["first_seq"], data["last_seq"])),
+        ("missing seqs", f"{data['missing_seqs']:,}"),
+        ("duplicate seqs", f"{data['duplicate_seqs']:,}"),
     ]
     width = max(len(name) for name, _ in rows)
     out = [f"{name:<{width}}  {value}" for name, value in rows]
+    instances = data["instances"]
+    if any(item["instance"] is not None for item in instances):
+        out += ["", *_instance_table(instances)]
     if data["by_event"]:
         shown = [(printable(r["event"]), r["count"]) for r in data["by_event"]]
         names = max(len("event"), *(len(name) for name, _ in shown))
         out += ["", f"{'event':<{names}}  {'count':>10}"]
         out += [f"{name:<{names}}  {count:>10,}" for name, count in shown]
     return "\n".join(out)
+
+
+def _instance_table(instances: list[dict[str, Any]]) -> list[str]:
+    """Each collector's events and seqs; `-` for lines written without a name."""
+    header = ("instance", "events", "seq range", "missing", "duplicates")
+    rows = [
+        (
+            printable(item["instance"] or "-"),
+            f"{item['events']:,}",
+            _range(item["first_seq"], item["last_seq"]),
+            f"{item['missing_seqs']:,}",
+            f"{item['duplicate_seqs']:,}",
+        )
+        for item in instances
+    ]
+    widths = [max(len(row[k]) for row in [header, *rows]) for k in range(5)]
+    return [
+        "  ".join(
+            cell.ljust(width) if k == 0 else cell.rjust(width)
+            for k, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in [header, *rows]
+    ]
 
 
 def _range(first: int | None, last: int | None) -> str:

@@ -8,7 +8,13 @@ import orjson
 import pytest
 
 from metrics_service.cli import main
-from metrics_service.stats import DistinctCounter, Progress, collect, default_files
+from metrics_service.stats import (
+    DistinctCounter,
+    Progress,
+    SeqRanges,
+    collect,
+    default_files,
+)
 
 
 def line(seq: int, name: str, visitor: str, second: int) -> bytes:
@@ -149,3 +155,58 @@ def test_event_names_cannot_drive_the_terminal(
     assert "\x1b" not in out and "\u202e" not in out and "\x9b" not in out
     names = {row["event"] for row in orjson.loads(out)["by_event"]}
     assert names == set(hostile)  # the same JSON, escaped
+
+
+def named(seq: int, instance: str | None, name: str = "e") -> bytes:
+    data = line(seq, name, "visitor-a", 1)
+    if instance is None:
+        return data
+    return data.replace(
+        b'Z","timestamp"', b'Z","instance":"%s","timestamp"' % instance.encode()
+    )
+
+
+def test_seqs_of_several_collectors_are_counted_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    # web-1: 1-5 with 3 missing and 2 twice; web-2: 1-4 complete (its 1 and 2 are
+    # not web-1's); lines without a name: 7, 9 (8 missing).
+    a.write_bytes(b"".join(named(s, "web-1") for s in (1, 2, 2, 4, 5)) + named(7, None))
+    b.write_bytes(b"".join(named(s, "web-2") for s in (1, 2, 3, 4)) + named(9, None))
+    assert main(["stats", str(a), str(b), "--json"]) == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert out["events"] == 11
+    assert (out["missing_seqs"], out["duplicate_seqs"]) == (2, 1)
+    assert out["instances"] == [
+        {"instance": None, "events": 2, "first_seq": 7, "last_seq": 9}
+        | {"missing_seqs": 1, "duplicate_seqs": 0},
+        {"instance": "web-1", "events": 5, "first_seq": 1, "last_seq": 5}
+        | {"missing_seqs": 1, "duplicate_seqs": 1},
+        {"instance": "web-2", "events": 4, "first_seq": 1, "last_seq": 4}
+        | {"missing_seqs": 0, "duplicate_seqs": 0},
+    ]
+    assert main(["stats", str(a), str(b)]) == 0
+    table = capsys.readouterr().out
+    assert "missing seqs       2" in table
+    assert "duplicate seqs     1" in table
+    assert "web-1          5      1 … 5        1           1" in table
+
+
+def test_one_collector_without_a_name_has_no_instance_table(
+    sink: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["stats", str(sink)]) == 0
+    table = capsys.readouterr().out
+    assert "missing seqs       0" in table
+    assert "instance" not in table
+
+
+def test_seq_ranges_merge_in_any_order() -> None:
+    ranges = SeqRanges()
+    for seq in (5, 1, 3, 2, 9, 4, 3, 8, 7, 6, 10, 1):
+        ranges.add(seq)
+    assert (ranges.starts, ranges.ends) == ([1], [10])
+    assert (ranges.events, ranges.missing, ranges.duplicates) == (12, 0, 2)
+    ranges.add(20)
+    assert (ranges.starts, ranges.ends, ranges.missing) == ([1, 20], [10, 20], 9)
