@@ -182,3 +182,25 @@ def test_flags_reach_the_server(tmp_path: Path) -> None:
         assert health["ring_capacity"] == 3
         assert health["sink_path"] == str(sink)
     server.stop(expect=CLEAN_EXIT)
+
+
+def test_export_is_a_command_and_needs_its_output(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    assert "export" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exited:
+        main(["export", "data/metrics.jsonl"])
+    assert exited.value.code == 2
+    assert "the following arguments are required: --parquet" in capsys.readouterr().err
+
+
+def test_export_help_says_how_to_install_duckdb(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # as argparse wrapped it
+    assert "pip install 'metrics-service[parquet]'" in out
