@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -9,7 +10,12 @@ import httpx
 import pytest
 
 from metrics_service.read.filters import flat_params
-from metrics_service.testing import CLEAN_EXIT, MetricsClient, MetricsServer
+from metrics_service.testing import (
+    CLEAN_EXIT,
+    MetricsClient,
+    MetricsServer,
+    make_test_id,
+)
 
 pytest_plugins = ("pytester",)
 
@@ -36,59 +42,106 @@ def test_flat_params_encodes_filters() -> None:
     ]
 
 
-def test_fixture_object_and_client(metrics_server: MetricsServer) -> None:
-    client = metrics_server.client
+def test_fixture_object_and_client(
+    metrics_server: MetricsServer, metrics: MetricsClient
+) -> None:
     assert metrics_server.url.startswith("http://127.0.0.1:")
-    assert client.health()["sink_path"] == str(metrics_server.jsonl_path)
-    mark = client.mark()
-    assert mark == 0
-    client.post({"event": "page_view", "visitor_id": "visitor-1"})
-    client.post(
+    assert metrics.health()["sink_path"] == str(metrics_server.jsonl_path)
+    assert metrics.test_id is not None
+    assert metrics.test_id.endswith(
+        ":tests/test_testing.py::test_fixture_object_and_client"
+    )
+    mark = metrics.mark()
+    metrics.post({"event": "page_view", "visitor_id": "visitor-1"})
+    metrics.post(
         {"event": "signup", "visitor_id": "visitor-1", "metadata": {"plan": "pro"}}
     )
-    client.post(
+    metrics.post(
         {"event": "signup", "visitor_id": "visitor-2", "metadata": {"plan": "free"}}
     )
-    pro = client.snapshot(meta={"plan": "pro"})
+    pro = metrics.snapshot(meta={"plan": "pro"})
     assert pro["total"] == 1
     assert pro["last_events"][0]["visitor_id"] == "visitor-1"
-    assert [e["seq"] for e in client.events(after=1)] == [2, 3]
-    got = client.wait_for("signup", count=2, after=mark)
+    assert [e["seq"] for e in metrics.events(after=mark + 1)] == [mark + 2, mark + 3]
+    got = metrics.wait_for("signup", count=2)
     assert [e["metadata"]["plan"] for e in got] == ["pro", "free"]
-    series = client.timeseries("1d", event="signup")
+    assert {e["test_id"] for e in got} == {metrics.test_id}
+    series = metrics.timeseries("1d", event="signup")
     assert series["buckets"][0]["by_event"] == {"signup": 2}
-    assert client.mark() == 3
-    assert client.reset() == 3
-    assert client.snapshot()["total"] == 0
-    assert client.mark() == 3
-    assert len(metrics_server.jsonl_path.read_bytes().splitlines()) == 3
+    assert metrics.mark() == mark + 3
+    lines = metrics_server.jsonl_path.read_text().splitlines()
+    assert sum(f'"test_id":"{metrics.test_id}"' in line for line in lines) == 3
 
 
-def test_wait_for_returns_event_posted_meanwhile(metrics_server: MetricsServer) -> None:
-    client = metrics_server.client
-    mark = client.mark()
+def test_a_view_sees_only_its_own_test(
+    metrics_server: MetricsServer, metrics: MetricsClient
+) -> None:
+    other = metrics_server.client.view("someone-else")
+    other.post({"event": "signup", "visitor_id": "visitor-1"})
+    untagged = metrics_server.client.post(
+        {"event": "signup", "visitor_id": "visitor-1"}
+    )
+    metrics.post({"event": "signup", "visitor_id": "visitor-1"})
+    [mine] = metrics.wait_for("signup", exactly=True, settle=0.05)
+    assert mine["test_id"] == metrics.test_id
+    assert mine["seq"] == untagged["seq"] + 1
+    assert other.events()[-1]["test_id"] == "someone-else"
+    # The unbound client sees every test, and test_id=None lifts a view's own.
+    assert metrics.snapshot(test_id=None, after=untagged["seq"] - 2)["total"] == 3
+    assert "test_id" not in metrics_server.client.events(event_id=None)[-2]
+    metrics.expect_none("signup", visitor_id="visitor-2", timeout=0.01)
+    other.close()  # a view shares its parent's connections: closing it closes nothing
+    assert not metrics_server.client.closed and not metrics.closed
+
+
+def test_make_test_id_is_ascii_and_bounded() -> None:
+    assert (
+        make_test_id("tests/a.py::test_x[1-2]", "run1")
+        == "run1:tests/a.py::test_x[1-2]"
+    )
+    assert make_test_id("t.py::test[\u00e9]", "r") == "r:t.py::test[\\xe9]"
+    long = make_test_id("t.py::test[" + "x" * 400 + "]", "r")
+    assert len(long) == 256
+    assert long.startswith("r:t.py::test[xxx")
+    assert long != make_test_id("t.py::test[" + "x" * 401 + "]", "r")
+
+
+def test_tracker_tag_points_at_the_collector(metrics: MetricsClient) -> None:
+    tag = metrics.tracker_tag(flushInterval=100, visitorId="</script>")
+    url = metrics.base_url
+    assert tag.startswith(f'<script src="{url}/tracker.js"></script>\n<script>')
+    config = tag.split("metrics.init(", 1)[1].rsplit(");</script>", 1)[0]
+    assert "</script>" not in config
+    assert json.loads(config) == {
+        "endpoint": url,
+        "testId": metrics.test_id,
+        "flushInterval": 100,
+        "visitorId": "</script>",
+    }
+
+
+def test_wait_for_returns_event_posted_meanwhile(metrics: MetricsClient) -> None:
     poster = threading.Timer(
         0.2,
-        client.post,
+        metrics.post,
         [{"event": "checkout", "visitor_id": "visitor-9", "metadata": {"n": 1}}],
     )
     poster.start()
     try:
-        events = client.wait_for("checkout", after=mark, meta={"n": 1}, timeout=10)
+        events = metrics.wait_for("checkout", meta={"n": 1}, timeout=10)
     finally:
         poster.join(10)
     assert [e["visitor_id"] for e in events] == ["visitor-9"]
 
 
-def test_wait_for_timeout_says_what_arrived(metrics_server: MetricsServer) -> None:
-    client = metrics_server.client
-    mark = client.mark()
-    client.post(
+def test_wait_for_timeout_says_what_arrived(metrics: MetricsClient) -> None:
+    mark = metrics.mark()
+    metrics.post(
         {"event": "signup", "visitor_id": "visitor-1", "metadata": {"plan": "free"}}
     )
-    client.post({"event": "page_view", "visitor_id": "visitor-1"})
+    metrics.post({"event": "page_view", "visitor_id": "visitor-1"})
     with pytest.raises(AssertionError) as caught:
-        client.wait_for(
+        metrics.wait_for(
             "signup", count=2, timeout=0.2, after=mark, meta={"plan": "free"}
         )
     message = str(caught.value)
@@ -97,30 +150,70 @@ def test_wait_for_timeout_says_what_arrived(metrics_server: MetricsServer) -> No
     assert "signup" in message
     assert '{"plan":"free"}' in message
     assert "page_view" in message  # what else arrived, so the failure explains itself
-    assert f"after seq {mark}: 2 in all" in message
+    assert f"after seq {mark} from test {metrics.test_id!r}: 2 in all" in message
 
 
-def test_plugin_fixture_in_a_users_suite(pytester: pytest.Pytester) -> None:
+USER_SUITE = """
+import httpx
+import pytest
+
+SEEN = []
+
+
+def test_signup_is_tracked(metrics_server, metrics):
+    SEEN.append(metrics_server.process.pid)
+    metrics.post({"event": "signup", "visitor_id": "visitor-1", "metadata": {"plan": "pro"}})
+    [event] = metrics.wait_for("signup", meta={"plan": "pro"})
+    assert event["visitor_id"] == "visitor-1"
+
+
+def test_the_next_test_sees_none_of_it(metrics_server, metrics):
+    SEEN.append(metrics_server.process.pid)
+    assert SEEN[0] == SEEN[1]  # one collector for the session
+    metrics.expect_none("signup", timeout=0.05)
+    assert metrics_server.client.snapshot(event="signup")["total"] == 1
+
+
+def test_missing_event_fails_with_context(metrics):
+    metrics.post({"event": "page_view", "visitor_id": "visitor-1"})
+    metrics.wait_for("purchase", timeout=0.1)
+
+
+def test_a_refusal_fails_the_test(metrics):
+    with pytest.raises(httpx.HTTPStatusError):
+        metrics.post({"event": "x" * 65, "visitor_id": "visitor-1"})
+
+
+@pytest.mark.metrics_allow_rejections
+def test_the_marker_allows_refusals(metrics):
+    with pytest.raises(httpx.HTTPStatusError):
+        metrics.post({"event": "", "visitor_id": "visitor-refused"})
+"""
+
+
+def test_plugin_fixtures_in_a_users_suite(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
-        """
-        def test_signup_is_tracked(metrics_server):
-            client = metrics_server.client
-            mark = client.mark()
-            client.post({"event": "signup", "visitor_id": "visitor-1",
-                         "metadata": {"plan": "pro"}})
-            [event] = client.wait_for("signup", after=mark, meta={"plan": "pro"})
-            assert event["visitor_id"] == "visitor-1"
-            assert metrics_server.jsonl_path.exists()
-
-        def test_missing_event_fails_with_context(metrics_server):
-            metrics_server.client.post({"event": "page_view", "visitor_id": "visitor-1"})
-            metrics_server.client.wait_for("purchase", timeout=0.1)
-        """
+        test_suite=USER_SUITE,
+        test_ini=(
+            "def test_capacity_from_ini(metrics):\n"
+            "    assert metrics.health()['ring_capacity'] == 1234\n"
+        ),
     )
+    pytester.makeini("[pytest]\nmetrics_capacity = 1234\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=4, failed=2)
     result.stdout.fnmatch_lines(["*expected 1 event(s) matching event='purchase'*"])
-    result.stdout.fnmatch_lines(["*#1 page_view visitor=visitor-1*"])
+    result.stdout.fnmatch_lines(["*page_view visitor=visitor-1*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_a_refusal_fails_the_test*",
+            "the collector refused 1 request(s) carrying this test's id"
+            " '*:test_suite.py::test_a_refusal_fails_the_test'"
+            " (newest first; mark the test @pytest.mark.metrics_allow_rejections*",
+            "  #* 422 /api/metrics/event event=* visitor=visitor-1: *64*",
+            '    body: {"event":"xxx*',
+        ]
+    )
 
 
 def test_loading_the_plugin_imports_neither_the_app_nor_httpx() -> None:
@@ -201,9 +294,9 @@ def test_flags_cwd_log_and_a_clean_exit(tmp_path: Path) -> None:
 
 
 def test_expect_none_passes_and_fails_with_the_offenders(
-    metrics_server: MetricsServer,
+    metrics: MetricsClient,
 ) -> None:
-    client = metrics_server.client
+    client = metrics
     mark = client.mark()
     client.post({"event": "page_view", "visitor_id": "visitor-1"})
     assert client.expect_none("error", timeout=0.05, after=mark) is None
@@ -215,20 +308,21 @@ def test_expect_none_passes_and_fails_with_the_offenders(
     message = str(caught.value)
     assert message.startswith(
         f"expected no event matching after={mark}, meta={{'code__gte': 500}}"
-        " within 0.5s, got 1:\n  #2 error visitor=visitor-1 at "
+        f" within 0.5s, got 1:\n  #{mark + 2} error visitor=visitor-1 at "
     )
     assert '{"code":500}' in message
     header, others = message.split("; the newest that did not match:\n")
     assert header.endswith(
-        f"events after seq {mark}: 2 in all, by name {{error: 1, page_view: 1}}"
+        f"events after seq {mark} from test {client.test_id!r}: 2 in all,"
+        " by name {error: 1, page_view: 1}"
     )
     assert others.startswith(f"  #{mark + 1} page_view visitor=visitor-1")
 
 
 def test_wait_for_exactly_fails_when_one_more_arrives(
-    metrics_server: MetricsServer,
+    metrics: MetricsClient,
 ) -> None:
-    client = metrics_server.client
+    client = metrics
     mark = client.mark()
     client.post({"event": "signup", "visitor_id": "visitor-1"})
     [one] = client.wait_for("signup", after=mark, exactly=True, settle=0.05)
@@ -241,15 +335,15 @@ def test_wait_for_exactly_fails_when_one_more_arrives(
         f"expected exactly 1 event(s) matching event='signup', after={mark}"
         " within 1s and 0.05s of quiet, got 2:\n"
     )
-    assert "#1 signup visitor=visitor-1" in message
-    assert "#2 signup visitor=visitor-2" in message
+    assert f"#{mark + 1} signup visitor=visitor-1" in message
+    assert f"#{mark + 2} signup visitor=visitor-2" in message
     assert message.endswith("the newest that did not match:\n  (none)")
 
 
 def test_expect_sequence_returns_its_events_or_says_what_came(
-    metrics_server: MetricsServer,
+    metrics: MetricsClient,
 ) -> None:
-    client = metrics_server.client
+    client = metrics
     mark = client.mark()
     for name, visitor in [
         ("page_view", "visitor-1"),
@@ -261,7 +355,7 @@ def test_expect_sequence_returns_its_events_or_says_what_came(
     found = client.expect_sequence(
         ["page_view", "signup_start"], per="visitor_id", after=mark, timeout=1
     )
-    assert [e["seq"] for e in found] == [1, 4]
+    assert [e["seq"] for e in found] == [mark + 1, mark + 4]
     with pytest.raises(AssertionError) as caught:
         client.expect_sequence(
             ["page_view", "signup_start", "signup_done"],
@@ -275,6 +369,6 @@ def test_expect_sequence_returns_its_events_or_says_what_came(
         "expected the sequence page_view -> signup_start -> signup_done from one"
         " visitor_id among events matching visitor_id__prefix='visitor-',"
         f" after={mark} within 0.1s, got 3 of those names:\n"
-        "  #1 page_view visitor=visitor-1"
+        f"  #{mark + 1} page_view visitor=visitor-1"
     )
-    assert "#3 other visitor=visitor-1" in message.split("did not match:")[1]
+    assert f"#{mark + 3} other visitor=visitor-1" in message.split("did not match:")[1]
