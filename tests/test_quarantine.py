@@ -226,12 +226,16 @@ def test_filters_limit_and_after(client: TestClient) -> None:
         assert r.json()["detail"][0]["loc"] == ["query", next(iter(bad))]
 
 
-def test_refusals_of_other_endpoints_are_not_recorded(client: TestClient) -> None:
+def test_refusals_of_other_endpoints_are_not_recorded(
+    client: TestClient, config: Config
+) -> None:
     assert client.get(SNAPSHOT_URL, params={"limit": "x"}).status_code == 422
     assert client.get(WAIT_URL, params={"nope": 1}).status_code == 422
     assert client.post(EVENT_URL, json=event()).status_code == 202
     assert rejections(client) == []
     assert client.get(SNAPSHOT_URL).json()["rejected"] == 0
+    # The file is made by the first refusal, not at start-up.
+    assert config.rejected_file is not None and not config.rejected_file.exists()
 
 
 def test_delete_and_the_main_reset_clear_it(client: TestClient) -> None:

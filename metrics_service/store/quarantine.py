@@ -114,16 +114,15 @@ class Quarantine:
         return self.capacity > 0
 
     def start(self) -> None:
-        """Repair a torn last line, continue the ids of the file, and open it."""
-        if self.sink is None or self.path is None or self.rotator is None:
+        """Repair a torn last line and continue the ids of the file. The file itself
+        is created by the first refusal."""
+        if self.path is None or self.rotator is None:
             return
         try:
             tail.repair_torn_tail(self.path)
             self.last_id = max(self.last_id, _last_id(self.path))
-            self.sink.open()
         except OSError as exc:
-            # The next record tries again; refusals are answered either way.
-            logger.warning("cannot open the quarantine file %s: %s", self.path, exc)
+            logger.warning("cannot read the quarantine file %s: %s", self.path, exc)
         self.rotator.resume()
 
     def close(self) -> None:
