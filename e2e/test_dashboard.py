@@ -1,21 +1,79 @@
-"""The live dashboard in a real Chromium against a real collector process."""
+"""The live dashboard in a real Chromium against a real collector process.
+
+One collector for the module (emptied before each test); the tests that restart a
+collector or need other settings start their own.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from playwright.sync_api import Dialog, Page, Route, expect
+import httpx
+import pytest
+from playwright.sync_api import Browser, Dialog, Error, Page, Route, expect
 
 from metrics_service.testing import MetricsServer
 
 from .conftest import Collector
 
 XSS = "<img src=x onerror=alert(1)>"
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 860}
+
+
+@pytest.fixture(scope="module")
+def module_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
+    path = tmp_path_factory.mktemp("dashboard") / "metrics.jsonl"
+    with MetricsServer(path) as server:
+        yield Collector(server)
+
+
+@pytest.fixture
+def collector(module_collector: Collector) -> Collector:
+    """The module's collector, emptied (ring and rejected list; seqs go on)."""
+    cleared = httpx.delete(module_collector.url + "/api/metrics/behavior")
+    assert cleared.status_code == 200, cleared.text
+    return module_collector
+
+
+@pytest.fixture
+def phone(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport=PHONE)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def event(name: str, visitor: str = "visitor-dash", **metadata: Any) -> dict[str, Any]:
     return {"visitor_id": visitor, "event": name, "metadata": metadata}
+
+
+def at(when: dt.datetime, name: str, visitor: str, **metadata: Any) -> dict[str, Any]:
+    stamp = when.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+    return {
+        **event(name, visitor, **metadata),
+        "timestamp": stamp.replace("+00:00", "Z"),
+    }
+
+
+def last_seq(collector: Collector) -> int:
+    seq: int = collector.snapshot()["last_seq"]
+    return seq
+
+
+def refuse(collector: Collector, body: str | bytes, **headers: str) -> httpx.Response:
+    response = httpx.post(
+        collector.url + "/api/metrics/events",
+        content=body,
+        headers={"Content-Type": "application/json", **headers},
+    )
+    assert response.status_code in (400, 413, 415, 422), response.text
+    return response
 
 
 def bar(page: Page, name: str) -> Any:
@@ -36,8 +94,9 @@ def open_live(page: Page, collector: Collector) -> None:
 def test_bars_and_rows_follow_the_stream_without_a_reload(
     page: Page, collector: Collector, artifacts: Path
 ) -> None:
+    base = last_seq(collector)
     open_live(page, collector)
-    expect(page.locator("#rows-empty")).to_be_visible()
+    expect(page.locator("#rows-empty")).to_have_text("No events yet.")
     expect(page.locator("#sink-path")).to_have_text(str(collector.server.jsonl_path))
 
     collector.post(
@@ -48,9 +107,11 @@ def test_bars_and_rows_follow_the_stream_without_a_reload(
     expect(bar(page, "page_view").locator(".count")).to_have_text("1")
     expect(rows(page)).to_have_count(3)
     expect(page.locator("#ring-size")).to_have_text("3")
-    expect(page.locator("#last-seq")).to_have_text("3")
+    expect(page.locator("#last-seq")).to_have_text(str(base + 3))
     # Newest first.
-    expect(rows(page).locator("td.seq")).to_have_text(["3", "2", "1"])
+    expect(rows(page).locator("td.seq")).to_have_text(
+        [str(base + 3), str(base + 2), str(base + 1)]
+    )
     expect(rows(page).first.locator("td.event")).to_have_text("page_view")
 
     collector.post([event("signup", visitor="visitor-other")])
@@ -58,16 +119,14 @@ def test_bars_and_rows_follow_the_stream_without_a_reload(
     expect(bar(page, "signup").locator(".count")).to_have_text("3")
     expect(rows(page)).to_have_count(4)
     expect(rows(page).first.locator("td.visitor")).to_have_text("visitor-other")
-    size = collector.server.jsonl_path.stat().st_size
-    assert size > 0
     expect(page.locator("#sink-size")).not_to_have_text("0 B")
 
     # A row opens its full JSON.
-    rows(page).nth(3).click()
+    rows(page).nth(3).locator("td.seq").click()
     detail = page.locator("#events tr.detail pre")
     expect(detail).to_contain_text('"event": "signup"')
     expect(detail).to_contain_text('"plan": "pro"')
-    expect(detail).to_contain_text('"seq": 1')
+    expect(detail).to_contain_text(f'"seq": {base + 1}')
     # And from the keyboard.
     rows(page).first.press("Enter")
     expect(detail).to_have_count(2)
@@ -113,34 +172,132 @@ def test_filters_pause_and_resume(
     page.click("#clear-filters")
     expect(rows(page)).to_have_count(5)
 
+    # Pause freezes the view and counts what arrives meanwhile.
     page.click("#pause")
     expect(page.locator("#connection-text")).to_have_text("paused")
-    collector.post([event("while_paused")])
+    collector.post([event("while_paused"), event("while_paused")])
+    expect(page.locator("#pause")).to_have_text("Resume (2 new)")
+    expect(rows(page)).to_have_count(5)
     page.click("#pause")
+    expect(page.locator("#pause")).to_have_text("Pause")
     expect(page.locator("#connection-text")).to_have_text("live")
     expect(rows(page).first.locator("td.event")).to_have_text("while_paused")
-    expect(rows(page)).to_have_count(6)
+    expect(rows(page)).to_have_count(7)
     collector.post([event("after_resume")])
     expect(rows(page).first.locator("td.event")).to_have_text("after_resume")
     page.screenshot(path=artifacts / "dashboard-filters.png", full_page=True)
     assert page.evaluate("window.notReloaded") is True
 
 
-def test_reset_empties_the_dashboard_but_not_the_file(
+def test_operator_filters_have_the_servers_semantics(
     page: Page, collector: Collector, artifacts: Path
 ) -> None:
+    collector.post(
+        [
+            event("checkout", visitor="visitor-op-1", amount=12, plan="pro"),
+            event("checkout", visitor="visitor-op-2", amount="9.5", plan="team"),
+            event("checkout", visitor="other-op-3", amount="twelve"),
+            event("page_view", visitor="visitor-op-1", path="/docs/intro"),
+        ]
+    )
+    open_live(page, collector)
+    expect(rows(page)).to_have_count(4)
+
+    def server_seqs(**params: str) -> list[str]:
+        response = httpx.get(collector.url + "/api/metrics/behavior", params=params)
+        assert response.status_code == 200, response.text
+        return [str(e["seq"]) for e in response.json()["last_events"]]
+
+    cases = [
+        ("meta.amount__gte=10", {"meta.amount__gte": "10"}, 1),
+        ("meta.amount__lt=10", {"meta.amount__lt": "10"}, 1),
+        ("meta.plan__ne=pro", {"meta.plan__ne": "pro"}, 3),
+        ("meta.plan__in=pro,team", {"meta.plan__in": "pro,team"}, 2),
+        ("meta.path__prefix=/docs", {"meta.path__prefix": "/docs"}, 1),
+        ("meta.plan__exists=false", {"meta.plan__exists": "false"}, 2),
+        (
+            "visitor_id__prefix=visitor- event=checkout",
+            {"visitor_id__prefix": "visitor-", "event": "checkout"},
+            2,
+        ),
+        (
+            "event__in=page_view,nothing & meta.path__contains=intro",
+            {"event__in": "page_view,nothing", "meta.path__contains": "intro"},
+            1,
+        ),
+    ]
+    for text, params, count in cases:
+        page.fill("#filter-where", text)
+        expected = server_seqs(**params)
+        assert len(expected) == count, (text, expected)
+        expect(rows(page).locator("td.seq"), text).to_have_text(expected)
+
+    # Live events are judged by the server too.
+    page.fill("#filter-where", "meta.amount__gte=10")
+    expect(rows(page)).to_have_count(1)
+    collector.post([event("checkout", amount=50), event("checkout", amount=5)])
+    expect(rows(page)).to_have_count(2)
+    expect(rows(page).first.locator("td.meta")).to_have_text('{"amount":50}')
+    expect(bar(page, "checkout").locator(".count")).to_have_text("2")
+
+    # Nothing matching says so, with the ring's size.
+    page.fill("#filter-where", "meta.amount__gt=1000")
+    expect(page.locator("#rows-empty")).to_have_text(
+        "6 events in the ring, none match."
+    )
+    expect(page.locator("#bars-empty")).to_have_text(
+        "6 events in the ring, none match."
+    )
+
+    # A bad operator shows the server's 422 detail.
+    page.fill("#filter-where", "meta.amount__between=1")
+    expect(page.locator("#error")).to_contain_text("unknown operator '__between'")
+    expect(page.locator("#error")).to_contain_text("meta.amount__between")
+    expect(rows(page)).to_have_count(0)
+    page.fill("#filter-where", "limit=3")
+    expect(page.locator("#error")).to_contain_text('"limit" is set by the dashboard')
+    page.screenshot(path=artifacts / "dashboard-operators.png", full_page=True)
+    page.click("#clear-filters")
+    expect(page.locator("#error")).to_be_hidden()
+    expect(rows(page)).to_have_count(6)
+
+
+def test_reset_asks_first_and_empties_the_ring_but_not_the_file(
+    page: Page, collector: Collector, artifacts: Path
+) -> None:
+    lines_before = len(collector.server.jsonl_path.read_text().splitlines())
     open_live(page, collector)
     collector.post([event("signup"), event("page_view")])
     expect(rows(page)).to_have_count(2)
 
-    page.click("#reset")
+    asked: list[str] = []
+    answers = [False, True]  # first Cancel, then OK
+
+    def answer(dialog: Dialog) -> None:
+        asked.append(dialog.message)
+        if answers.pop(0):
+            dialog.accept()
+        else:
+            dialog.dismiss()
+
+    page.on("dialog", answer)
+    with page.expect_event("dialog"):
+        page.click("#reset")
+    assert len(asked) == 1
+    assert "2 events" in asked[0] and "JSONL file is kept" in asked[0], asked
+    expect(rows(page)).to_have_count(2)
+    assert collector.snapshot()["total"] == 2
+
+    with page.expect_event("dialog"):
+        page.click("#reset")
 
     expect(rows(page)).to_have_count(0)
     expect(page.locator("#bars .bar")).to_have_count(0)
     expect(page.locator("#ring-size")).to_have_text("0")
-    expect(page.locator("#bars-empty")).to_be_visible()
+    expect(page.locator("#rows-empty")).to_have_text("No events yet.")
     assert collector.snapshot()["total"] == 0
-    assert len(collector.server.jsonl_path.read_text().splitlines()) == 2
+    lines = collector.server.jsonl_path.read_text().splitlines()
+    assert len(lines) == lines_before + 2
     # Still live after the reset.
     collector.post([event("after_reset")])
     expect(rows(page)).to_have_count(1)
@@ -169,32 +326,313 @@ def test_event_text_is_shown_as_text_and_runs_nothing(
     expect(row.locator("td.event")).to_have_text(XSS)
     expect(row.locator("td.visitor")).to_have_text("<b>visitor</b>")
     expect(bar(page, XSS).locator(".count")).to_have_text("1")
-    row.click()
+    row.locator("td.seq").click()
     expect(page.locator("#events tr.detail pre")).to_contain_text(
         "<script>alert(2)</script>"
     )
+    row.locator("td.visitor .link").click()
+    expect(page.locator("#trail-visitor")).to_have_text("<b>visitor</b>")
+    expect(page.locator("#trail-list .ev")).to_have_text([XSS])
+    expect(page.locator("#timeline-legend .key-name")).to_have_text([XSS])
     page.fill("#filter-text", "onerror")
     expect(rows(page)).to_have_count(1)
     page.screenshot(path=artifacts / "dashboard-xss.png", full_page=True)
 
     assert page.locator("img").count() == 0
-    assert page.locator("script").count() == 1  # the dashboard's own
+    own = page.locator("script[src^='/static/']").count()
+    assert page.locator("script").count() == own == 5  # the dashboard's own files
     assert page.locator("b").count() == 0
     assert dialogs == []
 
 
-def test_the_stream_resumes_after_the_collector_restarts(
+def test_the_time_shows_the_date_when_it_is_not_today(
+    page: Page, collector: Collector
+) -> None:
+    noon = dt.datetime(2026, 1, 15, 12, 0, 0, tzinfo=dt.UTC)
+    collector.post([at(noon, "old_visit", "visitor-old"), event("new_visit")])
+    open_live(page, collector)
+    expect(rows(page)).to_have_count(2)
+    today = rows(page).filter(has_text="new_visit").locator("td.time")
+    expect(today).to_have_text(re.compile(r"^\d\d:\d\d:\d\d\.\d{3}$"))
+    old = rows(page).filter(has_text="old_visit").locator("td.time")
+    expect(old).to_have_text(re.compile(r"^2026-01-1[456] \d\d:\d\d:\d\d\.000$"))
+    expect(page.locator("#events")).to_have_class(re.compile(r"\bdated\b"))
+
+
+def test_the_timeline_counts_live_events_by_name(
     page: Page, collector: Collector, artifacts: Path
 ) -> None:
-    server = collector.server
     open_live(page, collector)
-    collector.post([event("signup"), event("page_view")])
-    expect(rows(page)).to_have_count(2)
+    collector.post([event("signup"), event("page_view"), event("page_view")])
+    # A string expression: it needs evaluation in the page, which the policy allows.
+    page.wait_for_function(
+        "document.querySelector('#timeline-chart svg').dataset.total === '3'"
+    )
+    chart = page.locator("#timeline-chart svg")
+    counts: dict[str, int] = {}
+    for rect in chart.locator("rect").all():
+        name = rect.get_attribute("data-event")
+        assert name is not None
+        counts[name] = counts.get(name, 0) + int(rect.get_attribute("data-count") or 0)
+    assert counts == {"page_view": 2, "signup": 1}
+    expect(page.locator("#timeline-legend .key-name")).to_have_text(
+        ["page_view", "signup"]
+    )
 
-    server.stop()
-    expect(page.locator("#connection")).not_to_have_attribute("data-state", "live")
-    # Same port, same file: the ring is replayed from the JSONL and seqs continue.
-    with MetricsServer(server.jsonl_path, port=server.port):
+    # Filtered, it counts what the filter keeps; per minute, the same events.
+    page.fill("#filter-event", "signup")
+    page.wait_for_function(
+        "document.querySelector('#timeline-chart svg').dataset.total === '1'"
+    )
+    page.select_option("#timeline-interval", "1m")
+    page.wait_for_function(
+        "() => { const svg = document.querySelector('#timeline-chart svg');"
+        " return svg.dataset.interval === '1m' && svg.dataset.total === '1'; }"
+    )
+    page.click("#clear-filters")
+    collector.post([event("search")])
+    page.wait_for_function(
+        "document.querySelector('#timeline-chart svg').dataset.total === '4'"
+    )
+    expect(page.locator("#timeline-total")).to_have_text("4 in the window")
+    page.screenshot(path=artifacts / "dashboard-timeline.png", full_page=True)
+
+
+def test_a_visitor_trail_lists_its_events_in_order_with_the_gaps(
+    page: Page, collector: Collector, artifacts: Path
+) -> None:
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=3)
+    collector.post(
+        [
+            at(start, "page_view", "visitor-trail", path="/"),
+            at(start, "page_view", "visitor-elsewhere", path="/"),
+            at(start + dt.timedelta(seconds=1.5), "signup_start", "visitor-trail"),
+            at(start + dt.timedelta(seconds=66.5), "signup_done", "visitor-trail"),
+        ]
+    )
+    open_live(page, collector)
+    rows(page).filter(has_text="signup_done").locator("td.visitor .link").click()
+
+    trail = page.locator("#trail")
+    expect(trail).to_be_visible()
+    expect(page.locator("#trail-visitor")).to_have_text("visitor-trail")
+    steps = page.locator("#trail-list .step")
+    expect(steps.locator(".ev")).to_have_text(
+        ["page_view", "signup_start", "signup_done"]
+    )
+    expect(steps.locator(".gap")).to_have_text(["start", "+1.5 s", "+1 min 5 s"])
+    expect(page.locator("#trail-note")).to_have_text("3 events, over 1 min 6 s")
+    # The row did not open: the visitor link has its own click.
+    expect(page.locator("#events tr.detail")).to_have_count(0)
+
+    # New events of that visitor are appended; others' are not.
+    collector.post([event("purchase", visitor="visitor-trail"), event("x_other")])
+    expect(steps.locator(".ev")).to_have_text(
+        ["page_view", "signup_start", "signup_done", "purchase"]
+    )
+    expect(steps.last.locator(".gap")).to_have_text(re.compile(r"^\+\d+ min \d+ s$"))
+    page.screenshot(path=artifacts / "dashboard-trail.png", full_page=True)
+    page.click("#trail-close")
+    expect(trail).to_be_hidden()
+
+
+def test_each_event_shows_the_sdk_it_came_through(
+    page: Page, collector: Collector
+) -> None:
+    collector.post(
+        [
+            event("$pageview", **{"$sdk": {"format": "posthog", "type": "capture"}}),
+            event("page", **{"$sdk": {"format": "segment"}}),
+            event("page_view", **{"$sdk": {"format": "ga4"}}),
+            event("own_api"),
+            event("spoofed", **{"$sdk": {"format": XSS}}),
+        ]
+    )
+    open_live(page, collector)
+    expect(rows(page)).to_have_count(5)
+    badges = rows(page).locator("td.event .fmt")
+    expect(badges).to_have_text([XSS, "ga4", "segment", "posthog"])
+    expect(rows(page).filter(has_text="own_api").locator(".fmt")).to_have_count(0)
+    expect(rows(page).filter(has_text="posthog").locator(".fmt")).to_have_class(
+        re.compile(r"\bfmt-posthog\b")
+    )
+    # An unknown format is shown as its text, with no colour of its own.
+    expect(rows(page).first.locator(".fmt")).to_have_class("fmt")
+    assert page.locator("img").count() == 0
+
+
+def test_the_rejected_panel_shows_refusals_the_moment_they_happen(
+    page: Page, collector: Collector, artifacts: Path
+) -> None:
+    open_live(page, collector)
+    badge = page.locator("#rejected-badge")
+    expect(badge).to_have_text("0")
+    expect(page.locator("#rejected-empty")).to_have_text("Nothing refused.")
+
+    refused = '{"events": [{"visitor_id": "v1", "event": "checkout_completed"}]}'
+    refuse(collector, refused)
+    expect(badge).to_have_text("1")
+    expect(badge).to_have_class(re.compile(r"\bbad\b"))
+    item = page.locator("#rejected-list .rejection").first
+    expect(item.locator(".status")).to_have_text("422")
+    expect(item.locator(".path")).to_have_text("/api/metrics/events")
+    expect(item.locator(".summary")).to_contain_text("visitor_id")
+
+    refuse(collector, b"{not json")
+    expect(badge).to_have_text("2")
+    expect(page.locator("#rejected-list .rejection .status")).to_have_text(
+        ["400", "422"]
+    )
+
+    # A click shows the detail and the body as sent.
+    page.locator("#rejected-list .rejection").nth(1).locator(".rejection-head").click()
+    opened = page.locator("#rejected-list .rejection.open")
+    # The body as sent (re-encoded compactly when it is JSON).
+    expect(opened.locator("pre.body")).to_contain_text('"event":"checkout_completed"')
+    expect(opened.locator("pre.detail")).to_contain_text("visitor_id")
+    expect(opened.locator("dd").first).to_have_text("v1")
+    page.screenshot(path=artifacts / "dashboard-rejected.png", full_page=True)
+
+    # Seen after a reload too, and emptied by Reset.
+    page.reload()
+    expect(badge).to_have_text("2")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#reset")
+    expect(badge).to_have_text("0")
+    expect(page.locator("#rejected-list .rejection")).to_have_count(0)
+
+
+def test_wait_for_function_works_and_html_sinks_are_refused(
+    page: Page, collector: Collector
+) -> None:
+    page.goto(collector.url + "/")
+    # Polled (false at first), so Playwright evaluates the string in the page.
+    page.wait_for_function(
+        "document.querySelector('#connection-text').textContent === 'live'"
+    )
+    collector.post([event("polled")])
+    page.wait_for_function(
+        "document.querySelectorAll('#events tr.event-row').length === 1"
+    )
+    page.wait_for_function("n => window.metricsDashboard.state.all.total === n", arg=1)
+    # Trusted Types: a string can never become markup in this page.
+    for sink in (
+        "document.body.innerHTML = '<b>x</b>'",
+        "document.body.insertAdjacentHTML('beforeend', '<b>x</b>')",
+        "document.write('<b>x</b>')",
+    ):
+        with pytest.raises(Error, match="TrustedHTML"):
+            page.evaluate(sink)
+    assert page.locator("b").count() == 0
+
+
+def test_usable_at_390_px(phone: Page, collector: Collector, artifacts: Path) -> None:
+    page = phone
+    collector.post(
+        [
+            event(
+                "checkout_completed_with_a_long_name",
+                visitor="visitor-with-a-long-id-0123456789",
+                amount=12,
+                plan="pro",
+                note="x" * 80,
+            ),
+            event("page_view", path="/pricing"),
+        ]
+    )
+    refuse(collector, '[{"visitor_id": "v1", "event": "page_view"}]')
+    open_live(page, collector)
+    expect(rows(page)).to_have_count(2)
+    page.locator("#rejected-list .rejection-head").first.click()
+    # Nothing is wider than the screen: the page never scrolls sideways...
+    widths = page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert widths[0] <= widths[1] == PHONE["width"], widths
+    # ... every control is on screen ...
+    for selector in (
+        "#pause",
+        "#reset",
+        "#rejected-badge",
+        "#filter-where",
+        "#clear-filters",
+        "#timeline-interval",
+    ):
+        box = page.locator(selector).bounding_box()
+        assert (
+            box is not None
+            and box["x"] >= 0
+            and box["x"] + box["width"] <= PHONE["width"]
+        ), selector
+    # ... and the table scrolls inside its panel.
+    scroll = page.evaluate(
+        "(() => { const s = document.querySelector('.table-scroll');"
+        " return [s.scrollWidth, s.clientWidth]; })()"
+    )
+    assert scroll[0] > scroll[1], scroll
+    page.locator(".table-scroll").evaluate("s => { s.scrollLeft = s.scrollWidth; }")
+    meta = rows(page).first.locator("td.meta").bounding_box()
+    assert meta is not None and meta["x"] + meta["width"] <= PHONE["width"], meta
+    page.screenshot(path=artifacts / "dashboard-390.png", full_page=True)
+
+
+def test_screenshot_of_every_panel(
+    page: Page, phone: Page, collector: Collector, artifacts: Path
+) -> None:
+    """The README's picture (e2e/dashboard.png is a copy of artifacts/dashboard.png)."""
+    now = dt.datetime.now(dt.UTC)
+    names = [
+        "page_view",
+        "page_view",
+        "search",
+        "signup_start",
+        "page_view",
+        "signup_done",
+    ]
+    collector.post(
+        [
+            at(now - dt.timedelta(seconds=50 - 7 * i), name, f"visitor-{i % 3}", n=i)
+            for i, name in enumerate(names)
+        ]
+        + [event("$pageview", "visitor-ph", **{"$sdk": {"format": "posthog"}})]
+    )
+    refuse(
+        collector,
+        '{"events": [{"visitor_id": "v-1", "event": "checkout_completed"}]}',
+    )
+    for shot, view in (
+        (artifacts / "dashboard.png", page),
+        (artifacts / "dashboard-390-panels.png", phone),
+    ):
+        view.set_viewport_size(DESKTOP if view is page else PHONE)
+        open_live(view, collector)
+        expect(rows(view)).to_have_count(7)
+        expect(view.locator("#rejected-badge")).to_have_text("1")
+        rows(view).filter(has_text="signup_done").locator("td.visitor .link").click()
+        expect(view.locator("#trail-list .step")).to_have_count(2)
+        view.locator("#rejected-list .rejection-head").first.click()
+        view.wait_for_function(
+            "document.querySelector('#timeline-chart svg').dataset.total === '7'"
+        )
+        view.evaluate("window.scrollTo(0, 0)")
+        view.screenshot(path=shot, full_page=view is phone)
+    assert (artifacts / "dashboard.png").stat().st_size > 0
+
+
+def test_the_stream_resumes_after_the_collector_restarts(
+    page: Page, tmp_path: Path
+) -> None:
+    # Its own collector: a restart replays the file into the ring.
+    with MetricsServer(tmp_path / "m.jsonl") as server:
+        collector = Collector(server)
+        open_live(page, collector)
+        collector.post([event("signup"), event("page_view")])
+        expect(rows(page)).to_have_count(2)
+
+        server.stop()
+        expect(page.locator("#connection")).not_to_have_attribute("data-state", "live")
+        # Same port, same file: the ring is replayed from the JSONL and seqs continue.
+        server.start()
         collector.post([event("signup", visitor="visitor-after")])
         expect(page.locator("#connection-text")).to_have_text("live", timeout=15_000)
         expect(rows(page)).to_have_count(3)
@@ -207,9 +645,7 @@ def test_the_stream_resumes_after_the_collector_restarts(
         assert page.evaluate("window.notReloaded") is True
 
 
-def test_a_read_token_is_asked_for_and_then_used(
-    page: Page, tmp_path: Path, artifacts: Path
-) -> None:
+def test_a_read_token_is_asked_for_and_then_used(page: Page, tmp_path: Path) -> None:
     token = "read-token-for-the-dashboard"
     with MetricsServer(
         tmp_path / "m.jsonl", env={"METRICS_READ_TOKEN": token}
@@ -249,8 +685,7 @@ def test_ring_fill_and_evictions_follow_the_server(
         expect(bar(page, "signup")).to_have_count(0)
         expect(bar(page, "search").locator(".count")).to_have_text("2")
         expect(bar(page, "page_view").locator(".count")).to_have_text("1")
-        snapshot = collector.snapshot()
-        assert snapshot["evicted"] == 2
+        assert collector.snapshot()["evicted"] == 2
         expect(page.locator("#sink-size")).to_have_text(
             f"{server.jsonl_path.stat().st_size} B"
         )
@@ -261,6 +696,7 @@ def test_a_reset_from_the_server_reconnects_from_the_last_seen_seq(
     page: Page, collector: Collector
 ) -> None:
     collector.post([event("signup"), event("signup")])
+    base = last_seq(collector)
     streams: list[str] = []
 
     def first_stream_falls_behind(route: Route) -> None:
@@ -270,7 +706,7 @@ def test_a_reset_from_the_server_reconnects_from_the_last_seen_seq(
             route.fulfill(
                 status=200,
                 headers={"Content-Type": "text/event-stream"},
-                body='event: reset\ndata: {"reason":"fell behind","last_seq":2}\n\n',
+                body=f'event: reset\ndata: {{"reason":"fell behind","last_seq":{base}}}\n\n',
             )
         else:
             route.continue_()
@@ -284,4 +720,4 @@ def test_a_reset_from_the_server_reconnects_from_the_last_seen_seq(
     expect(rows(page)).to_have_count(3)
     expect(bar(page, "signup").locator(".count")).to_have_text("2")
     assert len(streams) == 2
-    assert all("after=2" in url for url in streams)
+    assert all(f"after={base}" in url for url in streams)

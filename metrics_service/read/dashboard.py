@@ -22,13 +22,20 @@ TYPES = {
 }
 
 # The dashboard's own assets, served under /static/; nothing else in the folder is.
-ASSETS = frozenset({"dashboard.js", "dashboard.css"})
+ASSETS = frozenset(
+    {"dashboard.js", "dashboard.css", "ui.js", "rejected.js", "timeline.js", "trail.js"}
+)
 
-# Only the package's own files may run on the dashboard's origin: event text is
-# rendered as text anyway, this is the second line of defence.
+# Event text is rendered as text anyway; this is the second line of defence. Only the
+# package's own files run (no inline script, so injected markup cannot run either), and
+# Trusted Types with no policy makes every HTML sink (innerHTML, document.write, a string
+# to setTimeout) throw. 'trusted-types-eval' lets eval() run where Trusted Types are
+# enforced, and nowhere else: the page never calls it, but a test driver does
+# (Playwright's wait_for_function with a string expression).
 DASHBOARD_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    "default-src 'none'; script-src 'self' 'trusted-types-eval'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'; require-trusted-types-for 'script'; trusted-types 'none'"
 )
 
 

@@ -3,9 +3,15 @@
 (function () {
   "use strict";
 
+  var ui = window.metricsUI;
+  var $ = ui.$;
+  var el = ui.el;
   var API = "/api/metrics";
   var MAX_ROWS = 200;
   var MAX_BARS = 40;
+  var MAX_HELD = 5000; // events kept while paused; past it, Resume reloads instead
+  // Set by the page itself; the Where box may not override them.
+  var RESERVED = { limit: true, after: true, token: true, interval: true };
 
   // ---- access control hook -------------------------------------------------
   // When the collector requires a read token, API calls answer 401: the token form
@@ -13,12 +19,17 @@
   // parameter for EventSource, which cannot send headers).
   var auth = {
     token: readToken(),
-    // The query parameter only where headers cannot be sent (EventSource).
+    // params: an object, or a list of [name, value] pairs (a name may repeat).
     url: function (path, params, inQuery) {
       var query = new URLSearchParams();
-      Object.keys(params || {}).forEach(function (key) {
-        var value = params[key];
-        if (value !== undefined && value !== null && value !== "") query.append(key, String(value));
+      var pairs = Array.isArray(params)
+        ? params
+        : Object.keys(params || {}).map(function (key) {
+            return [key, params[key]];
+          });
+      pairs.forEach(function (pair) {
+        var value = pair[1];
+        if (value !== undefined && value !== null && value !== "") query.append(pair[0], String(value));
       });
       if (inQuery && auth.token) query.set("token", auth.token);
       var text = query.toString();
@@ -65,7 +76,7 @@
 
   var state = {
     all: new Tally(), // the whole ring: fill, evicted, sink size
-    view: null, // the ring under the event/visitor filters (null: same as all)
+    view: null, // the ring under the filters (null: same as all)
     capacity: 0,
     evicted: 0,
     fileSize: 0,
@@ -74,8 +85,14 @@
     rowsThrough: 0,
     lastSeen: 0, // the highest seq the stream has delivered
     expanded: new Set(),
-    filters: { event: "", visitor: "", text: "" },
+    filters: { event: "", visitor: "", where: [], text: "" },
+    whereError: "", // what is wrong with the Where box's text
+    filterError: "", // that, or the server's 422 for the filters
+    loaded: false,
     paused: false,
+    held: [], // events that arrived while paused
+    heldCount: 0,
+    link: "connecting", // the stream's own state, shown unless paused
     source: null,
     retryTimer: null,
     reconnecting: false,
@@ -84,17 +101,6 @@
     loadTimer: null,
     renderPending: false,
   };
-
-  function $(id) {
-    return document.getElementById(id);
-  }
-
-  function el(tag, className, text) {
-    var node = document.createElement(tag);
-    if (className) node.className = className;
-    if (text !== undefined) node.textContent = String(text);
-    return node;
-  }
 
   function showError(message) {
     var node = $("error");
@@ -110,65 +116,102 @@
     }).then(function (response) {
       if (response.status === 401) {
         auth.ask();
-        throw new Error("a read token is required");
+        throw failure("a read token is required", 401);
       }
       return response.json().then(
         function (body) {
-          if (!response.ok) throw new Error(path + ": " + response.status + " " + detail(body));
+          if (!response.ok) {
+            var text = ui.detailText(body && body.detail);
+            throw failure(path + ": " + response.status + " " + text, response.status, text);
+          }
           return body;
         },
         function () {
-          throw new Error(path + ": " + response.status);
+          throw failure(path + ": " + response.status, response.status);
         }
       );
     });
   }
 
-  function detail(body) {
-    if (!body || body.detail === undefined) return "";
-    return typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
+  function failure(message, status, detail) {
+    var error = new Error(message);
+    error.status = status;
+    error.detail = detail || "";
+    return error;
   }
 
-  // ---- loading: a snapshot replaces local state, then buffered events replay ----
+  // ---- filters ---------------------------------------------------------------
+  // The Where box: `name=value` terms, split on "&" when there is one (so values may hold
+  // spaces), else on spaces. They go to the server as they are: its operators, its 422s.
+  function parseWhere(text) {
+    text = text.trim();
+    if (!text) return { pairs: [], error: "" };
+    var terms = text.indexOf("&") !== -1 ? text.split("&") : text.split(/\s+/);
+    var pairs = [];
+    for (var i = 0; i < terms.length; i++) {
+      var term = terms[i].trim();
+      if (!term) continue;
+      var at = term.indexOf("=");
+      if (at <= 0) return { pairs: [], error: "expected name=value, got " + JSON.stringify(term) };
+      var name = term.slice(0, at).trim();
+      if (RESERVED[name]) return { pairs: [], error: JSON.stringify(name) + " is set by the dashboard itself" };
+      pairs.push([name, term.slice(at + 1).trim()]);
+    }
+    return { pairs: pairs, error: "" };
+  }
+
   function serverFilters() {
-    var params = {};
-    if (state.filters.event) params.event = state.filters.event;
-    if (state.filters.visitor) params.visitor_id = state.filters.visitor;
-    return params;
+    var pairs = [];
+    if (state.filters.event) pairs.push(["event", state.filters.event]);
+    if (state.filters.visitor) pairs.push(["visitor_id", state.filters.visitor]);
+    return pairs.concat(state.filters.where);
   }
 
   function filtered() {
-    return Boolean(state.filters.event || state.filters.visitor);
+    return serverFilters().length > 0;
   }
 
+  // Whether a live event matches; null when only the server can tell (operators).
   function matches(data) {
     var f = state.filters;
+    if (state.filterError) return false;
+    if (f.where.length) return null;
     return (!f.event || data.event === f.event) && (!f.visitor || data.visitor_id === f.visitor);
   }
 
+  // ---- loading: a snapshot replaces local state, then buffered events replay ----
   function load() {
     if (state.loading) {
       state.loadAgain = true;
       return;
     }
+    if (!state.paused) timeline.refresh();
+    state.filterError = state.whereError; // the server's verdict comes with this load
+    var narrowed = filtered() || Boolean(state.filterError);
     state.loading = [];
-    var requests = [api("/behavior", { limit: filtered() ? 0 : MAX_ROWS })];
-    if (filtered()) {
-      var params = serverFilters();
-      params.limit = MAX_ROWS;
-      requests.push(api("/behavior", params));
+    var requests = [api("/behavior", { limit: narrowed ? 0 : MAX_ROWS })];
+    if (narrowed && !state.filterError) {
+      requests.push(api("/behavior", serverFilters().concat([["limit", MAX_ROWS]])));
     }
-    Promise.all(requests)
+    Promise.all(requests.map(settle))
       .then(function (answers) {
-        var all = answers[0];
-        var view = answers[1] || all;
+        if (!answers[0].ok) throw answers[0].error;
+        var all = answers[0].value;
         state.all.load(all);
         state.capacity = all.capacity;
         state.evicted = all.evicted;
         state.fileSize = all.file_size_bytes;
-        if (answers[1]) {
+        var view = all;
+        if (narrowed) {
           state.view = new Tally();
-          state.view.load(view);
+          if (answers[1] && answers[1].ok) {
+            view = answers[1].value;
+            state.view.load(view);
+          } else {
+            if (answers[1]) state.filterError = "Filter refused: " + answers[1].error.detail;
+            view = { last_events: [], last_seq: all.last_seq };
+            state.view.through = all.last_seq;
+          }
         } else {
           state.view = null;
         }
@@ -180,8 +223,9 @@
         state.loading = null;
         missed.forEach(apply);
         state.lastSeen = Math.max(state.lastSeen, all.last_seq);
-        showError("");
-        if (!state.paused && !state.source) connect();
+        state.loaded = true;
+        showError(state.filterError);
+        if (!state.source) connect();
       })
       .catch(function (error) {
         state.loading = null;
@@ -194,6 +238,17 @@
           load();
         }
       });
+  }
+
+  function settle(promise) {
+    return promise.then(
+      function (value) {
+        return { ok: true, value: value };
+      },
+      function (error) {
+        return { ok: false, error: error };
+      }
+    );
   }
 
   function scheduleLoad(delay) {
@@ -230,7 +285,11 @@
     state.source = source;
     source.onopen = function () {
       setConnection("live");
-      if (state.reconnecting) scheduleLoad(0); // back after an outage: counters may have moved on
+      if (state.reconnecting) {
+        // Back after an outage: counters may have moved on, refusals may have come.
+        scheduleLoad(0);
+        rejected.load();
+      }
       state.reconnecting = false;
     };
     source.addEventListener("behavior", function (message) {
@@ -244,9 +303,21 @@
       }
       state.lastSeen = seq;
       var item = { seq: seq, data: data, bytes: new TextEncoder().encode(message.data).length + 1 };
+      if (state.paused) {
+        hold(item);
+        return;
+      }
       if (state.loading) state.loading.push(item);
       apply(item);
+      timeline.refresh();
       scheduleRender();
+    });
+    source.addEventListener("rejected", function (message) {
+      try {
+        rejected.add(JSON.parse(message.data));
+      } catch (e) {
+        // not JSON: nothing to show
+      }
     });
     // The server ends a stream whose client fell behind: resume from the last seen id.
     source.addEventListener("reset", function () {
@@ -266,7 +337,7 @@
       state.reconnecting = true;
       setConnection(refused ? "disconnected" : "reconnecting");
       state.retryTimer = setTimeout(function () {
-        if (!state.paused && !state.source) connect();
+        if (!state.source) connect();
       }, refused ? 3000 : 1000);
     };
   }
@@ -281,7 +352,13 @@
         scheduleLoad(1000);
       }
     }
-    if (!matches(item.data)) return;
+    trail.add(item);
+    var match = matches(item.data);
+    if (match === null) {
+      scheduleLoad(250); // operators: the server decides, with the same semantics everywhere
+      return;
+    }
+    if (!match) return;
     if (state.view && state.view.add(item) && state.capacity && state.view.total > state.capacity) {
       scheduleLoad(1000);
     }
@@ -292,9 +369,48 @@
     }
   }
 
+  // ---- pause: the stream stays open, what arrives waits and is counted --------------
+  function hold(item) {
+    state.heldCount += 1;
+    if (state.held && state.held.length < MAX_HELD) state.held.push(item);
+    else state.held = null; // too many: Resume reloads
+    renderPause();
+  }
+
+  function setPaused(paused) {
+    state.paused = paused;
+    if (!paused) {
+      var held = state.held;
+      state.held = [];
+      state.heldCount = 0;
+      if (held) {
+        held.forEach(function (item) {
+          if (state.loading) state.loading.push(item);
+          apply(item);
+        });
+        timeline.refresh();
+        render();
+      } else {
+        load();
+      }
+    }
+    renderPause();
+    setConnection(state.link);
+  }
+
+  function renderPause() {
+    var button = $("pause");
+    button.textContent = state.paused
+      ? "Resume" + (state.heldCount ? " (" + state.heldCount.toLocaleString() + " new)" : "")
+      : "Pause";
+    button.setAttribute("aria-pressed", String(state.paused));
+  }
+
   function setConnection(name) {
-    $("connection").setAttribute("data-state", name);
-    $("connection-text").textContent = name;
+    state.link = name;
+    var shown = state.paused ? "paused" : name;
+    $("connection").setAttribute("data-state", shown);
+    $("connection-text").textContent = shown;
   }
 
   // ---- rendering ----------------------------------------------------------------
@@ -320,7 +436,16 @@
     var last = Math.max(state.lastSeen, state.all.through);
     $("last-seq").textContent = last ? String(last) : "–";
     $("sink-path").textContent = state.sinkPath || "–";
-    $("sink-size").textContent = bytes(state.fileSize);
+    $("sink-size").textContent = ui.bytes(state.fileSize);
+  }
+
+  // What an empty list says: nothing yet, nothing matching, or a refused filter.
+  function emptyText() {
+    if (state.filterError) return "The filter was refused: see the message above.";
+    if (!state.loaded) return "Loading…";
+    var total = state.all.total;
+    if (!total) return "No events yet.";
+    return total.toLocaleString() + (total === 1 ? " event" : " events") + " in the ring, none match.";
   }
 
   function renderBars() {
@@ -333,7 +458,6 @@
         return b[1] - a[1] || (a[0] < b[0] ? -1 : 1);
       });
     var max = entries.length ? entries[0][1] : 0;
-    var box = $("bars");
     var fragment = document.createDocumentFragment();
     entries.slice(0, MAX_BARS).forEach(function (entry) {
       var bar = el("button", "bar" + (entry[0] === state.filters.event ? " selected" : ""));
@@ -354,11 +478,11 @@
     if (entries.length > MAX_BARS) {
       fragment.appendChild(el("p", "muted", "… and " + (entries.length - MAX_BARS) + " more"));
     }
-    box.replaceChildren(fragment);
+    $("bars").replaceChildren(fragment);
+    $("bars-empty").textContent = emptyText();
     $("bars-empty").hidden = entries.length > 0;
     $("counts-total").textContent = tally.total ? tally.total.toLocaleString() + " in the ring" : "";
 
-    var names = $("event-names");
     var options = document.createDocumentFragment();
     Array.from(state.all.counts.keys())
       .sort()
@@ -367,7 +491,7 @@
         option.value = name;
         options.appendChild(option);
       });
-    names.replaceChildren(options);
+    $("event-names").replaceChildren(options);
   }
 
   function renderRows() {
@@ -377,35 +501,12 @@
           return r.text.indexOf(needle) !== -1;
         })
       : state.rows;
+    var now = new Date();
+    var dated = false;
     var body = document.createDocumentFragment();
     shown.forEach(function (r) {
-      var tr = el("tr", "event-row");
-      tr.setAttribute("data-seq", String(r.seq));
-      tr.title = "Show the full event";
-      tr.tabIndex = 0;
-      if (state.expanded.has(r.seq)) tr.classList.add("open");
-      tr.appendChild(el("td", "seq", r.seq));
-      var time = el("td", "time", clock(r.data.timestamp));
-      time.title = String(r.data.timestamp);
-      tr.appendChild(time);
-      tr.appendChild(el("td", "event", r.data.event));
-      tr.appendChild(el("td", "visitor", r.data.visitor_id));
-      tr.appendChild(el("td", "meta", JSON.stringify(r.data.metadata || {})));
-      var toggle = function () {
-        if (state.expanded.has(r.seq)) state.expanded.delete(r.seq);
-        else state.expanded.add(r.seq);
-        renderRows();
-        var again = $("events").querySelector('tr[data-seq="' + r.seq + '"]');
-        if (again) again.focus();
-      };
-      tr.addEventListener("click", toggle);
-      tr.addEventListener("keydown", function (event) {
-        if (event.key === "Enter" || event.key === " ") {
-          event.preventDefault();
-          toggle();
-        }
-      });
-      body.appendChild(tr);
+      body.appendChild(eventRow(r, now));
+      if (!ui.isToday(r.data.timestamp)) dated = true;
       if (state.expanded.has(r.seq)) {
         var detailRow = el("tr", "detail");
         var cell = el("td");
@@ -415,8 +516,11 @@
         body.appendChild(detailRow);
       }
     });
+    $("events").classList.toggle("dated", dated);
     $("events").tBodies[0].replaceChildren(body);
-    $("rows-empty").hidden = shown.length > 0;
+    var empty = $("rows-empty");
+    empty.textContent = shown.length || !needle || !state.rows.length ? emptyText() : "None of the newest " + state.rows.length + " events contain that text.";
+    empty.hidden = shown.length > 0;
     $("rows-note").textContent =
       needle && shown.length !== state.rows.length
         ? shown.length + " of " + state.rows.length + " match"
@@ -425,23 +529,39 @@
           : "";
   }
 
-  function clock(iso) {
-    var date = new Date(iso);
-    if (isNaN(date.getTime())) return String(iso);
-    function pad(n, width) {
-      return String(n).padStart(width || 2, "0");
-    }
-    return (
-      pad(date.getHours()) + ":" + pad(date.getMinutes()) + ":" + pad(date.getSeconds()) +
-      "." + pad(date.getMilliseconds(), 3)
-    );
-  }
-
-  function bytes(n) {
-    if (!n) return "0 B";
-    var units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    var i = Math.min(units.length - 1, Math.floor(Math.log(n) / Math.log(1024)));
-    return (i ? (n / Math.pow(1024, i)).toFixed(1) : String(n)) + " " + units[i];
+  function eventRow(r, now) {
+    var tr = el("tr", "event-row");
+    tr.setAttribute("data-seq", String(r.seq));
+    tr.title = "Show the full event";
+    if (state.expanded.has(r.seq)) tr.classList.add("open");
+    tr.appendChild(el("td", "seq", r.seq));
+    var time = el("td", "time", ui.clock(r.data.timestamp, now));
+    time.title = String(r.data.timestamp);
+    tr.appendChild(time);
+    var name = el("td", "event");
+    var badge = ui.formatBadge(r.data);
+    if (badge) name.appendChild(badge); // first, so a long name's ellipsis never hides it
+    name.appendChild(el("span", "ev", r.data.event));
+    tr.appendChild(name);
+    var visitor = el("td", "visitor");
+    var link = el("button", "link", r.data.visitor_id);
+    link.type = "button";
+    link.title = "Show this visitor's trail";
+    link.addEventListener("click", function (event) {
+      event.stopPropagation();
+      trail.open(r.data.visitor_id);
+    });
+    visitor.appendChild(link);
+    tr.appendChild(visitor);
+    tr.appendChild(el("td", "meta", JSON.stringify(r.data.metadata || {})));
+    ui.activate(tr, function () {
+      if (state.expanded.has(r.seq)) state.expanded.delete(r.seq);
+      else state.expanded.add(r.seq);
+      renderRows();
+      var again = $("events").querySelector('tr[data-seq="' + r.seq + '"]');
+      if (again) again.focus();
+    });
+    return tr;
   }
 
   // ---- controls -----------------------------------------------------------------
@@ -459,44 +579,62 @@
     };
   }
 
+  function readFilters() {
+    state.filters.event = $("filter-event").value.trim();
+    state.filters.visitor = $("filter-visitor").value.trim();
+    var where = parseWhere($("filter-where").value);
+    state.filters.where = where.pairs;
+    state.whereError = where.error ? "Filter: " + where.error : "";
+  }
+
+  function reset() {
+    var count = state.all.total;
+    var question =
+      "Empty the in-memory ring (" + count.toLocaleString() + (count === 1 ? " event" : " events") +
+      ") and the rejected list? The JSONL file is kept.";
+    if (!window.confirm(question)) return;
+    api("/behavior", null, "DELETE").then(
+      function () {
+        state.expanded.clear();
+        rejected.load();
+        trail.load();
+        load();
+      },
+      function (error) {
+        showError(error.message);
+      }
+    );
+  }
+
   function wire() {
     var reload = debounce(function () {
-      state.filters.event = $("filter-event").value.trim();
-      state.filters.visitor = $("filter-visitor").value.trim();
+      readFilters();
       load();
     }, 250);
-    $("filter-event").addEventListener("input", reload);
-    $("filter-visitor").addEventListener("input", reload);
+    ["filter-event", "filter-visitor", "filter-where"].forEach(function (id) {
+      $(id).addEventListener("input", reload);
+    });
     $("filter-text").addEventListener("input", function () {
       state.filters.text = $("filter-text").value;
       renderRows();
     });
     $("clear-filters").addEventListener("click", function () {
-      $("filter-event").value = "";
-      $("filter-visitor").value = "";
-      $("filter-text").value = "";
-      state.filters = { event: "", visitor: "", text: "" };
+      ["filter-event", "filter-visitor", "filter-where", "filter-text"].forEach(function (id) {
+        $(id).value = "";
+      });
+      state.filters = { event: "", visitor: "", where: [], text: "" };
+      state.whereError = "";
       load();
     });
     $("pause").addEventListener("click", function () {
-      state.paused = !state.paused;
-      $("pause").textContent = state.paused ? "Resume" : "Pause";
-      if (state.paused) {
-        clearTimeout(state.retryTimer);
-        if (state.source) state.source.close();
-        state.source = null;
-        setConnection("paused");
-      } else {
-        load(); // catches up and reconnects from the newest seq
-      }
+      setPaused(!state.paused);
     });
-    $("reset").addEventListener("click", function () {
-      api("/behavior", null, "DELETE").then(function () {
-        state.expanded.clear();
-        load();
-      }, function (error) {
-        showError(error.message);
-      });
+    $("reset").addEventListener("click", reset);
+    $("timeline-interval").addEventListener("change", function () {
+      timeline.setInterval($("timeline-interval").value);
+    });
+    $("trail-close").addEventListener("click", function () {
+      trail.close();
     });
     $("token-form").addEventListener("submit", function (event) {
       event.preventDefault();
@@ -509,17 +647,30 @@
       }
       $("token-form").hidden = true;
       loadHealth();
-      if (!state.paused) {
-        if (state.source) state.source.close();
-        state.source = null;
-      }
+      if (state.source) state.source.close();
+      state.source = null;
+      rejected.load();
       load();
     });
   }
 
-  window.metricsDashboard = { auth: auth, state: state, reload: load };
+  var context = { api: api, serverFilters: serverFilters, showError: showError };
+  var panels = window.metricsPanels;
+  var rejected = panels.rejected(context);
+  var timeline = panels.timeline(context);
+  var trail = panels.trail(context);
+
+  window.metricsDashboard = {
+    auth: auth,
+    state: state,
+    reload: load,
+    rejected: rejected,
+    timeline: timeline,
+    trail: trail,
+  };
 
   wire();
   loadHealth();
+  rejected.load();
   load();
 })();
