@@ -47,6 +47,8 @@ def test_metrics_count_accepted_rejected_and_duplicates(tmp_path: Path) -> None:
     assert values[("metrics_sink_bytes", ())] == config.jsonl.stat().st_size
     assert values[("metrics_sink_write_errors_total", ())] == 0
     assert values[("metrics_sink_healthy", ())] == 1
+    assert values[("metrics_quarantine_size", ())] == 3
+    assert values[("metrics_quarantine_write_errors_total", ())] == 0
 
 
 def test_metrics_count_write_errors(
@@ -95,3 +97,12 @@ def test_each_app_has_its_own_registry(tmp_path: Path) -> None:
         assert a.post(EVENT_URL, json=event()).status_code == 202
         assert scrape(a)[("metrics_events_accepted_total", ())] == 1
         assert scrape(b)[("metrics_events_accepted_total", ())] == 0
+
+
+def test_metrics_count_quarantine_write_errors(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", reject_jsonl=Path("/dev/full"))
+    with TestClient(create_app(config)) as c:
+        assert c.post(EVENT_URL, content=b"{nope").status_code == 400
+        values = scrape(c)
+    assert values[("metrics_quarantine_write_errors_total", ())] == 1
+    assert values[("metrics_quarantine_size", ())] == 1

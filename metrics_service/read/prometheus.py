@@ -73,6 +73,12 @@ class ServiceMetrics(PromCollector):
                 "Time spent in fsync.",
                 collector.fsync_seconds,
             ),
+            (
+                "metrics_quarantine_write_errors",
+                "Refusals the quarantine could not append to its file (kept in"
+                " memory).",
+                service.quarantine.write_errors,
+            ),
         ):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], value)
@@ -86,6 +92,11 @@ class ServiceMetrics(PromCollector):
             ),
             ("metrics_sink_bytes", "Size of the active sink file.", service.sink.size),
             ("metrics_last_seq", "Highest seq assigned.", collector.last_seq),
+            (
+                "metrics_quarantine_size",
+                "Refused ingest requests now in the quarantine.",
+                len(service.quarantine.records),
+            ),
             (
                 "metrics_sink_healthy",
                 "1 when the last write succeeded, else 0.",
