@@ -258,3 +258,12 @@ def test_the_validation_server_applies_googles_rules(client: TestClient) -> None
     ]
     r = client.post(DEBUG, content=b"{not json")
     assert r.status_code == 400
+
+
+def test_a_gtag_hit_takes_the_test_tag_from_the_url(
+    client: TestClient, config: Config
+) -> None:
+    assert client.get(GTAG_URL + "&en=page_view&test_id=spec-7").status_code == 204
+    (line,) = read_lines(config.jsonl)
+    assert line["test_id"] == "spec-7"
+    assert "test_id" not in line["metadata"]

@@ -367,3 +367,13 @@ def test_a_failing_sink_answers_503_so_the_sdk_retries(
     assert r.status_code == 503
     assert post(client, "t", next_track()).status_code == 200
     assert client.get(SNAPSHOT_URL).json()["total"] == 1
+
+
+def test_the_test_tag_is_stamped_as_on_our_own_events(
+    client: TestClient, config: Config
+) -> None:
+    r = post(client, "t", next_track(), **{"X-Metrics-Test-Id": "checkout spec"})
+    assert r.status_code == 200
+    (line,) = read_lines(config.jsonl)
+    assert line["test_id"] == "checkout spec"
+    assert "test_id" not in line["metadata"]

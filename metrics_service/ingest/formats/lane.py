@@ -27,7 +27,9 @@ from metrics_service.http.errors import ApiError
 from metrics_service.ingest.clock import Received, received_now
 from metrics_service.ingest.decode import check_count, check_events, to_group
 from metrics_service.ingest.endpoint import BODY_KEY, NOTHING
+from metrics_service.ingest.test_tag import test_id
 from metrics_service.service import Service
+from metrics_service.store.line import Group
 from metrics_service.store.sink import SinkError
 from metrics_service.store.writer import Outcome
 
@@ -149,7 +151,8 @@ class SdkLane:
         check_sdk_key(scope, token, payload.keys, self.key_hint)
         if token is not None:
             scope[BODY_KEY] = body  # only once the key is known good
-        group, sampled_out = self.decode(payload, service, request)
+        tag = test_id(scope)
+        group, sampled_out = self.decode(payload, service, request, tag)
         service.sampled_out += sampled_out
         outcome = NOTHING
         if group.bodies:
@@ -169,7 +172,9 @@ class SdkLane:
         )
         await send({"type": "http.response.body", "body": answer})
 
-    def decode(self, payload: Payload, service: Service, request: Foreign) -> Any:
+    def decode(
+        self, payload: Payload, service: Service, request: Foreign, tag: str | None
+    ) -> tuple[Group, int]:
         """The group of stored events and how many sampling dropped, as for our own
         events; a 422 names the foreign fields."""
         config = service.config
@@ -200,6 +205,7 @@ class SdkLane:
                 received=request.received,
                 header_user_agent=request.head.user_agent,
                 batch=batch,
+                test_id=tag,
             )
         except ApiError as exc:
             if exc.status_code != 422 or not isinstance(exc.detail, list):
