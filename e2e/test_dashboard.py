@@ -476,7 +476,9 @@ def test_the_rejected_panel_shows_refusals_the_moment_they_happen(
     item = page.locator("#rejected-list .rejection").first
     expect(item.locator(".status")).to_have_text("422")
     expect(item.locator(".path")).to_have_text("/api/metrics/events")
-    expect(item.locator(".summary")).to_contain_text("visitor_id")
+    expect(item.locator(".summary")).to_have_text(
+        "#0 visitor_id: String should have at least 6 characters"
+    )
 
     refuse(collector, b"{not json")
     expect(badge).to_have_text("2")

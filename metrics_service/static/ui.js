@@ -87,7 +87,9 @@
                 return part !== "query" && part !== "body";
               })
             : [];
-          return (loc.length ? loc.join(".") + ": " : "") + (problem.msg || JSON.stringify(problem));
+          // A batch's problems carry the event's index: "#2 visitor_id: ...".
+          var index = typeof problem.index === "number" ? "#" + problem.index + " " : "";
+          return index + (loc.length ? loc.join(".") + ": " : "") + (problem.msg || JSON.stringify(problem));
         })
         .join("; ");
     }
