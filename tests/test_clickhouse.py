@@ -180,3 +180,12 @@ def test_collectors_with_and_without_a_name_merge_without_collisions(
         ("web-1", 30, 1, 30),
         ("web-2", 30, 1, 30),
     ]
+
+
+def test_readme_shows_the_table_as_the_file_creates_it() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Beyond one machine\n", 1)[1].split("\n## ", 1)[0]
+    [block] = [
+        b.split("\n", 1)[1] for b in section.split("```")[1::2] if b.startswith("sql")
+    ]
+    assert block.startswith("CREATE TABLE") and block in SQL.read_text()
