@@ -1,15 +1,16 @@
 """Browser fixtures: Debian's Chromium driven by Playwright, and a demo site on another origin.
 
-The collector itself comes from the `metrics_server` fixture (metrics_service.testing).
+The collector itself comes from the plugin (metrics_service.testing): `metrics_server`,
+one per pytest process, and `metrics`, the running test's view of it, which also tags
+pytest-playwright's `context` and `page` with the test's id.
 """
 
 from __future__ import annotations
 
-import html
 import http.server
-import json
 import os
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from metrics_service.testing import MetricsServer
+from metrics_service.client import TEST_ID_HEADER
+from metrics_service.testing import MetricsClient, MetricsServer
 
 CHROMIUM = os.environ.get("METRICS_E2E_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -57,24 +59,20 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
+# The tracker comes from MetricsServer.tracker_tag(), with ?visitor= and ?flush= as
+# its visitorId and flushInterval: the demo is rendered per request.
 DEMO_PAGE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>Demo shop</title>
-<script src="{collector}/tracker.js"></script>
+{tracker}
 </head>
 <body>
 <h1>Demo shop</h1>
 <button id="buy" type="button">Buy</button>
 <a id="next" href="/next.html">Next page</a>
 <script>
-  var params = new URLSearchParams(location.search);
-  metrics.init({{
-    endpoint: {endpoint},
-    visitorId: params.get("visitor") || undefined,
-    flushInterval: Number(params.get("flush")) || undefined,
-  }});
   metrics.track("page_view", {{ path: location.pathname }});
   document.getElementById("buy").addEventListener("click", function () {{
     metrics.track("checkout_clicked", {{ plan: "pro" }});
@@ -97,9 +95,11 @@ class DemoSite:
 
 class _DemoHandler(http.server.BaseHTTPRequestHandler):
     pages: dict[str, bytes] = {}
+    collector: MetricsServer
 
     def do_GET(self) -> None:
-        body = self.pages.get(self.path.split("?", 1)[0])
+        path, _, query = self.path.partition("?")
+        body = self.demo(query) if path == "/" else self.pages.get(path)
         if body is None:
             self.send_error(404)
             return
@@ -110,21 +110,23 @@ class _DemoHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def demo(self, query: str) -> bytes:
+        params = urllib.parse.parse_qs(query)
+        options: dict[str, Any] = {}
+        if "visitor" in params:
+            options["visitorId"] = params["visitor"][0]
+        if "flush" in params:
+            options["flushInterval"] = int(params["flush"][0])
+        return DEMO_PAGE.format(tracker=self.collector.tracker_tag(**options)).encode()
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-@pytest.fixture
-def demo_site(collector: Collector) -> Iterator[DemoSite]:
-    """A page on its own port (so its own origin) that loads the tracker from the collector."""
-    page = DEMO_PAGE.format(
-        collector=html.escape(collector.url),
-        endpoint=json.dumps(collector.url),
-    )
+def serve(pages: dict[str, bytes], collector: MetricsServer) -> Iterator[DemoSite]:
+    """`pages` (and the demo shop at /) on a port of their own: another origin."""
     handler = type(
-        "DemoHandler",
-        (_DemoHandler,),
-        {"pages": {"/": page.encode(), "/next.html": NEXT_PAGE.encode()}},
+        "DemoHandler", (_DemoHandler,), {"pages": pages, "collector": collector}
     )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -137,33 +139,48 @@ def demo_site(collector: Collector) -> Iterator[DemoSite]:
         thread.join(5)
 
 
-class Collector:
-    """A running `metrics_server` and the API calls the browser tests make on it."""
+@pytest.fixture(scope="session")
+def demo_site(metrics_server: MetricsServer) -> Iterator[DemoSite]:
+    """A page on its own port (so its own origin) that loads the tracker from the collector."""
+    yield from serve({"/next.html": NEXT_PAGE.encode()}, metrics_server)
 
-    def __init__(self, server: MetricsServer) -> None:
+
+class Collector:
+    """A running collector and the API calls the browser tests make on it; with a
+    `view` (the `metrics` fixture), reads and posts are the running test's only."""
+
+    def __init__(
+        self, server: MetricsServer, view: MetricsClient | None = None
+    ) -> None:
         self.server = server
         self.url = server.url
+        self.client = view or server.client
 
     def wait_for(
         self, *, count: int = 1, timeout: float = 10, **filters: str
     ) -> list[dict[str, Any]]:
         """Events through the wait-for API; fails showing what did arrive on a timeout."""
-        return self.server.client.wait_for(count=count, timeout=timeout, **filters)
+        return self.client.wait_for(count=count, timeout=timeout, **filters)
 
     def post(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        response = httpx.post(f"{self.url}/api/metrics/events", json={"events": events})
+        tag = self.client.test_id
+        response = httpx.post(
+            f"{self.url}/api/metrics/events",
+            json={"events": events},
+            headers={TEST_ID_HEADER: tag} if tag else {},
+        )
         assert response.status_code == 202, response.text
         body: dict[str, Any] = response.json()
         return body
 
     def snapshot(self, **filters: str) -> dict[str, Any]:
-        return self.server.client.snapshot(**filters)
+        return self.client.snapshot(**filters)
 
 
 @pytest.fixture
-def collector(metrics_server: MetricsServer) -> Collector:
-    """A fresh collector for each test."""
-    return Collector(metrics_server)
+def collector(metrics_server: MetricsServer, metrics: MetricsClient) -> Collector:
+    """The session's collector as the running test sees it."""
+    return Collector(metrics_server, metrics)
 
 
 @pytest.fixture(scope="module")
