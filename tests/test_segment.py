@@ -377,3 +377,69 @@ def test_the_test_tag_is_stamped_as_on_our_own_events(
     (line,) = read_lines(config.jsonl)
     assert line["test_id"] == "checkout spec"
     assert "test_id" not in line["metadata"]
+
+
+FIXTURES = Path(__file__).with_name("fixtures") / "sdk"
+
+
+def replay(client: TestClient, fixture: str) -> list[tuple[str, int, Any]]:
+    """Every request a real SDK made (tests/fixtures/sdk, recorded by e2e/test_sdks.py's
+    recorder), sent again: (method and path, status, JSON answer or None)."""
+    recording = orjson.loads((FIXTURES / f"{fixture}.json").read_bytes())
+    answers = []
+    for request in recording["requests"]:
+        headers = {
+            name: value.replace("DEMO", "127.0.0.1:5001").replace(
+                "COLLECTOR", "testserver"
+            )
+            for name, value in request["headers"].items()
+            if name not in ("host", "content-length")
+        }
+        if "body_base64" in request:
+            body = base64.b64decode(request["body_base64"])
+        else:
+            body = request.get("body", "").encode()
+        url = request["path"] + (f"?{request['query']}" if request["query"] else "")
+        r = client.request(request["method"], url, content=body, headers=headers)
+        kind = r.headers.get("content-type", "")
+        answer = r.json() if kind.startswith("application/json") else None
+        answers.append(
+            (f"{request['method']} {request['path']}", r.status_code, answer)
+        )
+    return answers
+
+
+@pytest.mark.parametrize(
+    "fixture", ["segment_analytics_next", "segment_analytics_next_batching"]
+)
+def test_analytics_next_recordings_replay(
+    client: TestClient, config: Config, fixture: str
+) -> None:
+    answers = replay(client, fixture)
+    assert [a for a in answers if a[1] != 200] == []
+    posts = [a for a in answers if a[0].startswith("POST")]
+    lines = read_lines(config.jsonl)
+    ids = [line["event_id"] for line in lines]
+    assert len(ids) == len(set(ids))  # resent messageIds stored once
+    assert sum(a[2]["stored"] for a in posts) == len(lines)
+    assert sum(a[2]["duplicates"] for a in posts) > 0  # the page's resends
+    assert {line["metadata"]["$sdk"]["library"] for line in lines} == {"analytics.js"}
+    track = next(line for line in lines if line["event"] == "Order Completed")
+    assert track["metadata"]["plan"] == "pro"
+    assert track["metadata"]["$sdk"]["url"] == "http://DEMO/seg.html"
+    assert all(line["user_agent"].startswith("Mozilla/5.0") for line in lines)
+
+
+def test_the_rudderstack_recording_replays(client: TestClient, config: Config) -> None:
+    answers = replay(client, "rudderstack_analytics_js")
+    assert [a for a in answers if a[1] != 200] == []
+    lines = read_lines(config.jsonl)
+    assert len(lines) == sum(1 for a in answers if a[0].startswith("POST"))
+    page, track, identify = lines[:3]
+    assert page["event"] == "page"
+    assert track["metadata"]["$sdk"]["library"] == "RudderLabs JavaScript SDK"
+    assert "user_id" not in page["metadata"]["$sdk"]  # "" before identify is absent
+    assert identify["event"] == "identify"
+    assert identify["metadata"]["email"] == "a@b.c"  # from context.traits
+    assert identify["metadata"]["$sdk"]["user_id"] == "user-42"
+    assert identify["visitor_id"] == page["visitor_id"]  # the anonymousId throughout

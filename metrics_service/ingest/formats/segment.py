@@ -90,8 +90,9 @@ def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
     context = message.get("context")
     if not isinstance(context, dict):
         context = {}
-    anonymous_id = message.get("anonymousId")
-    user_id = message.get("userId")
+    # analytics-next sends userId null and RudderStack "" before identify: absent.
+    anonymous_id = message.get("anonymousId") or None
+    user_id = message.get("userId") or None
     by_user = anonymous_id is None and user_id is not None
     field = "properties"
     metadata: Any = message.get("properties")
