@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import read_lines
 from starlette.testclient import TestClient
+from test_segment import replay
 
 from metrics_service import Config, create_app
 
@@ -224,3 +226,23 @@ def test_the_start_up_calls(client: TestClient) -> None:
     assert r.status_code == 200
     assert r.json()["featureFlags"] == {}
     assert r.json()["errorsWhileComputingFlags"] is False
+
+
+@pytest.mark.parametrize("fixture", ["posthog_js", "posthog_js_no_compression"])
+def test_posthog_js_recordings_replay(
+    client: TestClient, config: Config, fixture: str
+) -> None:
+    answers = replay(client, fixture)
+    assert [a for a in answers if a[1] != 200] == []
+    captures = [a for a in answers if a[0] == "POST /posthog/e/"]
+    assert all(a[2]["status"] == 1 for a in captures)
+    lines = read_lines(config.jsonl)
+    assert len(lines) == sum(a[2]["stored"] for a in captures) > 0
+    names = [line["event"] for line in lines]
+    assert "$pageview" in names
+    assert "$identify" in names
+    identify = lines[names.index("$identify")]
+    assert identify["metadata"]["$set"]
+    assert all(line["metadata"]["$sdk"]["library"] == "web" for line in lines)
+    assert all("token" not in line["metadata"] for line in lines)
+    assert all(line["user_agent"].startswith("Mozilla/5.0") for line in lines)
