@@ -162,3 +162,20 @@ def test_a_bad_carrier_stores_nothing(client: TestClient, tmp_path: Path) -> Non
     assert (
         not (tmp_path / "m.jsonl").exists() or not (tmp_path / "m.jsonl").read_bytes()
     )
+
+
+def test_the_full_path_stamps_it_too(client: TestClient, tmp_path: Path) -> None:
+    ndjson = (
+        orjson.dumps(event("a"))
+        + b"\n"
+        + orjson.dumps(event("b", sent_at="2020-01-01"))
+    )
+    client.cookies.set(test_tag.COOKIE, "tests%2Fc.py%3A%3At")
+    r = client.post(
+        BATCH_URL, content=ndjson, headers={"content-type": "application/x-ndjson"}
+    )
+    assert r.status_code == 202
+    assert [line["test_id"] for line in read_lines(tmp_path / "m.jsonl")] == [
+        "tests/c.py::t",
+        "tests/c.py::t",
+    ]

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -184,6 +185,7 @@ def _tagged(line: bytes, test_id: str) -> bool:
     return bool(orjson.loads(line).get("test_id") == test_id)
 
 
+@functools.lru_cache(maxsize=256)  # a waiter's filter is checked on every write
 def tag_needle(test_id: str) -> bytes:
     """`"test_id":"<value>"` as the collector writes it (see store/line.py)."""
     return b'"test_id":' + orjson.dumps(test_id)
