@@ -7,6 +7,7 @@ collector or need other settings start their own.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -460,6 +461,36 @@ def test_each_event_shows_the_sdk_it_came_through(
     # An unknown format is shown as its text, with no colour of its own.
     expect(rows(page).first.locator(".fmt")).to_have_class("fmt")
     assert page.locator("img").count() == 0
+
+    # Through the real Segment endpoint: the badge, and a refusal in the Rejected panel.
+    track = {
+        "type": "track",
+        "event": "Signed Up",
+        "anonymousId": "anon-segment-1",
+        "messageId": "segment-message-0001",
+        "properties": {"plan": "pro"},
+    }
+    sent = httpx.post(
+        collector.url + "/segment/v1/t",
+        content=json.dumps(track),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert sent.status_code == 200, sent.text
+    expect(rows(page).first.locator("td.event")).to_have_text("segmentSigned Up")
+    expect(rows(page).first.locator(".fmt")).to_have_class(
+        re.compile(r"\bfmt-segment\b")
+    )
+    refused = httpx.post(
+        collector.url + "/segment/v1/t",
+        content=json.dumps(
+            {**track, "anonymousId": None, "messageId": "segment-message-0002"}
+        ),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert 400 <= refused.status_code < 500, refused.text
+    expect(page.locator("#rejected-list .rejection .path").first).to_have_text(
+        "/segment/v1/t"
+    )
 
 
 def test_the_rejected_panel_shows_refusals_the_moment_they_happen(
