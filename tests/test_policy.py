@@ -10,12 +10,16 @@ from typing import Any
 import orjson
 import pytest
 from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
 from metrics_service.cli import main
 from metrics_service.ingest.contract import BehaviorEvent
 from metrics_service.ingest.policy import REDACTED, Policy, sample_point
+from metrics_service.ingest.schema import MetadataSchema, compile_check
 from metrics_service.settings import ConfigError
 
 BATCH_URL = "/api/metrics/events"
@@ -285,6 +289,78 @@ def test_a_broken_schema_stops_start_up_naming_event_and_path(
     assert caught.value.name == "METRICS_TAXONOMY"
     assert words in caught.value.message
     assert "\n" not in caught.value.message
+
+
+FAST_SCHEMAS: list[Any] = [
+    SCHEMA_FAST := {
+        "type": "object",
+        "required": ["plan", "amount"],
+        "properties": {
+            "plan": {"enum": ["free", "pro", 1, True, None, [1], {"a": 1}]},
+            "amount": {"type": "number", "minimum": 0, "exclusiveMaximum": 100},
+            "n": {"type": "integer", "maximum": 5, "exclusiveMinimum": -5},
+            "sku": {"type": ["string", "null"], "minLength": 1, "maxLength": 3},
+            "items": {"type": "array", "maxItems": 2, "items": {"const": 1.0}},
+        },
+        "additionalProperties": {"type": ["boolean", "string"], "pattern": "^p"},
+        "minProperties": 1,
+        "maxProperties": 4,
+    },
+    {"properties": {"items": {"minItems": 1, "items": False}}},
+    {"additionalProperties": False, "properties": {"plan": True}},
+    {"type": "object", "title": "annotations only", "description": "x"},
+    True,
+    False,
+]
+KEYS = st.sampled_from(["plan", "amount", "n", "sku", "items", "p"])
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-10, 110)
+    | st.floats(-10, 110, allow_nan=False)
+    | st.sampled_from(["free", "pro", "", "abcd", "p1", "x", "1"])
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=5)
+    ),
+    max_leaves=12,
+)
+
+
+CHECKERS = [(compile_check(s), Draft202012Validator(s), s) for s in FAST_SCHEMAS]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(KEYS, VALUES, max_size=5) | VALUES)
+def test_the_compiled_check_agrees_with_jsonschema(value: Any) -> None:
+    for fast, validator, schema in CHECKERS:
+        assert fast is not None
+        assert fast(value) == validator.is_valid(value), schema
+
+
+def test_other_keywords_leave_it_to_jsonschema() -> None:
+    for schema in (
+        {"properties": {"x": {"$ref": "#/$defs/x"}}, "$defs": {"x": {}}},
+        {"anyOf": [{"type": "string"}]},
+        {"patternProperties": {"^a": {}}, "additionalProperties": False},
+        {"prefixItems": [{}], "items": False},
+    ):
+        assert compile_check(schema) is None
+    assert MetadataSchema(TYPED["events"]["checkout_completed"]["schema"]).fast is None
+    assert MetadataSchema(SCHEMA_FAST).fast is not None
+
+
+def test_schema_errors_on_the_compiled_path(tmp_path: Path) -> None:
+    content = {"events": {"e": {"schema": SCHEMA_FAST}}}
+    policy = Policy.from_config(Config(taxonomy=taxonomy_file(tmp_path, content)))
+    assert policy.problems(model("e", metadata={"plan": "pro", "amount": 1})) == []
+    found = policy.problems(model("e", metadata={"plan": "team", "amount": 100}))
+    assert [(p["path"], p["rule"]) for p in found] == [
+        ("metadata.amount", "exclusiveMaximum"),
+        ("metadata.plan", "enum"),
+    ]
 
 
 # --- sampling ----------------------------------------------------------------

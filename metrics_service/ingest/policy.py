@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError, ValidationError
 
 from metrics_service.ingest.contract import BehaviorEvent
+from metrics_service.ingest.schema import MetadataSchema, check_schema
 from metrics_service.settings import Config, ConfigError
 
 REDACTED = "[redacted]"
@@ -19,8 +18,6 @@ TAXONOMY_VAR = "METRICS_TAXONOMY"
 # stopping here keeps redaction clear of Python's recursion limit.
 MAX_DEPTH = 256
 _SPEC_KEYS = {"required", "description", "schema"}
-# Problems reported per event from its schema: a 422 stays readable, and bounded.
-MAX_SCHEMA_ERRORS = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,9 +36,7 @@ class Policy:
     allowed: frozenset[str] | None = None
     required: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     # Compiled once, at start-up (from_config).
-    validators: Mapping[str, Draft202012Validator] = dataclasses.field(
-        default_factory=dict
-    )
+    validators: Mapping[str, MetadataSchema] = dataclasses.field(default_factory=dict)
     sample: Mapping[str, float] = dataclasses.field(default_factory=dict)
     redact_keys: frozenset[str] = frozenset()
     # What is configured, so the ingest path skips the rest with one attribute read.
@@ -74,7 +69,7 @@ class Policy:
             allowed=allowed,
             required=taxonomy.required,
             validators={
-                name: Draft202012Validator(schema)
+                name: MetadataSchema(schema)
                 for name, schema in taxonomy.schemas.items()
             },
             sample=dict(config.sample),
@@ -101,9 +96,9 @@ class Policy:
             for key in self.required.get(event.event, ())
             if key not in event.metadata
         ]
-        validator = self.validators.get(event.event)
-        if validator is not None:
-            found += schema_problems(validator, event.metadata, event.event)
+        schema = self.validators.get(event.event)
+        if schema is not None and not schema.accepts(event.metadata):
+            found += schema.problems(event.metadata, event.event)
         return found
 
     def keep(self, event: BehaviorEvent) -> bool:
@@ -143,130 +138,6 @@ def _redact(value: Any, keys: frozenset[str], depth: int) -> Any:
     if isinstance(value, list):
         return [_redact(v, keys, depth + 1) for v in value]
     return value
-
-
-def schema_problems(
-    validator: Draft202012Validator, metadata: Any, event: str
-) -> list[dict[str, Any]]:
-    """`{"loc", "msg", "type": "schema", "path", "rule"}` per schema error, at most
-    MAX_SCHEMA_ERRORS, in the order of their place in the metadata."""
-    errors = sorted(
-        validator.iter_errors(metadata), key=lambda e: [str(p) for p in e.path]
-    )
-    out = []
-    for error in errors[:MAX_SCHEMA_ERRORS]:
-        loc: list[str | int] = ["metadata", *error.absolute_path]
-        if error.validator == "required":
-            missing = _missing_key(error)
-            if missing is not None:
-                loc.append(missing)
-        where = json_path(loc)
-        out.append(
-            {
-                "loc": loc,
-                "msg": f"{where}: {_message(error, event)}",
-                "type": "schema",
-                "path": where,
-                "rule": str(error.validator),
-            }
-        )
-    return out
-
-
-def json_path(loc: list[str | int]) -> str:
-    """`metadata.items[0].sku` for ["metadata", "items", 0, "sku"]."""
-    out = str(loc[0])
-    for part in loc[1:]:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
-def _missing_key(error: ValidationError) -> str | None:
-    keys = error.validator_value if isinstance(error.validator_value, list) else []
-    instance = error.instance if isinstance(error.instance, dict) else {}
-    for key in keys:
-        missing = isinstance(key, str) and key not in instance
-        if missing and error.message.startswith(repr(key)):
-            return str(key)
-    return None
-
-
-def _json(value: Any) -> str:
-    try:
-        text = orjson.dumps(value).decode()
-    except TypeError:
-        text = repr(value)
-    return text if len(text) <= 100 else text[:97] + "..."
-
-
-_JSON_TYPES = {
-    dict: "object",
-    list: "array",
-    str: "string",
-    bool: "boolean",
-    int: "number",
-    float: "number",
-    type(None): "null",
-}
-
-
-def _message(error: ValidationError, event: str) -> str:
-    """jsonschema's message, with values written as JSON (never Python's repr)."""
-    rule, expected, value = error.validator, error.validator_value, error.instance
-    if rule == "required":
-        return f"missing, required by the schema of {event!r}"
-    if rule == "type":
-        wanted = " or ".join(expected) if isinstance(expected, list) else expected
-        return f"expected {wanted}, got {_JSON_TYPES.get(type(value), 'a value')}"
-    if rule == "enum":
-        return f"must be one of {_json(expected)}, got {_json(value)}"
-    if rule == "const":
-        return f"must be {_json(expected)}, got {_json(value)}"
-    bounds = {
-        "minimum": "at least",
-        "maximum": "at most",
-        "exclusiveMinimum": "greater than",
-        "exclusiveMaximum": "less than",
-    }
-    if rule in bounds:
-        return f"must be {bounds[str(rule)]} {_json(expected)}, got {_json(value)}"
-    return error.message
-
-
-def _check_schema(schema: Any, where: str) -> str | None:
-    """Why `schema` cannot be used, naming the place in it; None when it can."""
-    if not isinstance(schema, dict | bool):
-        return f"{where}: expected a JSON Schema object"
-    try:
-        Draft202012Validator.check_schema(schema)
-    except SchemaError as exc:
-        inside = "".join(
-            f"[{p}]" if isinstance(p, int) else f".{p}" for p in exc.absolute_path
-        )
-        return f"{where}{inside}: {exc.message}"
-    remote = _remote_ref(schema, where, 0)
-    if remote is not None:
-        return f"{remote}: only local references ('#/...') are supported"
-    return None
-
-
-def _remote_ref(value: Any, where: str, depth: int) -> str | None:
-    if depth > MAX_DEPTH:
-        return None
-    if isinstance(value, dict):
-        ref = value.get("$ref")
-        if isinstance(ref, str) and not ref.startswith("#"):
-            return f"{where}.$ref"
-        for key, item in value.items():
-            found = _remote_ref(item, f"{where}.{key}", depth + 1)
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _remote_ref(item, f"{where}[{i}]", depth + 1)
-            if found is not None:
-                return found
-    return None
 
 
 def load_taxonomy(path: Path) -> Taxonomy:
@@ -309,7 +180,7 @@ def load_taxonomy(path: Path) -> Taxonomy:
             raise broken(f"{where}.required: expected a list of metadata key names")
         required[name] = tuple(keys)
         if "schema" in spec:
-            problem = _check_schema(spec["schema"], f"{where}.schema")
+            problem = check_schema(spec["schema"], f"{where}.schema")
             if problem is not None:
                 raise broken(problem)
             schemas[name] = spec["schema"]
