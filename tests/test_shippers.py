@@ -237,6 +237,10 @@ def test_checkpoints_are_kept_across_restarts() -> None:
 def test_kafka_messages_are_keyed_by_visitor() -> None:
     kafka = vector()["sinks"]["kafka"]
     assert kafka["key_field"] == "visitor_id"
+    # The message is the line as stored; the key is taken from it.
+    assert kafka["encoding"]["codec"] == "text"
+    [keyed] = kafka["inputs"]
+    assert ".visitor_id = " in vector()["transforms"][keyed]["source"]
     assert kafka["librdkafka_options"]["enable.idempotence"] == "true"
     assert fluent_output("kafka")["message_key_field"] == "visitor_id"
     assert fluent_output("kafka")["rdkafka.enable.idempotence"] is True
