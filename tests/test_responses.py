@@ -12,6 +12,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
+from metrics_service.ingest.formats.segment import CALLS
 from metrics_service.testing import MetricsServer
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -46,6 +47,7 @@ def _check_answers(http: httpx.Client) -> None:
         "event": "old",
         "timestamp": "1970-01-02T00:00:00Z",
     }
+    segment_call = {"type": "track", "event": "s", "userId": "user-12"}
     calls: list[tuple[str, str, dict[str, Any], int]] = [
         (
             "post",
@@ -91,13 +93,46 @@ def _check_answers(http: httpx.Client) -> None:
         ("get", f"{API}/behavior/wait", {"params": {"rejected": "true"}}, 200),
         ("delete", f"{API}/behavior/rejected", {}, 200),
         ("delete", f"{API}/behavior", {}, 200),
+        # The SDK formats (ingest/formats), after the ring's figures above.
+        ("get", "/segment/v1/projects/wk_1/settings", {}, 200),
+        *[
+            (
+                "post",
+                f"/segment/v1/{call}",
+                {"json": {"event": "s", "userId": "user-12"}},
+                200,
+            )
+            for call in CALLS  # every short and HTTP API path
+        ],
+        *[
+            ("post", f"/segment/v1/{b}", {"json": {"batch": [segment_call]}}, 200)
+            for b in ("b", "batch")
+        ],
+        *[
+            (
+                "post",
+                f"/posthog/{p}",
+                {"json": {"event": "p", "distinct_id": "user-12"}},
+                200,
+            )
+            for p in ("e/", "i/v0/e/", "batch/", "capture/")
+        ],
+        ("get", "/posthog/array/phc_1/config", {}, 200),
+        ("post", "/posthog/flags/", {}, 200),
+        ("post", "/posthog/decide/", {}, 200),
+        ("post", "/ga4/debug/mp/collect", {"json": {"events": []}}, 200),
     ]
+    templates = {
+        "/segment/v1/projects/wk_1/settings": "/segment/v1/projects/{writeKey}/settings",
+        "/posthog/array/phc_1/config": "/posthog/array/{token}/config",
+    }
     checked: set[tuple[str, str, int]] = set()
     bodies: dict[tuple[str, str, int], list[Any]] = {}
     for method, path, kwargs, status in calls:
         answer = http.request(method.upper(), path, **kwargs)
         assert answer.status_code == status, (method, path, answer.text)
         template = "/static/{name}" if path.startswith("/static/") else path
+        template = templates.get(path, template)
         body = answer.json()
         errors = list(
             _validator(spec, _schema(spec, method, template, status)).iter_errors(body)
