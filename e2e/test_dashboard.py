@@ -397,6 +397,16 @@ def test_the_timeline_counts_live_events_by_name(
         "document.querySelector('#timeline-chart svg').dataset.total === '4'"
     )
     expect(page.locator("#timeline-total")).to_have_text("4 in the window")
+    # Past five names, the quietest stack as "other".
+    collector.post(
+        [event("page_view"), event("e_one"), event("e_two"), event("e_three")]
+    )
+    page.wait_for_function(
+        "document.querySelector('#timeline-chart svg').dataset.total === '8'"
+    )
+    expect(page.locator("#timeline-legend .key-name")).to_have_count(6)
+    expect(page.locator("#timeline-legend .key-name").first).to_have_text("page_view")
+    expect(page.locator("#timeline-legend .key-name").last).to_have_text("other")
     page.screenshot(path=artifacts / "dashboard-timeline.png", full_page=True)
 
 

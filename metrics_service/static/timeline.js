@@ -7,8 +7,8 @@
   var ui = window.metricsUI;
   var SLOTS = 60;
   var WIDTHS = { "1s": 1000, "1m": 60000 };
-  var SERIES = 6; // the busiest names get a colour each; the rest stack as "other"
-  var COLORS = ["#3b6fd8", "#1f9d55", "#d39a0b", "#8e44ad", "#d0393e", "#16a2b8"];
+  var SERIES = 5; // the busiest names get a colour each; the rest stack as "other"
+  var COLORS = ["#3b6fd8", "#1f9d55", "#d39a0b", "#8e44ad", "#d0393e"];
   var OTHER = "#9aa3b5";
   var VIEW_W = 600;
   var VIEW_H = 120;
@@ -103,7 +103,7 @@
       var ranked = Array.from(byName.entries()).sort(function (a, b) {
         return b[1] - a[1] || (a[0] < b[0] ? -1 : 1);
       });
-      var named = ranked.slice(0, ranked.length > SERIES ? SERIES - 1 : SERIES).map(function (e) {
+      var named = ranked.slice(0, SERIES).map(function (e) {
         return e[0];
       });
       var colorOf = new Map();
