@@ -59,8 +59,8 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-# The tracker comes from MetricsServer.tracker_tag(), with ?visitor= and ?flush= as
-# its visitorId and flushInterval: the demo is rendered per request.
+# The tracker comes from MetricsServer.tracker_tag(), with ?visitor=, ?flush= and ?test=
+# as its visitorId, flushInterval and testId: the demo is rendered per request.
 DEMO_PAGE = """<!doctype html>
 <html lang="en">
 <head>
@@ -117,6 +117,8 @@ class _DemoHandler(http.server.BaseHTTPRequestHandler):
             options["visitorId"] = params["visitor"][0]
         if "flush" in params:
             options["flushInterval"] = int(params["flush"][0])
+        if "test" in params:
+            options["testId"] = params["test"][0]
         return DEMO_PAGE.format(tracker=self.collector.tracker_tag(**options)).encode()
 
     def log_message(self, format: str, *args: Any) -> None:
