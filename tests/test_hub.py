@@ -9,8 +9,10 @@ import pytest
 
 from metrics_service.read import hub as hub_module
 from metrics_service.read.filters import Filters
-from metrics_service.read.hub import Full, Hub
+from metrics_service.read.hub import Full, Hub, ShuttingDown
+from metrics_service.read.rejected import RejectionFilters
 from metrics_service.store.chunk import Entry
+from metrics_service.store.quarantine import Quarantine, Request
 
 
 class FakeWriter:
@@ -148,3 +150,67 @@ def test_a_waiter_leaves_as_soon_as_its_client_has_gone() -> None:
     done, took = asyncio.run(run())
     assert not done
     assert took < 5
+
+
+# --- the quarantine's records ---------------------------------------------------------
+
+
+def refusal(quarantine: Quarantine, event: str) -> None:
+    body = b'{"visitor_id":"visitor-1","event":"%s"}' % event.encode()
+    quarantine.record(Request("/api/metrics/event", 422, "bad", [], body, None))
+
+
+def test_rejection_waiters_count_against_the_cap_and_are_woken() -> None:
+    async def run() -> tuple[bool, list[str | None], int, tuple[int, int]]:
+        quarantine = Quarantine(10, None)
+        hub = Hub(FakeWriter(), limit=2, quarantine=quarantine)  # type: ignore[arg-type]
+        wanted = RejectionFilters(events=frozenset({"b"}))
+        waiting = asyncio.ensure_future(hub.wait_rejections(wanted, 1, [], 5))
+        await asyncio.sleep(0)
+        held = hub.counts
+        other = asyncio.ensure_future(hub.wait(Filters(), 1, [], 5))
+        await asyncio.sleep(0)
+        with pytest.raises(Full):
+            await hub.wait_rejections(wanted, 1, [], 5)
+        refusal(quarantine, "a")
+        refusal(quarantine, "b")
+        done, records, seen = await waiting
+        hub.close()
+        with pytest.raises(ShuttingDown):
+            await other
+        return done, [r.event for r in records], seen, held
+
+    done, events, seen, held = asyncio.run(run())
+    assert done and events == ["b"] and seen == 1
+    assert held == (1, 0)
+
+
+def test_close_releases_rejection_waiters_and_unhooks_the_quarantine() -> None:
+    async def run() -> tuple[Quarantine, Hub]:
+        quarantine = Quarantine(10, None)
+        hub = Hub(FakeWriter(), quarantine=quarantine)  # type: ignore[arg-type]
+        waiting = asyncio.ensure_future(
+            hub.wait_rejections(RejectionFilters(), 1, [], 5)
+        )
+        await asyncio.sleep(0)
+        assert quarantine.listeners
+        hub.close()
+        with pytest.raises(ShuttingDown):
+            await waiting
+        return quarantine, hub
+
+    quarantine, hub = asyncio.run(run())
+    assert quarantine.listeners == [] and hub.counts == (0, 0)
+
+
+def test_a_subscriber_that_falls_behind_on_rejections_overflows() -> None:
+    async def run() -> tuple[int, bool, tuple[int, int]]:
+        quarantine = Quarantine(100, None)
+        hub = Hub(FakeWriter(), quarantine=quarantine)  # type: ignore[arg-type]
+        sub = hub.subscribe(Filters(), 3, rejections=RejectionFilters())
+        for _ in range(5):
+            refusal(quarantine, "a")
+        return len(sub.take_rejections()), sub.overflowed, hub.counts
+
+    kept, overflowed, counts = asyncio.run(run())
+    assert (kept, overflowed, counts) == (3, True, (0, 0))
