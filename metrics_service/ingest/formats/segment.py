@@ -21,7 +21,6 @@ from metrics_service.ingest.formats.lane import (
     Mapped,
     Payload,
     SdkLane,
-    compact,
     user_agent,
 )
 from metrics_service.store.writer import Outcome
@@ -39,7 +38,21 @@ CALLS = {
         name: name for name in ("track", "page", "identify", "group", "alias", "screen")
     },
 }
+KINDS = frozenset(CALLS.values())
 TRAITS_CALLS = ("identify", "group")
+# $sdk's keys from the message itself, from context.page and from context.library.
+_FROM_MESSAGE = (
+    ("name", "name"),
+    ("group_id", "groupId"),
+    ("previous_id", "previousId"),
+)
+_FROM_PAGE = (
+    ("url", "url"),
+    ("path", "path"),
+    ("title", "title"),
+    ("referrer", "referrer"),
+)
+_FROM_LIBRARY = (("library", "name"), ("library_version", "version"))
 
 _BY_ANONYMOUS: dict[str, Loc] = {
     "visitor_id": ["anonymousId"],
@@ -69,13 +82,23 @@ _WHERE[("context.traits", False)] = {
 _WHERE[("context.traits", True)] = {**_BY_USER, "metadata": ["context", "traits"]}
 
 
+def _pick(
+    sdk: dict[str, Any], source: dict[str, Any], keys: tuple[tuple[str, str], ...]
+) -> None:
+    """Copy into `sdk` the keys `source` has, under their $sdk names."""
+    for name, key in keys:
+        value = source.get(key)
+        if value is not None:
+            sdk[name] = value
+
+
 def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
     """One Segment message as our event (see README, Use the SDK you already have)."""
     if not isinstance(message, dict):
         return Mapped(message, {})
     kind = message.get("type") if call is None else call
     problems: list[dict[str, Any]] = []
-    if kind not in CALLS.values():
+    if kind not in KINDS:
         problems.append(
             {
                 "loc": ["type"],
@@ -106,32 +129,18 @@ def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
         metadata = None
     if metadata is None:
         metadata = {}
-    page = context.get("page")
-    if not isinstance(page, dict):
-        page = {}
-    library = context.get("library")
-    if not isinstance(library, dict):
-        library = {}
     if isinstance(metadata, dict):
-        metadata = {
-            **metadata,
-            SDK_KEY: compact(
-                {
-                    "format": "segment",
-                    "type": kind,
-                    "user_id": user_id,
-                    "name": message.get("name"),
-                    "group_id": message.get("groupId"),
-                    "previous_id": message.get("previousId"),
-                    "url": page.get("url"),
-                    "path": page.get("path"),
-                    "title": page.get("title"),
-                    "referrer": page.get("referrer"),
-                    "library": library.get("name"),
-                    "library_version": library.get("version"),
-                }
-            ),
-        }
+        sdk: dict[str, Any] = {"format": "segment", "type": kind}
+        if user_id is not None:
+            sdk["user_id"] = user_id
+        _pick(sdk, message, _FROM_MESSAGE)
+        page = context.get("page")
+        if isinstance(page, dict):
+            _pick(sdk, page, _FROM_PAGE)
+        library = context.get("library")
+        if isinstance(library, dict):
+            _pick(sdk, library, _FROM_LIBRARY)
+        metadata = {**metadata, SDK_KEY: sdk}
     name = message.get("event") if kind == "track" else kind
     event: dict[str, Any] = {"metadata": metadata}
     if name is not None:
