@@ -379,7 +379,7 @@ def test_both_paths_stamp_the_test_id_after_event_id(tag: str) -> None:
             assert line[:-1] == untagged[:-1]
 
 
-@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(near_plain, min_size=1, max_size=3),
     st.text(min_size=1, max_size=20).filter(lambda t: not has_control_chars(t)),
