@@ -3,6 +3,8 @@ a collector with rotation on really writes."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import gzip
 from collections import Counter
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from metrics_service.store.rotation import segments
 
 ROOT = Path(__file__).resolve().parent.parent
 SQL = ROOT / "deploy" / "clickhouse.sql"
+SINK = "data/metrics.jsonl"  # where the file's loads look, from the collector's folder
 NAMES = ("page_view",) * 6 + ("signup",) * 3 + ("checkout_completed",)
 
 
@@ -33,22 +36,15 @@ def statements() -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def ddl() -> list[str]:
-    return [s for s in statements() if s.startswith("CREATE")]
-
-
-def loads(stem: Path) -> list[str]:
-    """The load statements, pointed at `stem`'s files instead of data/metrics."""
-    return [
-        s.replace("'data/metrics", f"'{stem}")
-        for s in statements()
-        if s.startswith("INSERT")
-    ]
-
-
-def counts_query() -> str:
-    [query] = [s for s in statements() if s.startswith("SELECT")]
-    return query
+def run_file(db: Any, folder: Path) -> dict[str, int]:
+    """Every statement of the file as written, run in `folder` (which holds the
+    collector's data/): the table if missing, the loads, then its count by event."""
+    *work, count = statements()
+    assert count.startswith("SELECT")
+    with contextlib.chdir(folder):  # the file's paths are relative: data/metrics…
+        for statement in work:
+            db.query(statement)
+        return {r["event"]: int(r["events"]) for r in rows(db, count)}
 
 
 @pytest.fixture(scope="module")
@@ -63,19 +59,12 @@ def engine() -> Iterator[Any]:
 @pytest.fixture
 def clickhouse(engine: Any) -> Any:
     engine.query("DROP DATABASE IF EXISTS metrics")
-    for statement in ddl():
-        engine.query(statement)
     return engine
 
 
 def rows(db: Any, query: str) -> list[dict[str, Any]]:
     text = db.query(query, "JSONEachRow").bytes()
     return [orjson.loads(line) for line in text.splitlines()]
-
-
-def counts(db: Any) -> dict[str, int]:
-    """The file's count query: events by name, each line once."""
-    return {r["event"]: int(r["events"]) for r in rows(db, counts_query())}
 
 
 def fill(sink: Path, count: int, instance: str | None = None) -> Counter[str]:
@@ -102,35 +91,28 @@ def stored_lines(sink: Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in (data + sink.read_bytes()).splitlines()]
 
 
-def test_table_and_loads_count_each_line_once_after_a_second_load(
+def test_the_file_loaded_twice_counts_each_line_once(
     tmp_path: Path, clickhouse: Any
 ) -> None:
-    sink = tmp_path / "m.jsonl"
+    sink = tmp_path / SINK
     sent = fill(sink, 100)
     found = segments(sink)
     assert len(found) >= 4 and all(s.suffix == ".gz" for s in found)
     lines = stored_lines(sink)
-    assert lines and "instance" not in lines[0]  # today's default: no such key
+    assert lines and "instance" not in lines[0]  # the default: no such key
 
-    for statement in loads(tmp_path / "m"):
-        clickhouse.query(statement)
-    assert counts(clickhouse) == dict(sent)
+    assert run_file(clickhouse, tmp_path) == dict(sent)
     [first] = rows(clickhouse, "SELECT * FROM metrics.events WHERE seq = 1")
     assert first["instance"] == "" and first["event_id"] is None
-    assert orjson.loads(first["metadata"]) == {
-        "i": 0,
-        "plan": {"tier": "pro"},
-        "é": "ü",
-    }
-    assert first["received_at"].startswith(
-        lines[0]["received_at"][:19].replace("T", " ")
-    )
+    assert orjson.loads(first["metadata"]) == lines[0]["metadata"]
+    stamp = dt.datetime.fromisoformat(lines[0]["received_at"])
+    assert first["received_at"] == stamp.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
 
-    for statement in loads(tmp_path / "m"):  # the same segments shipped again
-        clickhouse.query(statement)
+    # The same segments shipped again: both copies are stored until parts merge,
+    # the file's FINAL count is unchanged, and OPTIMIZE ... FINAL keeps one.
+    assert run_file(clickhouse, tmp_path) == dict(sent)
     [stored] = rows(clickhouse, "SELECT count() AS n FROM metrics.events")
-    assert int(stored["n"]) == 200  # both copies, until parts merge
-    assert counts(clickhouse) == dict(sent)
+    assert int(stored["n"]) == 200
     clickhouse.query("OPTIMIZE TABLE metrics.events FINAL")
     [merged] = rows(
         clickhouse, "SELECT count() AS n, uniqExact(seq) AS seqs FROM metrics.events"
@@ -141,35 +123,31 @@ def test_table_and_loads_count_each_line_once_after_a_second_load(
 def test_a_folder_without_segments_loads_its_live_file(
     tmp_path: Path, clickhouse: Any
 ) -> None:
-    sink = tmp_path / "m.jsonl"
+    sink = tmp_path / SINK
+    sink.parent.mkdir()
     sink.write_bytes(
         b'{"seq":1,"received_at":"2026-03-01T10:15:00.000Z",'
         b'"timestamp":"2026-03-01T10:14:59.000Z","event":"signup",'
         b'"visitor_id":"visitor-1","metadata":{},"user_agent":null}\n'
     )
-    for statement in loads(tmp_path / "m"):
-        clickhouse.query(statement)
-    assert counts(clickhouse) == {"signup": 1}
+    assert run_file(clickhouse, tmp_path) == {"signup": 1}
 
 
 def test_collectors_with_and_without_a_name_merge_without_collisions(
     tmp_path: Path, clickhouse: Any
 ) -> None:
     sent: Counter[str] = Counter()
-    stems = []
-    for instance in ("web-1", "web-2", None):
-        folder = tmp_path / (instance or "unnamed")
-        sent += fill(folder / "m.jsonl", 30, instance)
-        stems.append(folder / "m")
-    lines = stored_lines(tmp_path / "web-1" / "m.jsonl")
+    folders = [tmp_path / name for name in ("web-1", "web-2", "unnamed")]
+    for folder, instance in zip(folders, ("web-1", "web-2", None), strict=True):
+        sent += fill(folder / SINK, 30, instance)
+    lines = stored_lines(folders[0] / SINK)
     assert lines[0]["instance"] == "web-1" and lines[0]["seq"] == 1
-    assert "instance" not in stored_lines(tmp_path / "unnamed" / "m.jsonl")[0]
+    assert "instance" not in stored_lines(folders[2] / SINK)[0]
 
-    for _ in range(2):  # every folder shipped twice
-        for stem in stems:
-            for statement in loads(stem):
-                clickhouse.query(statement)
-    assert counts(clickhouse) == dict(sent)
+    for _ in range(2):  # every collector's files loaded twice
+        for folder in folders:
+            run_file(clickhouse, folder)
+    assert run_file(clickhouse, folders[0]) == dict(sent)
     per = rows(
         clickhouse,
         "SELECT instance, count() AS n, min(seq) AS lo, max(seq) AS hi"
