@@ -18,6 +18,7 @@ from metrics_service import export, settings, stats
 from metrics_service.declaration import Setting
 from metrics_service.ingest.policy import Policy
 from metrics_service.settings import Config, ConfigError
+from metrics_service.store.quarantine import quarantine_for
 from metrics_service.store.sink import Sink
 
 PROG = "metrics-service"
@@ -131,6 +132,7 @@ def serve_config(args: argparse.Namespace) -> Config:
     try:
         config = Config.from_env(env)
         Policy.from_config(config)  # a broken taxonomy file stops start-up here
+        quarantine_for(config)  # so does a rejected file that would mix with the sink
     except ConfigError as exc:
         raise ConfigError(_flag_name(exc.name, args), exc.message) from None
     try:

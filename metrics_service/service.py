@@ -9,10 +9,10 @@ import orjson
 
 from metrics_service.ingest.policy import Policy
 from metrics_service.read.hub import Hub
-from metrics_service.settings import BY_NAME, Config, ConfigError
+from metrics_service.settings import Config
 from metrics_service.store import replay, tail
 from metrics_service.store.chunk import repacked
-from metrics_service.store.quarantine import Quarantine, clash
+from metrics_service.store.quarantine import quarantine_for
 from metrics_service.store.ring import Ring
 from metrics_service.store.rotation import Rotator
 from metrics_service.store.sink import Sink
@@ -50,29 +50,13 @@ class Service:
         # Rejections by HTTP status (errors.py counts them) and sampled-out events,
         # both for GET /metrics.
         self.rejected: dict[int, int] = {}
-        self.quarantine = self._quarantine(config)
+        self.quarantine = quarantine_for(config)  # a bad file stops start-up
         # the waiters and stream subscribers
         self.hub = Hub(
             self.writer, limit=config.max_waiters, quarantine=self.quarantine
         )
         self.sampled_out = 0
         self.file_json = orjson.dumps(str(config.jsonl))  # in every ingest answer
-
-    @staticmethod
-    def _quarantine(config: Config) -> Quarantine:
-        """Raises ConfigError naming METRICS_REJECT_JSONL for a file that would mix
-        with the sink's."""
-        path = config.rejected_file
-        problem = None if path is None else clash(config.jsonl, path)
-        if problem is not None:
-            raise ConfigError(BY_NAME["reject_jsonl"].var, problem)
-        return Quarantine(
-            config.reject_capacity,
-            path,
-            redact_keys=config.redact_keys,
-            rotate_bytes=config.rotate_bytes,
-            rotate_keep=config.rotate_keep,
-        )
 
     def start(self) -> None:
         """Repair a torn tail, open the sink, and replay the newest events into the ring."""

@@ -19,6 +19,7 @@ from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
 from metrics_service.app import App
+from metrics_service.cli import main
 from metrics_service.read.filters import Filters
 from metrics_service.read.rejected import RejectionFilters
 from metrics_service.read.stream import events
@@ -550,3 +551,17 @@ def test_quarantine_file_ids_continue_from_segments(tmp_path: Path) -> None:
     quarantine.close()
     assert found is not None and found.id == 8
     assert os.path.getsize(path) > 0
+
+
+def test_the_cli_names_a_clashing_rejected_file_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sink = tmp_path / "m.jsonl"
+    monkeypatch.setenv("METRICS_REJECT_JSONL", str(sink))
+    code = main(["serve", "--jsonl", str(sink), "--port", "0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"metrics-service: error: METRICS_REJECT_JSONL: {sink} is the sink itself"
+        " (METRICS_JSONL)\n"
+    )

@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 import orjson
 
 from metrics_service.ingest.clock import received_now
+from metrics_service.settings import BY_NAME, Config, ConfigError
 from metrics_service.store import tail
 from metrics_service.store.rotation import Rotator, readable_segments, segment_pattern
 from metrics_service.store.sink import Sink
@@ -53,6 +54,22 @@ def clash(sink: Path, rejected: Path) -> str | None:
     if same_folder and segment_pattern(sink).match(rejected.name):
         return f"{rejected.name} would be taken for one of the sink's rotated segments"
     return None
+
+
+def quarantine_for(config: Config) -> Quarantine:
+    """The quarantine the settings ask for. Raises ConfigError naming
+    METRICS_REJECT_JSONL for a file that would mix with the sink's."""
+    path = config.rejected_file
+    problem = None if path is None else clash(config.jsonl, path)
+    if problem is not None:
+        raise ConfigError(BY_NAME["reject_jsonl"].var, problem)
+    return Quarantine(
+        config.reject_capacity,
+        path,
+        redact_keys=config.redact_keys,
+        rotate_bytes=config.rotate_bytes,
+        rotate_keep=config.rotate_keep,
+    )
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
