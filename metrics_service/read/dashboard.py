@@ -23,7 +23,16 @@ TYPES = {
 
 # The dashboard's own assets, served under /static/; nothing else in the folder is.
 ASSETS = frozenset(
-    {"dashboard.js", "dashboard.css", "ui.js", "rejected.js", "timeline.js", "trail.js"}
+    {
+        "dashboard.css",
+        "dashboard.js",
+        "ui.js",
+        "api.js",
+        "events.js",
+        "rejected.js",
+        "timeline.js",
+        "trail.js",
+    }
 )
 
 # Event text is rendered as text anyway; this is the second line of defence. Only the

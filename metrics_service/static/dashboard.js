@@ -5,52 +5,13 @@
 
   var ui = window.metricsUI;
   var $ = ui.$;
-  var el = ui.el;
   var API = "/api/metrics";
+  var auth = window.metricsApi.auth;
+  var api = window.metricsApi.api;
   var MAX_ROWS = 200;
-  var MAX_BARS = 40;
   var MAX_HELD = 5000; // events kept while paused; past it, Resume reloads instead
   // Set by the page itself; the Where box may not override them.
   var RESERVED = { limit: true, after: true, token: true, interval: true };
-
-  // ---- access control hook -------------------------------------------------
-  // When the collector requires a read token, API calls answer 401: the token form
-  // appears, and the token then goes on every request (header for fetch, query
-  // parameter for EventSource, which cannot send headers).
-  var auth = {
-    token: readToken(),
-    // params: an object, or a list of [name, value] pairs (a name may repeat).
-    url: function (path, params, inQuery) {
-      var query = new URLSearchParams();
-      var pairs = Array.isArray(params)
-        ? params
-        : Object.keys(params || {}).map(function (key) {
-            return [key, params[key]];
-          });
-      pairs.forEach(function (pair) {
-        var value = pair[1];
-        if (value !== undefined && value !== null && value !== "") query.append(pair[0], String(value));
-      });
-      if (inQuery && auth.token) query.set("token", auth.token);
-      var text = query.toString();
-      return path + (text ? "?" + text : "");
-    },
-    headers: function () {
-      return auth.token ? { Authorization: "Bearer " + auth.token } : {};
-    },
-    ask: function () {
-      $("token-form").hidden = false;
-      $("token").focus();
-    },
-  };
-
-  function readToken() {
-    try {
-      return sessionStorage.getItem("metrics_read_token");
-    } catch (e) {
-      return null;
-    }
-  }
 
   // ---- state ---------------------------------------------------------------
   function Tally() {
@@ -108,37 +69,6 @@
     node.hidden = !message;
   }
 
-  function api(path, params, method) {
-    return fetch(auth.url(API + path, params), {
-      method: method || "GET",
-      headers: auth.headers(),
-      cache: "no-store",
-    }).then(function (response) {
-      if (response.status === 401) {
-        auth.ask();
-        throw failure("a read token is required", 401);
-      }
-      return response.json().then(
-        function (body) {
-          if (!response.ok) {
-            var text = ui.detailText(body && body.detail);
-            throw failure(path + ": " + response.status + " " + text, response.status, text);
-          }
-          return body;
-        },
-        function () {
-          throw failure(path + ": " + response.status, response.status);
-        }
-      );
-    });
-  }
-
-  function failure(message, status, detail) {
-    var error = new Error(message);
-    error.status = status;
-    error.detail = detail || "";
-    return error;
-  }
 
   // ---- filters ---------------------------------------------------------------
   // The Where box: `name=value` terms, split on "&" when there is one (so values may hold
@@ -423,8 +353,8 @@
   function render() {
     state.renderPending = false;
     renderStats();
-    renderBars();
-    renderRows();
+    table.renderBars();
+    table.renderRows();
   }
 
   function renderStats() {
@@ -440,130 +370,6 @@
   }
 
   // What an empty list says: nothing yet, nothing matching, or a refused filter.
-  function emptyText() {
-    if (state.filterError) return "The filter was refused: see the message above.";
-    if (!state.loaded) return "Loading…";
-    var total = state.all.total;
-    if (!total) return "No events yet.";
-    return total.toLocaleString() + (total === 1 ? " event" : " events") + " in the ring, none match.";
-  }
-
-  function renderBars() {
-    var tally = state.view || state.all;
-    var entries = Array.from(tally.counts.entries())
-      .filter(function (e) {
-        return e[1] > 0;
-      })
-      .sort(function (a, b) {
-        return b[1] - a[1] || (a[0] < b[0] ? -1 : 1);
-      });
-    var max = entries.length ? entries[0][1] : 0;
-    var fragment = document.createDocumentFragment();
-    entries.slice(0, MAX_BARS).forEach(function (entry) {
-      var bar = el("button", "bar" + (entry[0] === state.filters.event ? " selected" : ""));
-      bar.type = "button";
-      bar.title = "Filter by this event";
-      bar.appendChild(el("span", "name", entry[0]));
-      var track = el("span", "track");
-      var fill = el("span", "fill");
-      fill.style.width = (100 * entry[1]) / max + "%";
-      track.appendChild(fill);
-      bar.appendChild(track);
-      bar.appendChild(el("span", "count", entry[1].toLocaleString()));
-      bar.addEventListener("click", function () {
-        setEventFilter(state.filters.event === entry[0] ? "" : entry[0]);
-      });
-      fragment.appendChild(bar);
-    });
-    if (entries.length > MAX_BARS) {
-      fragment.appendChild(el("p", "muted", "… and " + (entries.length - MAX_BARS) + " more"));
-    }
-    $("bars").replaceChildren(fragment);
-    $("bars-empty").textContent = emptyText();
-    $("bars-empty").hidden = entries.length > 0;
-    $("counts-total").textContent = tally.total ? tally.total.toLocaleString() + " in the ring" : "";
-
-    var options = document.createDocumentFragment();
-    Array.from(state.all.counts.keys())
-      .sort()
-      .forEach(function (name) {
-        var option = el("option");
-        option.value = name;
-        options.appendChild(option);
-      });
-    $("event-names").replaceChildren(options);
-  }
-
-  function renderRows() {
-    var needle = state.filters.text.trim().toLowerCase();
-    var shown = needle
-      ? state.rows.filter(function (r) {
-          return r.text.indexOf(needle) !== -1;
-        })
-      : state.rows;
-    var now = new Date();
-    var dated = false;
-    var body = document.createDocumentFragment();
-    shown.forEach(function (r) {
-      body.appendChild(eventRow(r, now));
-      if (!ui.isToday(r.data.timestamp)) dated = true;
-      if (state.expanded.has(r.seq)) {
-        var detailRow = el("tr", "detail");
-        var cell = el("td");
-        cell.colSpan = 5;
-        cell.appendChild(el("pre", "", JSON.stringify(r.data, null, 2)));
-        detailRow.appendChild(cell);
-        body.appendChild(detailRow);
-      }
-    });
-    $("events").classList.toggle("dated", dated);
-    $("events").tBodies[0].replaceChildren(body);
-    var empty = $("rows-empty");
-    empty.textContent = shown.length || !needle || !state.rows.length ? emptyText() : "None of the newest " + state.rows.length + " events contain that text.";
-    empty.hidden = shown.length > 0;
-    $("rows-note").textContent =
-      needle && shown.length !== state.rows.length
-        ? shown.length + " of " + state.rows.length + " match"
-        : state.rows.length
-          ? "newest " + state.rows.length
-          : "";
-  }
-
-  function eventRow(r, now) {
-    var tr = el("tr", "event-row");
-    tr.setAttribute("data-seq", String(r.seq));
-    tr.title = "Show the full event";
-    if (state.expanded.has(r.seq)) tr.classList.add("open");
-    tr.appendChild(el("td", "seq", r.seq));
-    var time = el("td", "time", ui.clock(r.data.timestamp, now));
-    time.title = String(r.data.timestamp);
-    tr.appendChild(time);
-    var name = el("td", "event");
-    var badge = ui.formatBadge(r.data);
-    if (badge) name.appendChild(badge); // first, so a long name's ellipsis never hides it
-    name.appendChild(el("span", "ev", r.data.event));
-    tr.appendChild(name);
-    var visitor = el("td", "visitor");
-    var link = el("button", "link", r.data.visitor_id);
-    link.type = "button";
-    link.title = "Show this visitor's trail";
-    link.addEventListener("click", function (event) {
-      event.stopPropagation();
-      trail.open(r.data.visitor_id);
-    });
-    visitor.appendChild(link);
-    tr.appendChild(visitor);
-    tr.appendChild(el("td", "meta", JSON.stringify(r.data.metadata || {})));
-    ui.activate(tr, function () {
-      if (state.expanded.has(r.seq)) state.expanded.delete(r.seq);
-      else state.expanded.add(r.seq);
-      renderRows();
-      var again = $("events").querySelector('tr[data-seq="' + r.seq + '"]');
-      if (again) again.focus();
-    });
-    return tr;
-  }
-
   // ---- controls -----------------------------------------------------------------
   function setEventFilter(name) {
     $("filter-event").value = name;
@@ -616,7 +422,7 @@
     });
     $("filter-text").addEventListener("input", function () {
       state.filters.text = $("filter-text").value;
-      renderRows();
+      table.renderRows();
     });
     $("clear-filters").addEventListener("click", function () {
       ["filter-event", "filter-visitor", "filter-where", "filter-text"].forEach(function (id) {
@@ -659,6 +465,7 @@
   var rejected = panels.rejected(context);
   var timeline = panels.timeline(context);
   var trail = panels.trail(context);
+  var table = panels.events({ state: state, setEventFilter: setEventFilter, openTrail: trail.open });
 
   window.metricsDashboard = {
     auth: auth,
