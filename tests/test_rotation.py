@@ -151,3 +151,20 @@ def test_a_segment_caught_mid_compression_is_read_once(tmp_path: Path) -> None:
     )
     assert readable_segments(sink) == [plain]
     assert len(segments(sink)) == 2
+
+
+def test_the_sinks_segments_and_the_rejected_files_never_mix(tmp_path: Path) -> None:
+    sink, rejected = tmp_path / "m.jsonl", tmp_path / "m.rejected.jsonl"
+    names = [
+        "m-20260101T000000-1.jsonl.gz",
+        "m-20260101T000001-9.jsonl",
+        "m.rejected-20260101T000000-1.jsonl.gz",
+        "m.rejected-20260101T000002-4.jsonl",
+        "m.rejected.jsonl",
+        ".m.rejected-20260101T000003-7.jsonl.gz.partial",
+    ]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in segments(sink)] == names[:2]
+    assert [p.name for p in segments(rejected)] == names[2:4]
+    assert [p.name for p in readable_segments(sink)] == names[:2]
