@@ -625,21 +625,20 @@ def test_screenshot_of_every_panel(
 ) -> None:
     """The README's picture (e2e/dashboard.png is a copy of artifacts/dashboard.png)."""
     now = dt.datetime.now(dt.UTC)
-    names = [
-        "page_view",
-        "page_view",
-        "search",
-        "signup_start",
-        "page_view",
-        "signup_done",
+    # A visitor's funnel, with other traffic around it, over the last half minute.
+    funnel = ["page_view", "search", "signup_start", "signup_done"]
+    posted = [
+        at(now - dt.timedelta(seconds=28 - 6 * i), name, "visitor-2", step=i)
+        for i, name in enumerate(funnel)
     ]
-    collector.post(
-        [
-            at(now - dt.timedelta(seconds=30 - 5 * i), name, f"visitor-{i % 3}", n=i)
-            for i, name in enumerate(names)
-        ]
-        + [event("$pageview", "visitor-ph", **{"$sdk": {"format": "posthog"}})]
-    )
+    for second in range(0, 30, 2):
+        for k in range(1 + second % 3):
+            name = ("page_view", "search", "page_view", "link_click")[(second + k) % 4]
+            when = now - dt.timedelta(seconds=30 - second, milliseconds=-100 * k)
+            posted.append(at(when, name, f"visitor-{(second + k) % 5 + 3}", path="/"))
+    posted.append(event("$pageview", "visitor-ph", **{"$sdk": {"format": "posthog"}}))
+    collector.post(posted)
+    total = len(posted)
     refuse(
         collector,
         '{"events": [{"visitor_id": "v-1", "event": "checkout_completed"}]}',
@@ -650,13 +649,14 @@ def test_screenshot_of_every_panel(
     ):
         view.set_viewport_size(DESKTOP if view is page else PHONE)
         open_live(view, collector)
-        expect(rows(view)).to_have_count(7)
+        expect(rows(view)).to_have_count(total)
         expect(view.locator("#rejected-badge")).to_have_text("1")
         rows(view).filter(has_text="signup_done").locator("td.visitor .link").click()
-        expect(view.locator("#trail-list .step")).to_have_count(2)
+        expect(view.locator("#trail-list .step")).to_have_count(len(funnel))
         view.locator("#rejected-list .rejection-head").first.click()
         view.wait_for_function(
-            "document.querySelector('#timeline-chart svg').dataset.total === '7'"
+            "n => document.querySelector('#timeline-chart svg').dataset.total === n",
+            arg=str(total),
         )
         view.evaluate("window.scrollTo(0, 0)")
         view.screenshot(path=shot, full_page=view is phone)
