@@ -14,6 +14,7 @@ from metrics_service.testing import (
     CLEAN_EXIT,
     MetricsClient,
     MetricsServer,
+    free_port,
     make_test_id,
 )
 
@@ -372,3 +373,107 @@ def test_expect_sequence_returns_its_events_or_says_what_came(
         f"  #{mark + 1} page_view visitor=visitor-1"
     )
     assert f"#{mark + 3} other visitor=visitor-1" in message.split("did not match:")[1]
+
+
+PLAN = {
+    "events": {
+        "signup": {"required": ["plan"]},
+        "page_view": {"schema": {"type": "object", "properties": {"path": {}}}},
+        "checkout": {},
+        "search": {"description": "no keys declared: any are fine"},
+    }
+}
+COVERAGE_A = """
+def test_signup(metrics):
+    metrics.post({"event": "signup", "visitor_id": "visitor-1",
+                  "metadata": {"plan": "pro", "coupon": "X"}})
+    metrics.post({"event": "search", "visitor_id": "visitor-1", "metadata": {"q": "a"}})
+"""
+COVERAGE_B = """
+def test_page_view(metrics):
+    metrics.post({"event": "page_view", "visitor_id": "visitor-1",
+                  "metadata": {"path": "/", "referrer": "r", "utm": "u"}})
+    metrics.post({"event": "debug_ping", "visitor_id": "visitor-1"})
+
+def test_no_collector():
+    pass
+"""
+
+
+def test_coverage_summary_across_xdist_workers(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_a=COVERAGE_A, test_b=COVERAGE_B)
+    (pytester.path / "plan.json").write_text(json.dumps(PLAN))
+    pytester.makeini("[pytest]\nmetrics_taxonomy = plan.json\n")
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        "--metrics-coverage-fail",
+    )
+    result.assert_outcomes(passed=3)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [
+            "*= metrics tracking plan =*",
+            f"{pytester.path / 'plan.json'}: 4 planned event(s); 4 distinct event"
+            " name(s) seen",
+            "planned, never seen (1): checkout",
+            "seen, not in the plan (1): debug_ping",
+            "metadata keys outside page_view's schema: referrer, utm",
+            "metadata keys outside signup's schema: coupon",
+            "--metrics-coverage-fail: these gaps fail the run",
+        ]
+    )
+
+
+def test_attached_to_a_running_collector(
+    pytester: pytest.Pytester, metrics_server: MetricsServer, metrics: MetricsClient
+) -> None:
+    # This suite's collector, also holding events of other tests and other runs.
+    metrics.post({"event": "not_this_run", "visitor_id": "visitor-1"})
+    pytester.makepyfile(
+        """
+        def test_uses_it(metrics_server, metrics):
+            assert metrics_server.attached and metrics_server.process is None
+            metrics.post({"event": "signup", "visitor_id": "visitor-1",
+                          "metadata": {"plan": "pro"}})
+            [event] = metrics.wait_for("signup")
+            assert event["test_id"] == metrics.test_id
+        """
+    )
+    (pytester.path / "plan.json").write_text(json.dumps(PLAN))
+    result = pytester.runpytest_subprocess(
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:xdist",
+        f"--metrics-url={metrics_server.url}/",
+        "--metrics-taxonomy=plan.json",
+    )
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK  # gaps fail the run only when asked
+    result.stdout.fnmatch_lines(
+        [
+            "plan.json: 4 planned event(s); 1 distinct event name(s) seen",
+            "planned, never seen (3): checkout, page_view, search",
+        ]
+    )
+    assert "not_this_run" not in result.stdout.str()
+    [event] = metrics_server.client.events(event="signup", after=metrics.mark() - 1)
+    assert event["test_id"].endswith(
+        ":test_attached_to_a_running_collector.py::test_uses_it"
+    )
+
+
+def test_a_collector_that_is_not_there(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(metrics):\n    pass\n")
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", f"--metrics-url=http://127.0.0.1:{free_port()}"
+    )
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        ["*RuntimeError: no collector answers at http://127.0.0.1:*"]
+    )
