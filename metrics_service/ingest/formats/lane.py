@@ -142,15 +142,15 @@ class SdkLane:
         config = service.config
         head, body = await read_foreign(scope, receive, config.max_body_bytes)
         token = config.ingest_token
+        # For the quarantine, should the front door refuse it; with a token, only
+        # once the SDK's key (which may be in the body) is known good.
         if token is None:
-            scope[BODY_KEY] = (
-                body  # for the quarantine, should the front door refuse it
-            )
+            scope[BODY_KEY] = body
         request = Foreign(scope, head, body, query_of(scope), received_now())
         payload = self.payload(request)
         check_sdk_key(scope, token, payload.keys, self.key_hint)
         if token is not None:
-            scope[BODY_KEY] = body  # only once the key is known good
+            scope[BODY_KEY] = body
         tag = test_id(scope)
         group, sampled_out = self.decode(payload, service, request, tag)
         service.sampled_out += sampled_out
