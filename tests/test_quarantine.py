@@ -565,3 +565,28 @@ def test_the_cli_names_a_clashing_rejected_file_in_one_line(
         f"metrics-service: error: METRICS_REJECT_JSONL: {sink} is the sink itself"
         " (METRICS_JSONL)\n"
     )
+
+
+def test_a_body_with_nothing_to_hide_is_kept_as_sent() -> None:
+    quarantine = Quarantine(10, None, redact_keys=["email"])
+    sent = b'{ "visitor_id": "visitor-1",  "event": "a" }'
+    found = quarantine.record(Request("/p", 422, "x", [], sent, None))
+    assert found is not None
+    assert orjson.loads(found.line)["body"] == sent.decode()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b'{"metadata": {"api\\u005fkey": "k1", "EMAIL": "e"}, "event": "a"}',
+        '{"metadata": {"api_key": "k1", "EMAIL": "e", "t": "\u00e9"}, "event": "a"}'.encode(),
+        '{"metadata": {"TO\u212aEN": "k1", "EMAIL": "e"}, "event": "a"}'.encode(),
+    ],
+)
+def test_escaped_or_non_ascii_keys_are_still_hidden(sent: bytes) -> None:
+    quarantine = Quarantine(10, None, redact_keys=["email"])
+    found = quarantine.record(Request("/p", 422, "x", [], sent, None))
+    assert found is not None
+    body = orjson.loads(orjson.loads(found.line)["body"])
+    assert "k1" not in str(body)
+    assert body["metadata"]["EMAIL"] == "[redacted]"

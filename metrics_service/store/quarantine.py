@@ -113,6 +113,9 @@ class Quarantine:
         self.path = path
         self.redact_keys = frozenset(k.lower() for k in redact_keys)
         self.hidden = CREDENTIAL_KEYS | self.redact_keys
+        self.hidden_bytes = tuple(key.encode() for key in self.hidden if key.isascii())
+        if len(self.hidden_bytes) < len(self.hidden):
+            self.hidden_bytes = (b"",)  # a non-ASCII key: always walk the body
         self.records: deque[Rejection] = deque()
         self.budget = capacity * RECORD_BUDGET
         self.bytes = 0
@@ -224,9 +227,21 @@ class Quarantine:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return self._lines(raw, index)
+        event, visitor = _identify(_items(data), index)
+        if self._nothing_to_hide(raw):
+            return *_cut(raw), event, visitor  # as sent
         data = _hide(data, self.hidden, 0)
         event, visitor = _identify(_items(data), index)
         return *_cut(orjson.dumps(data)), event, visitor
+
+    def _nothing_to_hide(self, raw: bytes) -> bool:
+        """True when no key of the body can be a hidden one: an ASCII body without
+        escapes, holding none of their names (str.lower() of some non-ASCII letters
+        gives ASCII ones, so anything else is parsed and walked)."""
+        if not raw.isascii() or b"\\u" in raw:
+            return False
+        lowered = raw.lower()
+        return not any(key in lowered for key in self.hidden_bytes)
 
     def _lines(
         self, raw: bytes, index: int
