@@ -25,7 +25,8 @@ from metrics_service.read.rejected import RejectionFilters
 from metrics_service.read.stream import events
 from metrics_service.settings import ConfigError
 from metrics_service.store import rotation
-from metrics_service.store.quarantine import BODY_LIMIT, Quarantine, Request
+from metrics_service.store.quarantine import Quarantine, Request
+from metrics_service.store.refused_body import BODY_LIMIT
 
 BATCH_URL = "/api/metrics/events"
 REJECTED_URL = "/api/metrics/behavior/rejected"
