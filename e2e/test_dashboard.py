@@ -531,19 +531,28 @@ def test_the_rejected_panel_shows_refusals_the_moment_they_happen(
     # A click shows the detail and the body as sent.
     page.locator("#rejected-list .rejection").nth(1).locator(".rejection-head").click()
     opened = page.locator("#rejected-list .rejection.open")
-    # The body as sent (re-encoded compactly when it is JSON).
-    expect(opened.locator("pre.body")).to_contain_text('"event":"checkout_completed"')
+    expect(opened.locator("pre.body")).to_have_text(refused)
     expect(opened.locator("pre.detail")).to_contain_text("visitor_id")
     expect(opened.locator("dd").first).to_have_text("v1")
     page.screenshot(path=artifacts / "dashboard-rejected.png", full_page=True)
 
-    # Seen after a reload too, and emptied by Reset.
+    # Seen after a reload too; its Clear empties the list alone, Reset both.
     page.reload()
     expect(badge).to_have_text("2")
+    collector.post([event("kept")])
+    expect(rows(page)).to_have_count(1)
+    page.once("dialog", lambda d: d.accept())
+    page.click("#rejected-clear")
+    expect(badge).to_have_text("0")
+    expect(page.locator("#rejected-list .rejection")).to_have_count(0)
+    expect(page.locator("#rejected-clear")).to_be_hidden()
+    assert collector.snapshot()["total"] == 1
+    refuse(collector, b"{not json")
+    expect(badge).to_have_text("1")
     page.once("dialog", lambda d: d.accept())
     page.click("#reset")
     expect(badge).to_have_text("0")
-    expect(page.locator("#rejected-list .rejection")).to_have_count(0)
+    expect(rows(page)).to_have_count(0)
 
 
 def test_wait_for_function_works_and_html_sinks_are_refused(

@@ -97,7 +97,16 @@
       return li;
     }
 
+    function clear() {
+      var question = "Empty the rejected list (" + r.total.toLocaleString() + ")? The .rejected.jsonl file is kept.";
+      if (!window.confirm(question)) return;
+      ctx.api("/behavior/rejected", null, "DELETE").then(load, function (error) {
+        ctx.showError(error.message);
+      });
+    }
+
     function render() {
+      ui.$("rejected-clear").hidden = !r.list.length;
       var badge = ui.$("rejected-badge");
       badge.textContent = r.available === false ? "–" : r.total.toLocaleString();
       badge.setAttribute("data-count", String(r.total));
@@ -113,6 +122,8 @@
         r.available === false ? "This collector keeps no rejected requests." : "Nothing refused.";
       empty.hidden = r.list.length > 0;
     }
+
+    ui.$("rejected-clear").addEventListener("click", clear);
 
     return { load: load, add: add, render: render, state: r };
   }
