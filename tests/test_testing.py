@@ -468,12 +468,12 @@ def test_attached_to_a_running_collector(
     )
 
 
-def test_a_collector_that_is_not_there(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile("def test_x(metrics):\n    pass\n")
-    result = pytester.runpytest_subprocess(
-        "-p", "no:cacheprovider", f"--metrics-url=http://127.0.0.1:{free_port()}"
-    )
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(
-        ["*RuntimeError: no collector answers at http://127.0.0.1:*"]
-    )
+def test_attaching_to_a_collector_that_is_not_there() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    server = MetricsServer.attach(url + "/")
+    with pytest.raises(RuntimeError, match=f"^no collector answers at {url}: Connect"):
+        server.start()
+    server.stop()
+    assert server.process is None
+    with pytest.raises(ValueError, match="not a collector's base URL"):
+        MetricsServer.attach("127.0.0.1:8001")
