@@ -5,93 +5,23 @@ import contextlib
 import dataclasses
 import signal
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from types import FrameType
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import orjson
 
 from metrics_service.read.filters import Filters
+from metrics_service.read.listeners import Full as Full
+from metrics_service.read.listeners import RejectionPredicate as RejectionPredicate
+from metrics_service.read.listeners import ShuttingDown as ShuttingDown
+from metrics_service.read.listeners import Subscriber, Waiter
 from metrics_service.store.chunk import Entry, Predicate
 from metrics_service.store.quarantine import Quarantine, Rejection
 from metrics_service.store.writer import Writer
 
-T = TypeVar("T", Entry, Rejection)
-RejectionPredicate = Callable[[Rejection], bool]
-
 QUEUE_LIMIT = 1000
 MAX_LISTENERS = 1000  # parked waiters plus stream subscribers (METRICS_MAX_WAITERS)
-
-
-class Waiter(Generic[T]):
-    """One `wait` request: done once `count` matching entries (or rejections) have
-    been seen.
-
-    It keeps at most `keep` (the ring's capacity) of them, the newest: a waiter
-    never holds more than the ring could.
-    """
-
-    __slots__ = ("count", "events", "future", "keep", "seen")
-
-    def __init__(self, count: int, events: list[T], keep: int) -> None:
-        self.count = count
-        self.keep = keep
-        self.seen = len(events)
-        self.events: list[T] = events[-keep:] if len(events) > keep else events
-        self.future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def add(self, matches: list[T]) -> bool:
-        """Take new matches; True once `count` have been seen."""
-        self.seen += len(matches)
-        events = self.events
-        events += matches
-        if len(events) > self.keep:
-            del events[: len(events) - self.keep]
-        return self.seen >= self.count
-
-
-class Subscriber:
-    """One stream client: matching entries (and rejections, when it asked for them)
-    queue here until its response sends them."""
-
-    __slots__ = (
-        "closed",
-        "key",
-        "limit",
-        "overflowed",
-        "predicate",
-        "queue",
-        "rejections",
-        "wakeup",
-    )
-
-    def __init__(self, predicate: Predicate, limit: int) -> None:
-        self.predicate = predicate
-        self.key: Hashable = predicate
-        self.limit = limit
-        self.queue: deque[Entry] = deque()
-        self.rejections: deque[Rejection] = deque()
-        self.overflowed = False
-        self.closed = False
-        self.wakeup = asyncio.Event()
-
-    def take(self) -> list[Entry]:
-        items = list(self.queue)
-        self.queue.clear()
-        self.wakeup.clear()
-        return items
-
-    def take_rejections(self) -> list[Rejection]:
-        items = list(self.rejections)
-        self.rejections.clear()
-        return items
-
-
-class Full(Exception):
-    """As many waiters and subscribers as allowed are registered."""
-
-
 _UNREAD: Any = object()
 
 
@@ -463,7 +393,3 @@ def _chain(
         previous(signum, frame)
 
     return handler
-
-
-class ShuttingDown(Exception):
-    pass
