@@ -142,7 +142,8 @@ class Config:
         default=None,
         metadata=declare(
             as_optional_path,
-            "JSON taxonomy file: allowlist plus required metadata keys",
+            "JSON taxonomy file: allowlist plus required metadata keys or a JSON"
+            " Schema per event",
         ),
     )
     sample: Mapping[str, float] = field(
