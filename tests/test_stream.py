@@ -264,3 +264,32 @@ def test_heartbeat_comment_when_idle() -> None:
     assert chunks[1] == chunks[2] == b": heartbeat\n\n"
     assert chunks[3] == b'id: 1\nevent: behavior\ndata: {"seq":1}\n\n'
     assert chunks[4:] == []
+
+
+def test_refusals_arrive_as_rejected_messages_unless_opted_out(
+    server: MetricsServer,
+) -> None:
+    with httpx.Client(base_url=server.url, timeout=20) as http:
+        refused = {"event": "signup", "visitor_id": "visitor-1", "plan": "pro"}
+        with http.stream("GET", STREAM, params={"event": "signup"}) as response:
+            stream = messages(response.iter_lines())
+            connected(stream)
+            bad = http.post("/api/metrics/event", json={**refused, "event": "other"})
+            assert bad.status_code == 422
+            answer = http.post("/api/metrics/event", json=refused)
+            assert answer.status_code == 422
+            seq = post(http, "signup")
+            got = next_events(stream, 2)
+        assert [m["event"] for m in got] == ["rejected", "behavior"]
+        assert "id" not in got[0] and got[1]["id"] == str(seq)
+        record = orjson.loads(got[0]["data"])
+        assert (record["event"], record["id"]) == ("signup", 2)
+        assert record["detail"] == answer.json()["detail"]
+        params = {"event": "signup", "rejected": "false"}
+        with http.stream("GET", STREAM, params=params) as response:
+            stream = messages(response.iter_lines())
+            connected(stream)
+            assert http.post("/api/metrics/event", json=refused).status_code == 422
+            seq = post(http, "signup")
+            [only] = next_events(stream, 1)
+        assert (only["event"], only["id"]) == ("behavior", str(seq))
