@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl
 
+import orjson
 from starlette.types import Receive, Scope, Send
 
 from metrics_service.http.auth import check_sdk_key
@@ -25,7 +26,7 @@ from metrics_service.http.body import (
 )
 from metrics_service.http.errors import ApiError
 from metrics_service.ingest.clock import Received, received_now
-from metrics_service.ingest.decode import check_count, check_events, to_group
+from metrics_service.ingest.decode import check_count, check_events, decode, to_group
 from metrics_service.ingest.endpoint import BODY_KEY, NOTHING
 from metrics_service.ingest.test_tag import test_id
 from metrics_service.service import Service
@@ -108,6 +109,11 @@ def user_agent(value: object) -> object:
     return value
 
 
+def _untimed(obj: Any) -> bool:
+    """An event the fast decoder may take: stamped with the receive time."""
+    return type(obj) is dict and "timestamp" not in obj and "sent_at" not in obj
+
+
 def compact(values: dict[str, Any]) -> dict[str, Any]:
     """`$sdk` without the keys the SDK did not send."""
     return {k: v for k, v in values.items() if v is not None}
@@ -185,12 +191,33 @@ class SdkLane:
             for i, item in enumerate(items)
             for problem in item.problems
         ]
+        objs = [item.event for item in items]
+        if not problems and all(_untimed(obj) for obj in objs):
+            try:
+                # As our own JSON: the one decoder, with its fast path.
+                body = orjson.dumps(objs if batch else objs[0])
+            except orjson.JSONEncodeError:
+                pass
+            else:
+                try:
+                    return decode(
+                        body,
+                        "application/json",
+                        batch=batch,
+                        policy=service.policy,
+                        max_batch=config.max_batch,
+                        max_event_bytes=config.max_event_bytes,
+                        received=request.received,
+                        user_agent=request.head.user_agent,
+                        test_id=tag,
+                    )
+                except ApiError as exc:
+                    if exc.status_code != 422 or not isinstance(exc.detail, list):
+                        raise
+                    raise ApiError(422, self.foreign(exc.detail, items)) from None
         try:
             events = check_events(
-                [item.event for item in items],
-                service.policy,
-                config.max_event_bytes,
-                batch=batch,
+                objs, service.policy, config.max_event_bytes, batch=batch
             )
         except ApiError as exc:
             if exc.status_code != 422 or not isinstance(exc.detail, list):
