@@ -558,6 +558,13 @@ def test_sink_failure_503_and_nothing_half_done() -> None:
 # --- against a real server process ----------------------------------------------
 
 
+@pytest.fixture
+def metrics_server(tmp_path: Path) -> Iterator[MetricsServer]:
+    """A fresh collector per test (the plugin's is one per session): seqs from 1."""
+    with MetricsServer(tmp_path / "metrics.jsonl") as server:
+        yield server
+
+
 def test_real_server_413_for_a_chunked_body(metrics_server: MetricsServer) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"visitor_id": "visitor-1", "event": "e", "metadata": {"pad": "'
