@@ -23,6 +23,8 @@ TEST_ID_COOKIE = "metrics_test_id"
 # sendBeacon get `?test_id=`, which no CORS rule looks at. Other origins are untouched.
 TAG_SCRIPT = """(function (origin, name, id) {
   "use strict";
+  if (window.__metricsTestTag) return;
+  window.__metricsTestTag = id;
   function tagged(url) {
     try {
       var u = new URL(String(url), location.href);
@@ -372,7 +374,10 @@ class MetricsClient:
         parts = urlsplit(self.base_url)
         origin = f"{parts.scheme}://{parts.netloc}"
         args = (json.dumps(origin), json.dumps(TEST_ID_QUERY), json.dumps(self.test_id))
-        context.add_init_script(script=TAG_SCRIPT % args)
+        script = TAG_SCRIPT % args
+        context.add_init_script(script=script)
+        for page in context.pages:  # opened before: tag the document they show now
+            page.evaluate(script)
         cookie = quote(self.test_id, safe="")
         context.add_cookies([{"name": TEST_ID_COOKIE, "value": cookie, "url": origin}])
 
