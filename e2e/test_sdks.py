@@ -44,7 +44,9 @@ class Wire:
 
     def __init__(self, page: Page, prefix: str) -> None:
         self.prefix = prefix
-        self.sent: list[str] = []  # event ids, once per send
+        self.messages: list[dict[str, Any]] = []  # the SDK's own events, once per send
+        self.sent: list[str] = []  # their ids
+        self.gzipped: list[bool] = []  # per request
         self.pages: list[str] = []  # the URL of the page that sent each
         self.responses: list[Response] = []
         self.errors: list[str] = []
@@ -58,12 +60,14 @@ class Wire:
         body = request.post_data_buffer
         if not body:
             return
-        if body[:2] == b"\x1f\x8b":
+        self.gzipped.append(body[:2] == b"\x1f\x8b")
+        if self.gzipped[-1]:
             body = gzip.decompress(body)
         message = json.loads(body)
         batch = (
             message.get("batch", [message]) if isinstance(message, dict) else message
         )
+        self.messages += batch
         self.sent += [item.get("messageId") or item["uuid"] for item in batch]
         self.pages += [request.frame.url] * len(batch)
 
@@ -75,15 +79,11 @@ class Wire:
     def answers(self) -> list[dict[str, Any]]:
         """The collector's answers (status and body) the page has received, in order;
         read while the page that received them is open."""
-        return [{"status": r.status, **r.json()} for r in self.responses]
+        return [{**r.json(), "http": r.status} for r in self.responses]
 
     def _console(self, message: ConsoleMessage) -> None:
         if message.type == "error":
             self.errors.append(message.text)
-
-    def repeated(self) -> int:
-        """How many ids the page sent more than once."""
-        return sum(1 for count in Counter(self.sent).values() if count > 1)
 
 
 def _collector_headers(response: Any) -> dict[str, str]:
@@ -196,7 +196,7 @@ def test_segment_page_track_and_identify_arrive_once_mapped(
     assert identify["metadata"]["$sdk"]["type"] == "identify"
     assert identify["metadata"]["$sdk"]["user_id"] == "user-segment-1"
     assert all("HeadlessChrome" in e["user_agent"] for e in events)
-    assert [a["status"] for a in wire.answers] == [200, 200, 200]
+    assert [a["http"] for a in wire.answers] == [200, 200, 200]
     assert wire.errors == []
 
 
@@ -332,3 +332,249 @@ def test_segment_retry_after_a_503_is_stored_once(
         "retried", visitor_id=visitor, exactly=True, settle=0.3
     )
     assert event["metadata"]["n"] == 1
+
+
+# posthog-js ----------------------------------------------------------------------------
+
+
+def open_posthog(page: Page, site: str, query: str = "") -> str:
+    page.goto(f"{site}/posthog.html{query}")
+    page.evaluate("window.ready")
+    distinct_id: str = page.evaluate("posthog.get_distinct_id()")
+    return distinct_id
+
+
+def test_posthog_pageview_capture_and_identify_arrive_once_mapped(
+    page: Page, site: str, collector: Collector
+) -> None:
+    wire = Wire(page, f"{collector.url}/posthog/e/")
+    visitor = open_posthog(page, site)
+    user = f"user-posthog-{visitor[-8:]}"
+
+    uuid = page.evaluate(
+        "posthog.capture('order completed', { plan: 'pro', revenue: 42 }).uuid"
+    )
+    page.evaluate(
+        "(user) => posthog.identify(user, { email: 'a@example.com' }, { tier: 'gold' })",
+        user,
+    )
+
+    client = collector.server.client
+    (view,) = client.wait_for("$pageview", visitor_id=visitor, exactly=True, settle=0.3)
+    (order,) = client.wait_for("order completed", visitor_id=visitor, exactly=True)
+    (identify,) = client.wait_for("$identify", visitor_id=user, exactly=True)
+    assert order["event_id"] == uuid
+    assert {k: order["metadata"][k] for k in ("plan", "revenue")} == {
+        "plan": "pro",
+        "revenue": 42,
+    }
+    assert "token" not in order["metadata"]
+    assert order["metadata"]["$sdk"] == {
+        "format": "posthog",
+        "type": "capture",
+        "url": f"{site}/posthog.html",
+        "path": "/posthog.html",
+        "referrer": "$direct",
+        "library": "web",
+        "library_version": "1.449.2",
+    }
+    assert view["metadata"]["$sdk"]["type"] == "page"
+    assert view["metadata"]["$sdk"]["title"] == "PostHog demo"
+    assert identify["metadata"]["$set"] == {"email": "a@example.com"}
+    assert identify["metadata"]["$set_once"]["tier"] == "gold"
+    assert identify["metadata"]["$sdk"]["type"] == "identify"
+    assert all("HeadlessChrome" in e["user_agent"] for e in (view, order, identify))
+    pump_until(
+        page, lambda: {uuid, identify["event_id"]} <= set(wire.sent), "the sends"
+    )
+    assert all(wire.gzipped)  # gzip with no Content-Encoding
+    assert {a["http"] for a in wire.answers} == {200}
+    assert wire.errors == []
+
+
+def test_posthog_a_burst_of_50_arrives_once_each(
+    page: Page, site: str, collector: Collector
+) -> None:
+    visitor = open_posthog(page, site)
+
+    page.evaluate(
+        "() => { for (let i = 0; i < 50; i++) posthog.capture('burst', { i }); }"
+    )
+
+    events = collector.server.client.wait_for(
+        "burst", visitor_id=visitor, count=50, exactly=True, settle=0.3, timeout=10
+    )
+    assert sorted(e["metadata"]["i"] for e in events) == list(range(50))
+    assert len({e["event_id"] for e in events}) == 50
+
+
+def test_posthog_an_event_sent_as_the_page_unloads_arrives_once_by_beacon(
+    page: Page, site: str, collector: Collector
+) -> None:
+    wire = Wire(page, f"{collector.url}/posthog/e/")
+    visitor = open_posthog(page, site)
+    # Let the start-up events go first, so the queue holds only what the page leaves.
+    collector.server.client.wait_for("$pageview", visitor_id=visitor)
+
+    uuid = page.evaluate("posthog.capture('leaving', { why: 'unload' }).uuid")
+    page.click("#next")
+    page.wait_for_url("**/next.html")
+
+    client = collector.server.client
+    (event,) = client.wait_for("leaving", visitor_id=visitor, exactly=True, settle=0.3)
+    assert event["event_id"] == uuid
+    assert event["metadata"]["why"] == "unload"
+    client.wait_for("$pageleave", visitor_id=visitor, exactly=True)
+    assert (
+        uuid not in wire.sent
+    )  # it went by sendBeacon, whose body Playwright cannot see
+
+
+def test_posthog_retry_after_a_503_is_stored_once(
+    page: Page, site: str, collector: Collector
+) -> None:
+    answers: list[int] = []
+    deduplicated = dedupe_count(collector)
+    capture = f"{collector.url}/posthog/e/"
+    page.route(
+        lambda url: url.startswith(capture), refuse_after_storing(answers), times=1
+    )
+
+    with page.expect_response(
+        lambda r: r.url.startswith(capture) and "retry_count=1" in r.url,
+        timeout=15_000,
+    ) as retried:
+        visitor = open_posthog(page, site)
+    assert retried.value.status == 200
+
+    assert answers == [
+        200
+    ]  # the collector had the first send before the page heard 503
+    collector.server.client.wait_for(
+        "$pageview", visitor_id=visitor, exactly=True, settle=0.3
+    )
+    assert dedupe_count(collector) - deduplicated >= 1
+
+
+# RudderStack's JavaScript SDK (Segment's API) -------------------------------------------
+
+
+def open_rudderstack(page: Page, site: str, query: str = "") -> str:
+    page.goto(f"{site}/rudderstack.html{query}")
+    page.evaluate("window.ready")
+    anonymous_id: str = page.evaluate("rudder.getAnonymousId()")
+    return anonymous_id
+
+
+def test_rudderstack_page_track_and_identify_arrive_once_mapped(
+    page: Page, site: str, collector: Collector
+) -> None:
+    wire = Wire(page, f"{collector.url}/segment/")
+    visitor = open_rudderstack(page, site)
+
+    page.evaluate(
+        """() => {
+        rudder.page("Home", { section: "shop" });
+        rudder.track("Order Completed", { plan: "pro", revenue: 42 });
+        rudder.identify("user-rudderstack-1", { email: "a@example.com" });
+        }"""
+    )
+
+    events = collector.server.client.wait_for(
+        visitor_id=visitor, count=3, exactly=True, settle=0.3
+    )
+    by_name = {e["event"]: e for e in events}
+    assert sorted(by_name) == ["Order Completed", "identify", "page"]
+    pump_until(page, lambda: len(wire.messages) == 3, "the page's events")
+    sent = {m.get("event", m["type"]): m["messageId"] for m in wire.messages}
+    assert {name: e["event_id"] for name, e in by_name.items()} == sent
+    view, order, identify = (
+        by_name[n] for n in ("page", "Order Completed", "identify")
+    )
+    assert view["metadata"]["section"] == "shop"
+    assert {k: view["metadata"]["$sdk"][k] for k in ("type", "name", "title")} == {
+        "type": "page",
+        "name": "Home",
+        "title": "RudderStack demo",
+    }
+    assert {k: order["metadata"][k] for k in ("plan", "revenue")} == {
+        "plan": "pro",
+        "revenue": 42,
+    }
+    assert {k: order["metadata"]["$sdk"][k] for k in sdk_keys} == {
+        "format": "segment",
+        "type": "track",
+        "url": f"{site}/rudderstack.html",
+        "library": "RudderLabs JavaScript SDK",
+        "library_version": "3.34.1",
+    }
+    assert identify["metadata"]["email"] == "a@example.com"  # sent in context.traits
+    assert identify["metadata"]["$sdk"]["user_id"] == "user-rudderstack-1"
+    assert all("HeadlessChrome" in e["user_agent"] for e in events)
+    assert wire.errors == []
+
+
+sdk_keys = ("format", "type", "url", "library", "library_version")
+
+
+def test_rudderstack_a_burst_of_50_arrives_once_each(
+    page: Page, site: str, collector: Collector
+) -> None:
+    visitor = open_rudderstack(page, site)
+
+    page.evaluate(
+        "() => { for (let i = 0; i < 50; i++) rudder.track('burst', { i }); }"
+    )
+
+    events = collector.server.client.wait_for(
+        "burst", visitor_id=visitor, count=50, exactly=True, settle=0.3, timeout=10
+    )
+    assert sorted(e["metadata"]["i"] for e in events) == list(range(50))
+    assert len({e["event_id"] for e in events}) == 50
+
+
+def test_rudderstack_an_event_sent_as_the_page_unloads_arrives_once(
+    page: Page, site: str, collector: Collector
+) -> None:
+    visitor = open_rudderstack(page, site)
+    # A link to another page of the site: RudderStack keeps its queue in localStorage.
+    page.evaluate(
+        """() => {
+        const link = document.getElementById("next");
+        link.href = "/rudderstack.html?again";
+        link.addEventListener("click", () => {
+          rudder.track("left by link", { via: "click" });
+        });
+        }"""
+    )
+
+    page.click("#next")
+    page.wait_for_url("**/rudderstack.html?again")
+
+    (event,) = collector.server.client.wait_for(
+        "left by link", visitor_id=visitor, exactly=True, settle=0.3, timeout=10
+    )
+    assert event["metadata"]["via"] == "click"
+
+
+def test_rudderstack_retry_after_a_503_is_stored_once(
+    page: Page, site: str, collector: Collector
+) -> None:
+    wire = Wire(page, f"{collector.url}/segment/")
+    answers: list[int] = []
+    deduplicated = dedupe_count(collector)
+    page.route(
+        f"{collector.url}/segment/v1/track", refuse_after_storing(answers), times=1
+    )
+    visitor = open_rudderstack(page, site)
+
+    page.evaluate("rudder.track('retried', { n: 1 })")
+    pump_until(page, lambda: len(wire.sent) == 2, "the retry", timeout=15)
+
+    assert answers == [200]  # the collector had it before the page heard 503
+    assert len(set(wire.sent)) == 1
+    (event,) = collector.server.client.wait_for(
+        "retried", visitor_id=visitor, exactly=True, settle=0.3
+    )
+    assert event["metadata"]["n"] == 1
+    assert dedupe_count(collector) - deduplicated == 1
