@@ -230,6 +230,7 @@ def test_loading_the_plugin_imports_neither_the_app_nor_httpx() -> None:
     assert sorted(loaded) == [
         "metrics_service",
         "metrics_service.client",
+        "metrics_service.collector",
         "metrics_service.testing",
     ]
 
