@@ -246,3 +246,12 @@ def test_posthog_js_recordings_replay(
     assert all(line["metadata"]["$sdk"]["library"] == "web" for line in lines)
     assert all("token" not in line["metadata"] for line in lines)
     assert all(line["user_agent"].startswith("Mozilla/5.0") for line in lines)
+
+
+def test_sampling_applies_and_is_reported(tmp_path: Path) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", sample={"$pageview": 0.0})
+    with TestClient(create_app(config)) as c:
+        r = c.post("/posthog/e/", json=[pageview(), pageview(event="kept", uuid="u-k")])
+    assert r.status_code == 200
+    assert r.json() == {"status": 1, "stored": 1, "duplicates": 0, "sampled_out": 1}
+    assert [line["event"] for line in read_lines(config.jsonl)] == ["kept"]
