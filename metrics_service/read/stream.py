@@ -120,7 +120,7 @@ async def stream(request: Request) -> Response:
         rejections = RejectionFilters(
             events=filters.events,
             visitor_id=filters.visitor_id,
-            test_id=getattr(filters, "test_id", None),
+            test_id=filters.test_id,
         )
     if service.hub.full:
         hub = service.hub
