@@ -74,7 +74,8 @@ def _map(item: Any, sent_at: Any, now: dt.datetime) -> Mapped:
             where = _WHERE_IN_PROPERTIES
         agent = properties.get("$raw_user_agent")
         # The token may be METRICS_INGEST_TOKEN itself: it is never stored.
-        metadata = {k: v for k, v in properties.items() if k != "token"}
+        metadata = dict(properties)
+        metadata.pop("token", None)
         for key in ("$set", "$set_once"):
             if key in item and key not in metadata:
                 metadata[key] = item[key]
