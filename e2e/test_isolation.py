@@ -15,6 +15,7 @@ import textwrap
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -36,6 +37,8 @@ def other_site(demo_site: DemoSite) -> str:
     site's requests to a loopback address)."""
     return demo_site.url.replace("127.0.0.1", "localhost")
 
+
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 SENDERS = """async ([collector, visitor]) => {
   const url = collector + "/api/metrics/events";
@@ -150,6 +153,7 @@ def test_tracker_js_test_id_tags_a_page_the_fixture_never_saw(
 # Test N and N+1 run in a pytest of their own, in order, attached (--metrics-url)
 # to this proxy in front of the session's collector: it holds the ingest requests
 # it gets while told to, so test N's unload beacon reaches the collector in N+1.
+# README's first example runs there too, as a user's suite would run it.
 class Proxy(http.server.ThreadingHTTPServer):
     def __init__(self, backend: str) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
@@ -286,6 +290,12 @@ def test_n_plus_1_never_sees_it(page, metrics, metrics_server):
 """
 
 
+def readme_example() -> str:
+    """The first Python block of README's "Testing your front end", as written."""
+    section = README.read_text().split("\n## Testing your front end\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
 @pytest.mark.timeout(180)
 def test_a_beacon_from_test_n_arriving_in_test_n_plus_1_is_ns(
     pytester: pytest.Pytester, proxy: Proxy, metrics_server: MetricsServer
@@ -305,11 +315,11 @@ def test_a_beacon_from_test_n_arriving_in_test_n_plus_1_is_ns(
             """
         )
     )
-    pytester.makepyfile(test_two=TWO_TESTS)
+    pytester.makepyfile(test_two=TWO_TESTS, test_readme=readme_example())
     result = pytester.runpytest_subprocess(
         "-p", "no:cacheprovider", f"--metrics-url={proxy.url}"
     )
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=3)
     assert proxy.counts == {"held": 1, "forwarded": 1}
     [late] = metrics_server.client.events(event="late_unload")[-1:]
     assert late["test_id"].endswith(
