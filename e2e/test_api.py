@@ -51,7 +51,9 @@ def test_posted_events_show_in_the_snapshot(
         seqs.append(reply["seq"])
     assert seqs == [seqs[0], seqs[0] + 1, seqs[0] + 2]
 
-    response = api.get("/api/metrics/behavior", params={"test_id": metrics.test_id})
+    response = api.get(
+        "/api/metrics/behavior", params={"test_id": str(metrics.test_id)}
+    )
     assert response.status == 200
     snap = response.json()
     assert snap["total"] == 3
