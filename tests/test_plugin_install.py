@@ -31,14 +31,19 @@ USER_TESTS = {
         import metrics_service
 
 
-        def test_signup_is_tracked(metrics_server):
+        from metrics_service.client import TAG_SCRIPT
+
+
+        def test_signup_is_tracked(metrics_server, metrics):
             # The installed wheel, not the checkout the suite runs from.
             assert metrics_service.__file__.startswith(sys.prefix)
-            metrics_server.client.post(
-                {"event": "signup", "visitor_id": "visitor-1", "metadata": {"n": 1}}
-            )
-            [event] = metrics_server.client.wait_for("signup", meta={"n": 1})
-            assert event["visitor_id"] == "visitor-1"
+            metrics.post({"event": "signup", "visitor_id": "visitor-1", "metadata": {"n": 1}})
+            [event] = metrics.wait_for("signup", meta={"n": 1})
+            assert event["test_id"] == metrics.test_id
+            assert metrics_server.client.snapshot(event="signup")["total"] == 1
+            # What a browser page gets from the plugin ships in the wheel.
+            assert "/tracker.js" in metrics.tracker_tag()
+            assert "sendBeacon" in TAG_SCRIPT.read_text()
         """,
 }
 # Loading the plugin imports neither the app nor the client's HTTP library.
