@@ -338,7 +338,9 @@ def test_segment_retry_after_a_503_is_stored_once(
 # posthog-js ----------------------------------------------------------------------------
 
 
-def open_posthog(page: Page, site: str, query: str = "") -> str:
+def open_posthog(page: Page, site: str, query: str = "?flush=250") -> str:
+    """The demo page with posthog-js ready; its queue sends every 250 ms unless
+    `query` says otherwise, rather than every 3 s."""
     page.goto(f"{site}/posthog.html{query}")
     page.evaluate("window.ready")
     distinct_id: str = page.evaluate("posthog.get_distinct_id()")
@@ -373,7 +375,7 @@ def test_posthog_pageview_capture_and_identify_arrive_once_mapped(
     assert order["metadata"]["$sdk"] == {
         "format": "posthog",
         "type": "capture",
-        "url": f"{site}/posthog.html",
+        "url": f"{site}/posthog.html?flush=250",
         "path": "/posthog.html",
         "referrer": "$direct",
         "library": "web",
@@ -413,7 +415,7 @@ def test_posthog_an_event_sent_as_the_page_unloads_arrives_once_by_beacon(
     page: Page, site: str, collector: Collector
 ) -> None:
     wire = Wire(page, f"{collector.url}/posthog/e/")
-    visitor = open_posthog(page, site)
+    visitor = open_posthog(page, site, "")  # the default interval: only unload sends
     # Let the start-up events go first, so the queue holds only what the page leaves.
     collector.server.client.wait_for("$pageview", visitor_id=visitor)
 
