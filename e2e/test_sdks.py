@@ -23,6 +23,8 @@ from playwright.sync_api import ConsoleMessage, Page, Request, Response, Route
 from . import sdks
 
 if TYPE_CHECKING:
+    from metrics_service.testing import MetricsClient, MetricsServer
+
     from .conftest import Collector
 
 DEDUPED = "metrics_events_deduplicated_total "
@@ -633,3 +635,31 @@ def test_ga4_gtag_hits_sent_by_beacon_arrive_once_mapped(
         "value": 42.5,
     }
     assert all("HeadlessChrome" in e["user_agent"] for e in events)
+
+
+# README's test recipe: the plugin's `metrics` fixture ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def plugin_site(metrics_server: MetricsServer) -> Iterator[str]:
+    with sdks.demo_site(metrics_server.url) as url:
+        yield url
+
+
+@pytest.mark.parametrize("sdk", ["segment", "posthog", "rudderstack"])
+def test_the_recipe_sees_this_tests_sdk_events_through_the_metrics_fixture(
+    page: Page, metrics: MetricsClient, plugin_site: str, sdk: str
+) -> None:
+    page.goto(f"{plugin_site}/{sdk}.html")
+    page.evaluate("window.ready")
+    call = {
+        "segment": "analytics.track('Order Completed', { plan: 'pro' })",
+        "posthog": "posthog.capture('Order Completed', { plan: 'pro' })",
+        "rudderstack": "rudder.track('Order Completed', { plan: 'pro' })",
+    }[sdk]
+    page.evaluate(call)
+
+    (event,) = metrics.wait_for("Order Completed", meta={"plan": "pro"}, timeout=10)
+    assert event["metadata"]["$sdk"]["format"] == {"rudderstack": "segment"}.get(
+        sdk, sdk
+    )
