@@ -85,6 +85,7 @@ class MetricsClient:
 
     @property
     def closed(self) -> bool:
+        """Whether the connections are closed (a closed client cannot send)."""
         return self._http.is_closed
 
     def __enter__(self) -> MetricsClient:

@@ -139,6 +139,8 @@ class MetricsServer:
         return env
 
     def start(self, timeout: float = 15.0) -> MetricsServer:
+        """Run the collector and return once its health URL answers; RuntimeError with
+        its output when it exits or stays silent for `timeout` seconds."""
         import httpx
 
         if self.client.closed:  # started again after stop()
