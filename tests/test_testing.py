@@ -478,3 +478,23 @@ def test_attaching_to_a_collector_that_is_not_there() -> None:
     assert server.process is None
     with pytest.raises(ValueError, match="not a collector's base URL"):
         MetricsServer.attach("127.0.0.1:8001")
+
+
+def test_a_bad_tracking_plan_is_a_usage_error(tmp_path: Path) -> None:
+    from metrics_service.testing import _load_plan
+
+    plan = tmp_path / "plan.json"
+    plan.write_text('{"events": ["signup"]}')
+    with pytest.raises(
+        pytest.UsageError, match='expected {"events": {"<name>": {...}}}'
+    ):
+        _load_plan(str(plan))
+    plan.write_text("{")
+    with pytest.raises(
+        pytest.UsageError, match=f"--metrics-taxonomy {plan}: Expecting"
+    ):
+        _load_plan(str(plan))
+    with pytest.raises(pytest.UsageError, match="No such file"):
+        _load_plan(str(tmp_path / "missing.json"))
+    plan.write_text(json.dumps(PLAN))
+    assert _load_plan(str(plan)) == PLAN["events"]
