@@ -214,7 +214,9 @@ def metrics(
     state: _Plugin = request.config.stash[_STATE]
     view = metrics_server.client.view(make_test_id(request.node.nodeid, state.run))
     if "context" in request.fixturenames:
-        view.tag_context(request.getfixturevalue("context"))
+        context = request.getfixturevalue("context")
+        if hasattr(context, "add_init_script"):  # pytest-playwright's, not a namesake
+            view.tag_context(context)
     request.node.stash[_VIEW] = view
     return view
 
