@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -221,9 +221,10 @@ def metrics(
     return view
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, None, None]:
-    yield  # an exception from the test passes through untouched
+# Last, after pytest's own runs the test: a test that raised never gets here. A plain
+# hook, not a wrapper, so that any pytest the plugin may be loaded by runs it.
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
     view = item.stash.get(_VIEW, None)
     state: _Plugin = item.config.stash[_STATE]
     if (
