@@ -399,3 +399,30 @@ def test_long_digits_with_minus_signs_answers_as_the_python_path_does(
 ) -> None:
     assert native is not None
     assert native.long_digits(body) == python_long_digits(body)
+
+
+HEADER_NAMES = st.sampled_from(
+    [b"x-metrics-test-id", b"cookie", b"host", b"x-metrics-test-i", b"cookies", b""]
+)
+HEADER_VALUES = st.sampled_from(
+    [b"", b"t", b"metrics_test_id=a", b"a=1; metrics_test_id=b", b"metrics_test_i"]
+)
+HEADER_ITEMS = st.tuples(HEADER_NAMES, HEADER_VALUES) | st.sampled_from(
+    [[b"cookie", b"metrics_test_id=l"], (b"cookie",), ("cookie", "metrics_test_id=s")]
+)
+
+
+@given(st.lists(HEADER_ITEMS, max_size=6))
+def test_carriers_finds_what_the_python_path_finds(headers: list[object]) -> None:
+    assert native is not None
+    args = (b"x-metrics-test-id", b"metrics_test_id")
+    assert native.carriers(headers, *args) == python.carriers(headers, *args)
+    assert native.carriers(tuple(headers), *args) == python.carriers(headers, *args)
+
+
+def test_carriers_answers_none_without_either() -> None:
+    assert native is not None
+    headers = [(b"host", b"h"), (b"cookie", b"session=1")]
+    assert native.carriers(headers, b"x-metrics-test-id", b"metrics_test_id") is None
+    with pytest.raises(TypeError):
+        native.carriers(7, b"x", b"y")

@@ -34,6 +34,9 @@ long_digits: Callable[[bytes], bool] = python.long_digits
 bodies: Callable[[bytes], tuple[list[bytes], int]] = python.bodies
 lines: Callable[[int, bytes, list[bytes], list[bytes]], list[bytes]] = python.lines
 rows: Callable[[Any, int, tuple[list[Any], ...]], list[Any]] = python.rows
+carriers: Callable[[Any, bytes, bytes], tuple[list[bytes], list[bytes]] | None] = (
+    python.carriers
+)
 index: Callable[[bytes], tuple[bytes, bytes, bytes] | None] | None = None
 columns: Callable[..., Any] | None = None
 event_ids: Callable[..., list[str] | None] | None = None
@@ -43,6 +46,7 @@ if c is not None:
     bodies = c.bodies
     lines = c.lines
     rows = c.rows
+    carriers = c.carriers
     index = c.index
     columns = c.columns
     event_ids = c.event_ids

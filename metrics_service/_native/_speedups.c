@@ -2,7 +2,7 @@
  * result (_native/__init__.py says which is used): replay's index() and columns(),
  * which answer None for a block they leave to Python (store/columns.py), event_ids()
  * (store/chunk.py), and ingest's long_digits() and bodies() (ingest/fast.py),
- * lines() and rows() (store/writer.py). */
+ * lines() and rows() (store/writer.py) and carriers() (ingest/test_tag.py). */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -619,6 +619,78 @@ rows(PyObject *module, PyObject *args)
     return out;
 }
 
+PyDoc_STRVAR(carriers_doc,
+"carriers(headers, name, needle) -> (values, cookies) | None\n\n"
+"An ASGI header list's values of the header `name` (lowercase bytes), and its\n"
+"`cookie` values holding `needle`, as two lists in order; None when it has\n"
+"neither (the common case: nothing is allocated). Pairs that are not two bytes\n"
+"are passed over.");
+
+static int
+pair(PyObject *item, PyObject **name, PyObject **value)
+{
+    if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2) {
+        *name = PyTuple_GET_ITEM(item, 0);
+        *value = PyTuple_GET_ITEM(item, 1);
+    }
+    else if (PyList_CheckExact(item) && PyList_GET_SIZE(item) == 2) {
+        *name = PyList_GET_ITEM(item, 0);
+        *value = PyList_GET_ITEM(item, 1);
+    }
+    else
+        return 0;
+    return PyBytes_CheckExact(*name) && PyBytes_CheckExact(*value);
+}
+
+static PyObject *
+carriers(PyObject *module, PyObject *args)
+{
+    PyObject *headers, *want, *needle;
+    if (!PyArg_ParseTuple(args, "OO!O!:carriers", &headers, &PyBytes_Type, &want,
+                          &PyBytes_Type, &needle))
+        return NULL;
+    PyObject *seq = PySequence_Fast(headers, "carriers() takes a header list");
+    if (seq == NULL)
+        return NULL;
+    const char *want_at = PyBytes_AS_STRING(want), *needle_at = PyBytes_AS_STRING(needle);
+    const Py_ssize_t want_len = PyBytes_GET_SIZE(want), needle_len = PyBytes_GET_SIZE(needle);
+    PyObject *values = NULL, *cookies = NULL, *out = NULL;
+    const Py_ssize_t count = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name, *value, **into;
+        if (!pair(items[i], &name, &value))
+            continue;
+        const Py_ssize_t len = PyBytes_GET_SIZE(name);
+        const char *at = PyBytes_AS_STRING(name);
+        if (len == want_len && memcmp(at, want_at, len) == 0)
+            into = &values;
+        else if (len == 6 && memcmp(at, "cookie", 6) == 0
+                 && memmem(PyBytes_AS_STRING(value), PyBytes_GET_SIZE(value), needle_at,
+                           needle_len) != NULL)
+            into = &cookies;
+        else
+            continue;
+        if (*into == NULL && (*into = PyList_New(0)) == NULL)
+            goto done;
+        if (PyList_Append(*into, value) < 0)
+            goto done;
+    }
+    if (values == NULL && cookies == NULL)
+        out = Py_NewRef(Py_None);
+    else {
+        if ((values == NULL && (values = PyList_New(0)) == NULL)
+            || (cookies == NULL && (cookies = PyList_New(0)) == NULL))
+            goto done;
+        out = PyTuple_Pack(2, values, cookies);
+    }
+done:
+    Py_DECREF(seq);
+    Py_XDECREF(values);
+    Py_XDECREF(cookies);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"index", index_lines, METH_O, index_doc},
     {"columns", columns, METH_VARARGS, columns_doc},
@@ -627,6 +699,7 @@ static PyMethodDef methods[] = {
     {"bodies", bodies, METH_O, bodies_doc},
     {"rows", rows, METH_VARARGS, rows_doc},
     {"event_ids", event_ids, METH_VARARGS, event_ids_doc},
+    {"carriers", carriers, METH_VARARGS, carriers_doc},
     {NULL, NULL, 0, NULL},
 };
 

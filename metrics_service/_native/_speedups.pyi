@@ -18,3 +18,6 @@ def rows(cls: type[_T], first: int, columns: tuple[list[Any], ...], /) -> list[_
 def event_ids(
     text: bytes, ends: array[int], flags: bytes, lo: int, /
 ) -> list[str] | None: ...
+def carriers(
+    headers: Any, name: bytes, needle: bytes, /
+) -> tuple[list[bytes], list[bytes]] | None: ...

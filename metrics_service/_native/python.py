@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from itertools import repeat
 from typing import Any
 
@@ -44,3 +45,23 @@ def rows(cls: Any, first: int, columns: tuple[list[Any], ...]) -> list[Any]:
     """cls((first + i, *(column[i] for column in columns))) for each i."""
     seqs = range(first, first + len(columns[0]))
     return list(map(_new, repeat(cls), zip(seqs, *columns, strict=True)))
+
+
+def carriers(
+    headers: Iterable[Any], name: bytes, needle: bytes
+) -> tuple[list[bytes], list[bytes]] | None:
+    """The values of the header `name`, and the `cookie` values holding `needle`, in
+    order; None when there are neither. Pairs that are not two bytes are passed over."""
+    values: list[bytes] = []
+    cookies: list[bytes] = []
+    for item in headers:
+        if type(item) not in (tuple, list) or len(item) != 2:
+            continue
+        key, value = item
+        if type(key) is not bytes or type(value) is not bytes:
+            continue
+        if key == name:
+            values.append(value)
+        elif key == b"cookie" and needle in value:
+            cookies.append(value)
+    return (values, cookies) if values or cookies else None

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl, unquote
 
 from starlette.types import Scope
 
+from metrics_service import _native
 from metrics_service.http.errors import ApiError
 from metrics_service.ingest.contract import CONTROL_MESSAGE, has_control_chars
 
@@ -32,32 +33,30 @@ def test_id(scope: Scope) -> str | None:
     Raises ApiError 422 naming the carrier for an empty, overlong or control-
     character value, and for a carrier given twice.
     """
-    header = None
-    cookies: list[bytes] = []
-    for name, value in scope["headers"]:
-        if name == _HEADER:
-            if header is not None:
-                raise ApiError(422, f"{HEADER} header: given more than once")
-            header = value
-        elif name == b"cookie" and _COOKIE in value:
-            cookies.append(value)
-    if header is not None:
+    # One pass over the headers in C, allocating nothing when neither is there.
+    found = _native.carriers(scope["headers"], _HEADER, _COOKIE)
+    query: bytes = scope.get("query_string", b"")
+    if found is None and not (query and _QUERY in query):
+        return None  # the common case
+    headers, cookies = found or ([], [])
+    if len(headers) > 1:
+        raise ApiError(422, f"{HEADER} header: given more than once")
+    if headers:
         try:
-            text = header.decode()
+            text = headers[0].decode()
         except UnicodeDecodeError:
             raise ApiError(422, f"{HEADER} header: not valid UTF-8") from None
         return _checked(text.strip(" \t"), f"{HEADER} header")
-    query: bytes = scope.get("query_string", b"")
     if query and _QUERY in query:
-        found = [
+        given = [
             value
             for key, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True)
             if key == QUERY
         ]
-        if len(found) > 1:
+        if len(given) > 1:
             raise ApiError(422, f"{QUERY} query parameter: given more than once")
-        if found:
-            return _checked(found[0], f"{QUERY} query parameter")
+        if given:
+            return _checked(given[0], f"{QUERY} query parameter")
     for value in cookies:
         cookie = _cookie(value.decode("latin-1"))
         if cookie is not None:
