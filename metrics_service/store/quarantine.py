@@ -9,12 +9,13 @@ the file is counted (`write_errors`) and kept in memory.
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -28,6 +29,9 @@ from metrics_service.store.sink import Sink
 logger = logging.getLogger("metrics_service")
 
 STATUSES = frozenset({400, 413, 415, 422})
+# At most one write to the file per this many seconds: a flood of refusals costs a
+# write per batch, a lone one is written at once.
+FLUSH_EVERY = 0.01
 # Memory holds at most `capacity` records and capacity x this many bytes: a 422's
 # detail lists every problem of a batch, so a record can be larger than its body.
 RECORD_BUDGET = 16 * 1024
@@ -59,8 +63,7 @@ def quarantine_for(config: Config) -> Quarantine:
     )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Rejection:
+class Rejection(NamedTuple):
     """One record: what filters read, and its JSON line (without the newline)."""
 
     id: int
@@ -71,8 +74,7 @@ class Rejection:
     line: bytes
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Request:
+class Request(NamedTuple):
     """What the front door knows of a refused request."""
 
     path: str
@@ -106,6 +108,10 @@ class Quarantine:
         self.recorded = 0  # since start-up or the last reset, evicted ones included
         self.write_errors = 0
         self.listeners: list[Listener] = []
+        # Lines waiting for the file: written once per event-loop turn, so a burst
+        # of refusals costs one write.
+        self.pending: list[bytes] = []
+        self.flushed = float("-inf")  # the loop's time of the last write
         self.rotator: Rotator | None = None
         self.sink: Sink | None = None
         if path is not None and capacity > 0:
@@ -129,6 +135,7 @@ class Quarantine:
         self.rotator.resume()
 
     def close(self) -> None:
+        self.flush()
         if self.sink is not None:
             self.sink.close()
 
@@ -186,11 +193,36 @@ class Quarantine:
     def _write(self, line: bytes) -> None:
         if self.sink is None:
             return
+        pending = self.pending
+        pending.append(line)
+        if len(pending) > 1:
+            return  # a flush is already due
         try:
-            self.sink.write(line + b"\n")
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a direct call): write it now
+            self.flush()
+            return
+        wait = self.flushed + FLUSH_EVERY - loop.time()
+        if wait > 0:
+            loop.call_later(wait, self.flush)
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Append the pending lines, whole, in one write."""
+        pending = self.pending
+        if not pending or self.sink is None:
+            return
+        with contextlib.suppress(RuntimeError):
+            self.flushed = asyncio.get_running_loop().time()
+        data = b"\n".join(pending) + b"\n"
+        count = len(pending)
+        pending.clear()
+        try:
+            self.sink.write(data)
         except OSError as exc:
-            self.write_errors += 1
-            if self.write_errors == 1 or self.write_errors % 1000 == 0:
+            before, self.write_errors = self.write_errors, self.write_errors + count
+            if before == 0 or before // 1000 != self.write_errors // 1000:
                 logger.warning(
                     "quarantine file: %s (%d records not written)",
                     exc,

@@ -30,9 +30,13 @@ class BodyReader:
 
     def __init__(self, redact_keys: Iterable[str] = ()) -> None:
         self.hidden = CREDENTIAL_KEYS | frozenset(k.lower() for k in redact_keys)
-        self.hidden_bytes = tuple(key.encode() for key in self.hidden if key.isascii())
-        if len(self.hidden_bytes) < len(self.hidden):
-            self.hidden_bytes = (b"",)  # a non-ASCII key: always walk the body
+        # Any of the names, in any case: one scan of the raw body (ASCII names only;
+        # a non-ASCII one matches everything, so such bodies are always walked).
+        if all(key.isascii() for key in self.hidden):
+            names = b"|".join(re.escape(key.encode()) for key in sorted(self.hidden))
+            self.names = re.compile(names, re.IGNORECASE)
+        else:
+            self.names = re.compile(b"")
 
     def read(
         self, raw: bytes | None, detail: Any
@@ -47,21 +51,45 @@ class BodyReader:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return self._lines(raw, index)
-        event, visitor = _identify(_items(data), index)
+        event, visitor = self._identify(data, index)
         if self._nothing_to_hide(raw):
             return *_cut(raw), event, visitor  # as sent
-        data = _hide(data, self.hidden, 0)
-        event, visitor = _identify(_items(data), index)
-        return *_cut(orjson.dumps(data)), event, visitor
+        return *_cut(orjson.dumps(_hide(data, self.hidden, 0))), event, visitor
 
     def _nothing_to_hide(self, raw: bytes) -> bool:
         """True when no key of the body can be a hidden one: an ASCII body without
         escapes, holding none of their names (str.lower() of some non-ASCII letters
         gives ASCII ones, so anything else is parsed and walked)."""
-        if not raw.isascii() or b"\\u" in raw:
-            return False
-        lowered = raw.lower()
-        return not any(key in lowered for key in self.hidden_bytes)
+        return raw.isascii() and b"\\u" not in raw and self.names.search(raw) is None
+
+    def _identify(self, data: Any, index: int) -> tuple[str | None, str | None]:
+        """(event, visitor_id) of the refused item (the first with a problem), unless
+        their key is one that is hidden."""
+        envelope: dict[str, Any] = {}
+        items = data
+        if isinstance(data, dict):
+            envelope = data
+            items = [data]
+            for key in ("events", "batch"):
+                if isinstance(data.get(key), list):
+                    items = data[key]
+                    break
+        if not isinstance(items, list) or not items:
+            return None, None
+        item = items[index] if 0 <= index < len(items) else items[0]
+        if not isinstance(item, dict):
+            return None, None
+        # GA4: the visitor is on the envelope, the names on the events.
+        return self._text(item, _EVENT_KEYS), self._text(
+            item, _VISITOR_KEYS
+        ) or self._text(envelope, ("client_id",))
+
+    def _text(self, item: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+        for key in keys:
+            value = item.get(key)
+            if isinstance(value, str) and value and key.lower() not in self.hidden:
+                return value[:MAX_FIELD]
+        return None
 
     def _lines(
         self, raw: bytes, index: int
@@ -90,7 +118,7 @@ class BodyReader:
                 dropped = True
                 if len(items) > index:
                     break  # the text is cut already and the refused line is read
-        event, visitor = _identify(items, index)
+        event, visitor = self._identify(items, index)
         text, truncated = _cut(b"\n".join(shown))
         return text, truncated or dropped, event, visitor
 
@@ -134,55 +162,27 @@ def _hide(value: Any, hidden: frozenset[str], depth: int) -> Any:
     """Credentials dropped and METRICS_REDACT_KEYS redacted, at any depth."""
     if depth > MAX_DEPTH:
         return value
-    if isinstance(value, dict):
+    if type(value) is dict:
         out = {}
         for key, item in value.items():
-            lowered = key.lower() if isinstance(key, str) else key
+            lowered = key.lower()  # JSON keys are strings
             if lowered in CREDENTIAL_KEYS:
                 continue
-            out[key] = REDACTED if lowered in hidden else _hide(item, hidden, depth + 1)
+            if lowered in hidden:
+                out[key] = REDACTED
+            elif type(item) is dict or type(item) is list:
+                out[key] = _hide(item, hidden, depth + 1)
+            else:
+                out[key] = item
         return out
-    if isinstance(value, list):
-        return [_hide(item, hidden, depth + 1) for item in value]
+    if type(value) is list:
+        return [
+            _hide(item, hidden, depth + 1)
+            if type(item) is dict or type(item) is list
+            else item
+            for item in value
+        ]
     return value
-
-
-def _items(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return data
-    if isinstance(data, dict):
-        for key in ("events", "batch"):
-            items = data.get(key)
-            if isinstance(items, list):
-                # GA4: the visitor is on the envelope, the names on the events.
-                visitor = data.get("client_id")
-                if isinstance(visitor, str):
-                    return [
-                        {"client_id": visitor, **item}
-                        if isinstance(item, dict)
-                        else item
-                        for item in items[:1000]
-                    ]
-                return items
-    return [data]
-
-
-def _identify(items: list[Any], index: int) -> tuple[str | None, str | None]:
-    """(event, visitor_id) of the refused item (the first with a problem)."""
-    if not items:
-        return None, None
-    item = items[index] if 0 <= index < len(items) else items[0]
-    if not isinstance(item, dict):
-        return None, None
-    return _text(item, _EVENT_KEYS), _text(item, _VISITOR_KEYS)
-
-
-def _text(item: dict[str, Any], keys: tuple[str, ...]) -> str | None:
-    for key in keys:
-        value = item.get(key)
-        if isinstance(value, str) and value:
-            return value[:MAX_FIELD]
-    return None
 
 
 def _first_index(detail: Any) -> int:
