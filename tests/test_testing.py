@@ -155,6 +155,9 @@ def test_wait_for_timeout_says_what_arrived(metrics: MetricsClient) -> None:
     assert f"after seq {mark} from test {metrics.test_id!r}: 2 in all" in message
 
 
+# Users' suites without a browser: pytest-playwright need not load (it takes a while).
+NO_BROWSER = ("-p", "no:cacheprovider", "-p", "no:playwright")
+
 USER_SUITE = """
 import httpx
 import pytest
@@ -202,7 +205,7 @@ def test_plugin_fixtures_in_a_users_suite(pytester: pytest.Pytester) -> None:
         ),
     )
     pytester.makeini("[pytest]\nmetrics_capacity = 1234\n")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess(*NO_BROWSER)
     result.assert_outcomes(passed=4, failed=2)
     result.stdout.fnmatch_lines(["*expected 1 event(s) matching event='purchase'*"])
     result.stdout.fnmatch_lines(["*page_view visitor=visitor-1*"])
@@ -407,8 +410,7 @@ def test_coverage_summary_across_xdist_workers(pytester: pytest.Pytester) -> Non
     (pytester.path / "plan.json").write_text(json.dumps(PLAN))
     pytester.makeini("[pytest]\nmetrics_taxonomy = plan.json\n")
     result = pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
+        *NO_BROWSER,
         "-n",
         "2",
         "--dist",
@@ -448,8 +450,7 @@ def test_attached_to_a_running_collector(
     )
     (pytester.path / "plan.json").write_text(json.dumps(PLAN))
     result = pytester.runpytest_subprocess(
-        "-p",
-        "no:cacheprovider",
+        *NO_BROWSER,
         "-p",
         "no:xdist",
         f"--metrics-url={metrics_server.url}/",
