@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import httpx
 import pytest
 
@@ -49,3 +51,20 @@ def test_tag_context_needs_a_view() -> None:
     client = MetricsClient("http://collector.test")
     with client, pytest.raises(ValueError, match="needs a view"):
         client.tag_context(None)  # type: ignore[arg-type]
+
+
+def test_the_plugin_asks_a_collector_without_quarantine_once() -> None:
+    from metrics_service import testing
+
+    view = answering(404, {"detail": "Not Found"})
+    state = SimpleNamespace(quarantine=True)
+    config = SimpleNamespace(stash=pytest.Stash())
+    config.stash[testing._STATE] = state  # type: ignore[assignment]
+    item = SimpleNamespace(
+        stash=pytest.Stash(), config=config, get_closest_marker=lambda name: None
+    )
+    item.stash[testing._VIEW] = view
+    testing.pytest_runtest_call(item)  # type: ignore[arg-type]
+    assert state.quarantine is False
+    testing.pytest_runtest_call(item)  # type: ignore[arg-type]
+    assert len(view.seen) == 1  # type: ignore[attr-defined]
