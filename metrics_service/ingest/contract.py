@@ -123,19 +123,25 @@ STRIPPED = tuple(
 )
 
 
+NOTHING = "(?!)"  # a pattern no string matches
+
+
 class PlainEvent(
     msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False
 ):
     """A BehaviorEvent without timestamp or sent_at, as msgspec decodes and encodes it.
 
     Its fields are in the stored line's order (store/line.py KEYS); an absent metadata
-    or user_agent stays UNSET until the decoder fills it in. tests/test_decode.py
-    checks it against BehaviorEvent on generated and edge inputs.
+    or user_agent stays UNSET until the decoder fills it in. test_id is the collector's
+    (ingest/test_tag.py): set before encoding, never taken from a body, where no value
+    matches its pattern, so such a body goes the full way and gets its 422 there.
+    tests/test_decode.py checks it against BehaviorEvent on generated and edge inputs.
     """
 
     event: Annotated[str, _bounds(EventName)]
     visitor_id: Annotated[str, _bounds(VisitorId)]
     event_id: Annotated[str, _bounds(EventId)] | None = None
+    test_id: Annotated[str, Meta(pattern=NOTHING)] | UnsetType = UNSET
     metadata: dict[str, Any] | UnsetType = UNSET
     user_agent: str | UnsetType | None = UNSET
 

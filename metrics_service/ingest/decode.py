@@ -22,7 +22,7 @@ from metrics_service.ingest import fast, test_tag
 from metrics_service.ingest.clock import Received, iso
 from metrics_service.ingest.contract import BehaviorEvent, PlainEvent
 from metrics_service.ingest.policy import Policy
-from metrics_service.store.line import Group, escape_separators, head, tagged
+from metrics_service.store.line import Group, escape_separators, head
 
 
 def decode(
@@ -275,6 +275,7 @@ def to_group(
                 policy.redact(event) if redacts else event,
                 received=received,
                 header_user_agent=header_user_agent,
+                test_id=test_id,
             )
         except ApiError as exc:
             items = (
@@ -291,8 +292,6 @@ def to_group(
     ts, names, visitor_ids, event_ids, heads, bodies = (
         ([], [], [], [], [], []) if not rows else map(list, zip(*rows, strict=True))
     )
-    if test_id is not None and bodies:
-        bodies = tagged(bodies, test_id)
     group = Group(received.iso, ts, names, visitor_ids, event_ids, heads, bodies)
     return group, len(events) - len(rows)
 
@@ -315,7 +314,11 @@ def type_name(value: Any) -> str:
 
 
 def to_row(
-    event: BehaviorEvent, *, received: Received, header_user_agent: str | None
+    event: BehaviorEvent,
+    *,
+    received: Received,
+    header_user_agent: str | None,
+    test_id: str | None = None,
 ) -> tuple[float, str, str, str | None, bytes, bytes]:
     """ts, event, visitor_id, event_id, and the stored head and body."""
     if event.timestamp is None and event.sent_at is None:
@@ -344,6 +347,8 @@ def to_row(
         metadata=event.metadata,
         user_agent=user_agent,
     )
+    if test_id is not None:
+        plain.test_id = test_id
     try:
         # The fast path's struct and encoder, so every stored line is written alike.
         body = escape_separators(_encode(plain))

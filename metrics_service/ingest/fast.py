@@ -16,7 +16,7 @@ from msgspec import UNSET
 
 from metrics_service import _native
 from metrics_service.ingest.contract import Envelope, PlainEvent, has_control_chars
-from metrics_service.store.line import Group, escape_separators, head, tagged
+from metrics_service.store.line import Group, escape_separators, head
 
 # orjson.dumps, which measures events on the full path, stops at 254 levels; a body
 # with fewer brackets than this cannot be that deep.
@@ -106,6 +106,9 @@ def group(
             event.metadata = {}
         if event.user_agent is UNSET:
             event.user_agent = header_user_agent
+    if test_id is not None:
+        for event in events:
+            event.test_id = test_id
     try:
         if len(events) == 1:
             encoded = escape_separators(_encoder.encode(events[0]))
@@ -126,8 +129,6 @@ def group(
         and any(body.count(b"{") + body.count(b"[") > _BRACKETS for body in bodies)
     ):
         return None
-    if test_id is not None:
-        bodies = tagged(bodies, test_id)
     count = len(bodies)
     return Group(
         received,

@@ -68,18 +68,6 @@ def received_slot(received_at: bytes, instance: str | None) -> bytes:
     return b'%s","instance":"%s' % (received_at, instance.encode())
 
 
-def tagged(bodies: list[bytes], test_id: str) -> list[bytes]:
-    """Bodies with `"test_id":…` right before their metadata, as KEYS orders them."""
-    # Every body has `,"metadata":` after event and visitor_id, and its first one is
-    # the key: inside a JSON string each '"' is escaped, so no value holds it.
-    key = b',"test_id":' + escape_separators(_encode_text(test_id)) + _METADATA
-    return [body.replace(_METADATA, key, 1) for body in bodies]
-
-
-_METADATA = b',"metadata":'
-_encode_text = msgspec.json.encode
-
-
 def head(stamp: str) -> bytes:
     """A stored event's head: its `timestamp`, ISO-8601 with Z."""
     return b'"timestamp":"%s",' % stamp.encode()
@@ -91,6 +79,7 @@ class Body(msgspec.Struct, omit_defaults=True, gc=False):
     event: str
     visitor_id: str
     event_id: str | None = None
+    test_id: str | None = None
     metadata: dict[str, Any] = msgspec.field(default_factory=dict)
     user_agent: str | None = None
 
