@@ -97,6 +97,7 @@ def test_segment_page_track_and_identify_arrive_once_mapped(
     assert identify["metadata"]["$sdk"]["type"] == "identify"
     assert identify["metadata"]["$sdk"]["user_id"] == "user-segment-1"
     assert all("HeadlessChrome" in e["user_agent"] for e in events)
+    pump_until(page, lambda: len(wire.responses) == 3, "the three answers")
     assert [a["http"] for a in wire.answers] == [200, 200, 200]
     assert wire.errors == []
 
@@ -220,6 +221,7 @@ def test_segment_retry_after_a_503_is_stored_once(
     page: Page, site: str, collector: Collector
 ) -> None:
     answers: list[int] = []
+    deduplicated = dedupe_count(collector)
     page.route(f"{collector.url}/segment/v1/t", refuse_after_storing(answers), times=1)
     visitor = open_segment(page, site)
 
@@ -233,6 +235,7 @@ def test_segment_retry_after_a_503_is_stored_once(
         "retried", visitor_id=visitor, exactly=True, settle=0.3
     )
     assert event["metadata"]["n"] == 1
+    assert dedupe_count(collector) - deduplicated == 1
 
 
 # RudderStack's JavaScript SDK (Segment's API) -------------------------------------------
