@@ -33,9 +33,6 @@ def site(shared_collector: Collector) -> Iterator[str]:
         yield url
 
 
-# posthog-js ----------------------------------------------------------------------------
-
-
 def open_posthog(page: Page, site: str, query: str = "?flush=250") -> str:
     """The demo page with posthog-js ready; its queue sends every 250 ms unless
     `query` says otherwise, rather than every 3 s."""
