@@ -38,9 +38,7 @@ def fast(
         batch=batch,
         max_batch=1000,
         max_event_bytes=MAX_EVENT,
-        received=received.iso,
-        stamp=received.text,
-        ts=received.ts,
+        received=received,
         header_user_agent="agent/1.0",
         test_id=test_id,
     )
@@ -104,8 +102,16 @@ def test_a_plain_batch_is_stored_as_the_full_path_stores_it() -> None:
         {"visitor_id": " visitor-1", "event": "page_view"},  # pydantic strips
         {"visitor_id": "visitor-1", "event": "page_view\u2028"},  # strips too
         {"visitor_id": "visitor-1", "event": "page\x7fview"},  # control character
-        {"visitor_id": "visitor-1", "event": "x", "timestamp": "2026-01-01T00:00:00Z"},
-        {"visitor_id": "visitor-1", "event": "x", "sent_at": "2026-01-01T00:00:00Z"},
+        {"visitor_id": "visitor-1", "event": "x", "timestamp": "2026-01-01 00:00:00Z"},
+        {"visitor_id": "visitor-1", "event": "x", "sent_at": "2026-01-01T00:00:00z"},
+        {"visitor_id": "visitor-1", "event": "x", "timestamp": 1767225600},
+        {"visitor_id": "visitor-1", "event": "x", "timestamp": "1767225600"},
+        {"visitor_id": "visitor-1", "event": "x", "timestamp": "2026-01-01"},
+        {
+            "visitor_id": "visitor-1",
+            "event": "x",
+            "sent_at": "0001-01-01T00:00:00+01:00",
+        },
         {"visitor_id": "visitor-1", "event": "x", "metadata": None},
         {"visitor_id": "visitor-1", "event": "x", "metadata": {"n": "9" * 20}},
         {"visitor_id": "short", "event": "x"},
@@ -279,10 +285,11 @@ def test_the_fast_struct_is_derived_from_the_public_model() -> None:
     from metrics_service.store.line import KEYS
 
     fields = PlainEvent.__struct_fields__
-    # The stored line's keys after `timestamp`, which the fast path leaves to the
-    # full path along with sent_at.
-    assert fields == KEYS[KEYS.index("timestamp") + 1 :]
-    assert set(BehaviorEvent.model_fields) - set(fields) == {"timestamp", "sent_at"}
+    # The stored line's keys after `timestamp` (which goes into the head, with the
+    # correction sent_at brings), then those two.
+    assert fields == (*KEYS[KEYS.index("timestamp") + 1 :], "timestamp", "sent_at")
+    assert set(fields) - set(BehaviorEvent.model_fields) == {"test_id"}
+    assert set(BehaviorEvent.model_fields) - set(fields) == set()
     # test_id is the collector's: a body holding it is left to the full path's 422.
     for value in (b'"x"', b"null", b'""'):
         body = b'{"visitor_id":"visitor-1","event":"a","test_id":%s}' % value
@@ -399,3 +406,164 @@ def test_whatever_the_fast_path_tags_the_full_path_tags_the_same(
     if group is None:
         return
     assert stored(group) == stored(full(body, received, test_id=tag))
+
+
+def _timed(received: Received, **fields: Any) -> None:
+    event = {"visitor_id": "visitor-1", "event": "x", **fields}
+    body = orjson.dumps([event, {**event, "event_id": "e-2"}])
+    got = fast(body, received)
+    assert got is not None, fields
+    assert stored(got) == stored(full(body, received))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"timestamp": "2026-01-01T00:00:00Z"},
+        {"timestamp": "2026-01-01T00:00:00.123Z", "sent_at": "2026-01-01T00:00:05.5Z"},
+        {"timestamp": "2026-01-01T00:00:00.123456+00:00"},
+        {"timestamp": "2026-01-01T00:00:00-05:30", "sent_at": None},
+        {"timestamp": "2026-01-01T23:59:59.9"},  # naive: UTC
+        {"sent_at": "2020-02-29T12:00:00+14:00"},
+        {"timestamp": None, "sent_at": None},
+        {"timestamp": "0001-01-01T00:00:00Z"},
+        {"timestamp": "9999-12-31T23:59:59.999999Z"},
+    ],
+    ids=repr,
+)
+def test_timestamps_in_the_common_form_take_the_fast_path(
+    fields: dict[str, Any],
+) -> None:
+    _timed(received_now(), **fields)
+
+
+def test_a_batch_mixing_timed_and_untimed_events_is_stored_alike() -> None:
+    received = received_now()
+    body = orjson.dumps(
+        [
+            {"visitor_id": "visitor-1", "event": "a"},
+            {
+                "visitor_id": "visitor-1",
+                "event": "b",
+                "timestamp": "2026-01-01T00:00:00Z",
+            },
+            {
+                "visitor_id": "visitor-1",
+                "event": "c",
+                "sent_at": "2026-01-01T00:00:00Z",
+            },
+        ]
+    )
+    got = fast(body, received)
+    assert got is not None
+    assert stored(got) == stored(full(body, received))
+    assert got.heads[0] == b'"timestamp":"%s",' % received.text.encode()
+    assert got.heads[1] == b'"timestamp":"2026-01-01T00:00:00.000Z",'
+
+
+def test_a_correction_past_the_range_is_left_to_the_full_path() -> None:
+    received = received_now()
+    body = orjson.dumps(
+        [
+            {
+                "visitor_id": "visitor-1",
+                "event": "x",
+                "timestamp": "0001-01-01T00:00:00Z",
+                "sent_at": "9999-01-01T00:00:00Z",
+            }
+        ]
+    )
+    assert fast(body, received) is None
+    with pytest.raises(ApiError) as refused:
+        full(body, received)
+    assert refused.value.status_code == 422
+
+
+def test_timestamps_count_toward_the_event_limit_on_both_paths() -> None:
+    stamp = "2026-01-01T00:00:00.123456+00:00"
+    event = {"visitor_id": "visitor-1", "event": "x", "timestamp": stamp}
+    event["sent_at"] = stamp
+    size = len(orjson.dumps(event))
+    received = received_now()
+    for limit in (size - 1, size, size + 100, 2 * size + 200):
+        body = orjson.dumps([event])
+        got = plain.group(
+            body,
+            batch=True,
+            max_batch=10,
+            max_event_bytes=limit,
+            received=received,
+            header_user_agent=None,
+        )
+        if got is not None:
+            assert limit >= size
+
+
+_digits = st.integers
+moments = st.builds(
+    lambda y, mo, d, h, mi, s, frac, zone: (
+        f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}{frac}{zone}"
+    ),
+    st.one_of(_digits(0, 9999), st.sampled_from([1, 1970, 2026, 9999])),
+    _digits(0, 13),
+    _digits(0, 32),
+    _digits(0, 25),
+    _digits(0, 60),
+    _digits(0, 61),
+    st.one_of(
+        st.just(""),
+        st.integers(1, 9).flatmap(
+            lambda n: st.text(alphabet="0123456789", min_size=n, max_size=n).map(
+                lambda x: "." + x
+            )
+        ),
+    ),
+    st.one_of(
+        st.sampled_from(["", "Z", "z", "+00:00", "-00:00", "+0000", " "]),
+        st.builds(
+            lambda sign, h, m: f"{sign}{h:02d}:{m:02d}",
+            st.sampled_from("+-"),
+            _digits(0, 25),
+            _digits(0, 60),
+        ),
+    ),
+)
+maybe_moment = st.none() | moments | st.sampled_from(["", "2026-01-01", "now"])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.fixed_dictionaries(
+            {"visitor_id": st.just("visitor-1"), "event": st.just("x")},
+            optional={"timestamp": maybe_moment, "sent_at": maybe_moment},
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+    st.integers(-(10**6), 10**6),
+)
+def test_whatever_timestamps_the_fast_path_takes_the_full_path_stores_the_same(
+    events: list[dict[str, Any]], skew_seconds: int
+) -> None:
+    now = received_now()
+    micros = now.micros + skew_seconds * 1_000_000
+    received = Received(micros, micros / 1_000_000, now.text, now.iso)
+    body = orjson.dumps(events)
+    got = fast(body, received)
+    try:
+        want = full(body, received)
+    except ApiError:
+        assert got is None
+        return
+    if got is not None:
+        assert stored(got) == stored(want)
+    elif all(
+        (isinstance(v, str) and plain._MOMENT.fullmatch(v)) or v is None
+        for e in events
+        for k, v in e.items()
+        if k in ("timestamp", "sent_at")
+    ):
+        # The common form, valid for pydantic: only a calendar error or the range
+        # may send it the full way, and those the full path refuses too.
+        raise AssertionError(f"left to the full path: {events}")

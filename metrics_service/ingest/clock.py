@@ -51,3 +51,16 @@ def received_now() -> Received:
         text = f"{_last_second[1]}.{millis % 1000:03d}Z"
         _last_iso = (millis, text, text.encode())
     return Received(micros, micros / 1_000_000, _last_iso[1], _last_iso[2])
+
+
+def corrected(
+    timestamp: dt.datetime | None, sent_at: dt.datetime | None, received: Received
+) -> tuple[str, float]:
+    """An event's stored timestamp and Unix seconds: its own (else the receive time),
+    shifted by how far the client's clock was off at `sent_at`, as Segment does.
+
+    Raises OverflowError when the shift leaves the datetime range."""
+    moment = timestamp or received.moment
+    if sent_at is not None:
+        moment = moment + (received.moment - sent_at)
+    return iso(moment), moment.timestamp()

@@ -129,13 +129,16 @@ NOTHING = "(?!)"  # a pattern no string matches
 class PlainEvent(
     msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False
 ):
-    """A BehaviorEvent without timestamp or sent_at, as msgspec decodes and encodes it.
+    """A BehaviorEvent as msgspec decodes and encodes it.
 
-    Its fields are in the stored line's order (store/line.py KEYS); an absent metadata
-    or user_agent stays UNSET until the decoder fills it in. test_id is the collector's
-    (ingest/test_tag.py): set before encoding, never taken from a body, where no value
-    matches its pattern, so such a body goes the full way and gets its 422 there.
-    tests/test_decode.py checks it against BehaviorEvent on generated and edge inputs.
+    Its fields up to user_agent are in the stored line's order (store/line.py KEYS);
+    an absent metadata or user_agent stays UNSET until the decoder fills it in.
+    timestamp and sent_at are kept as sent, for the fast path to read those in the
+    common form (ingest/fast.py), and are UNSET again before encoding: they go into
+    the line's head. test_id is the collector's (ingest/test_tag.py): set before
+    encoding, never taken from a body, where no value matches its pattern, so such a
+    body goes the full way and gets its 422 there. tests/test_decode.py checks it
+    against BehaviorEvent on generated and edge inputs.
     """
 
     event: Annotated[str, _bounds(EventName)]
@@ -144,6 +147,8 @@ class PlainEvent(
     test_id: Annotated[str, Meta(pattern=NOTHING)] | UnsetType = UNSET
     metadata: dict[str, Any] | UnsetType = UNSET
     user_agent: str | UnsetType | None = UNSET
+    timestamp: str | UnsetType | None = UNSET
+    sent_at: str | UnsetType | None = UNSET
 
 
 class Envelope(msgspec.Struct, forbid_unknown_fields=True, gc=False):

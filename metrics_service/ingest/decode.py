@@ -19,7 +19,7 @@ from metrics_service import _native
 from metrics_service.http.body import NDJSON_TYPES
 from metrics_service.http.errors import ApiError
 from metrics_service.ingest import fast, test_tag
-from metrics_service.ingest.clock import Received, iso
+from metrics_service.ingest.clock import Received, corrected
 from metrics_service.ingest.contract import BehaviorEvent, PlainEvent
 from metrics_service.ingest.policy import Policy
 from metrics_service.store.line import Group, escape_separators, head
@@ -48,9 +48,7 @@ def decode(
             batch=batch,
             max_batch=max_batch,
             max_event_bytes=max_event_bytes,
-            received=received.iso,
-            stamp=received.text,
-            ts=received.ts,
+            received=received,
             header_user_agent=user_agent,
             test_id=test_id,
         )
@@ -325,17 +323,13 @@ def to_row(
         # The common case: the receive time, already formatted for this request.
         stamp, ts = received.text, received.ts
     else:
-        timestamp = event.timestamp or received.moment
-        if event.sent_at is not None:
-            # Correct the client's clock as Segment does: shift by how far it was off.
-            try:
-                timestamp = timestamp + (received.moment - event.sent_at)
-            except OverflowError:
-                raise ApiError(
-                    422,
-                    [{"loc": ["sent_at"], "msg": "moves timestamp out of range"}],
-                ) from None
-        stamp, ts = iso(timestamp), timestamp.timestamp()
+        try:
+            stamp, ts = corrected(event.timestamp, event.sent_at, received)
+        except OverflowError:
+            raise ApiError(
+                422,
+                [{"loc": ["sent_at"], "msg": "moves timestamp out of range"}],
+            ) from None
     if "user_agent" in event.model_fields_set:
         user_agent = event.user_agent
     else:

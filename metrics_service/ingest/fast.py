@@ -1,20 +1,24 @@
 """The decoder's fast path: plain events, decoded and encoded by msgspec in C.
 
 An event is plain when pydantic would take it unchanged: exact types, lengths in
-range, nothing to strip, no control characters in `event`, no timestamp or sent_at.
-One decode validates a whole body of them and one encode writes every stored body.
+range, nothing to strip, no control characters in `event`, and timestamp and sent_at
+absent, null or in the common ISO-8601 form (_MOMENT), as SDKs send them. One decode
+validates a whole body of them and one encode writes every stored body.
 Anything else gets None here and goes the full way (ingest/decode.py), which has the
 final word and the messages, so the two paths never disagree on what is stored.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 from itertools import repeat
 
 import msgspec
 from msgspec import UNSET
 
 from metrics_service import _native
+from metrics_service.ingest.clock import UTC, Received, corrected
 from metrics_service.ingest.contract import Envelope, PlainEvent, has_control_chars
 from metrics_service.store.line import Group, escape_separators, head
 
@@ -53,6 +57,65 @@ def decode(body: bytes, *, batch: bool, max_batch: int) -> list[PlainEvent] | No
     return events
 
 
+# The form SDKs send (JavaScript's toISOString(), Python's isoformat()): a calendar
+# date, a time with up to microseconds, and Z, an offset or none (UTC). In this form
+# fromisoformat() and pydantic read the same instant; any other goes the full way.
+_MOMENT = re.compile(
+    r"\d{4}-\d\d-\d\dT(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d(?:\.\d{1,6})?"
+    r"(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)?"
+)
+_fromisoformat = dt.datetime.fromisoformat
+
+
+def _moment(text: str | None) -> dt.datetime | None:
+    """`text` as an aware UTC datetime (None for None); raises ValueError when it is
+    not in the common form, OverflowError when UTC is out of range."""
+    if text is None:
+        return None
+    if _MOMENT.fullmatch(text) is None:
+        raise ValueError(text)
+    moment = _fromisoformat(text)
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _stamps(
+    events: list[PlainEvent], received: Received
+) -> tuple[list[float], list[bytes]] | None:
+    """Each event's Unix seconds and stored head, as decode.py to_row() computes them
+    (clock.py corrected()), with timestamp and sent_at UNSET again; None when one is
+    not in the common form or the correction leaves the range."""
+    common = head(received.text)
+    seen: dict[tuple[str | None, str | None], tuple[float, bytes]] = {}
+    ts: list[float] = []
+    heads: list[bytes] = []
+    for event in events:
+        timestamp, sent_at = event.timestamp, event.sent_at
+        if timestamp is UNSET:
+            timestamp = None
+        if sent_at is UNSET:
+            sent_at = None
+        key = (timestamp, sent_at)
+        stamped = seen.get(key)
+        if stamped is None:
+            if timestamp is None and sent_at is None:
+                stamped = (received.ts, common)
+            else:
+                try:
+                    stamp, seconds = corrected(
+                        _moment(timestamp), _moment(sent_at), received
+                    )
+                except (ValueError, OverflowError):
+                    return None
+                stamped = (seconds, head(stamp))
+            seen[key] = stamped
+        ts.append(stamped[0])
+        heads.append(stamped[1])
+        event.timestamp = event.sent_at = UNSET
+    return ts, heads
+
+
 def _unstripped(values: list[str], joined: str) -> bool:
     """True when no value has whitespace to strip; `joined` is "".join(values)."""
     parts = joined.split(maxsplit=1)
@@ -69,14 +132,12 @@ def group(
     batch: bool,
     max_batch: int,
     max_event_bytes: int,
-    received: bytes,
-    stamp: str,
-    ts: float,
+    received: Received,
     header_user_agent: str | None,
     test_id: str | None = None,
 ) -> Group | None:
-    """The body's events as one group stamped `stamp` (and `test_id`), when all are
-    plain; else None."""
+    """The body's events as one group stamped with their time (and `test_id`), when
+    all are plain; else None."""
     if _native.long_digits(body):
         return None
     events = decode(body, batch=batch, max_batch=max_batch)
@@ -101,11 +162,23 @@ def group(
             and _unstripped(visitor_ids, "".join(visitor_ids))
         ):
             return None
+    timed = False
     for event in events:
         if event.metadata is UNSET:
             event.metadata = {}
         if event.user_agent is UNSET:
             event.user_agent = header_user_agent
+        if event.timestamp is not UNSET or event.sent_at is not UNSET:
+            timed = True
+    count = len(events)
+    if timed:
+        stamps = _stamps(events, received)
+        if stamps is None:
+            return None
+        ts, heads = stamps
+    else:
+        ts = list(repeat(received.ts, count))
+        heads = list(repeat(head(received.text), count))
     if test_id is not None:
         for event in events:
             event.test_id = test_id
@@ -119,8 +192,9 @@ def group(
     except (msgspec.EncodeError, OverflowError):
         return None
     # The full path measures the event as orjson writes it, which can be longer
-    # (1e+16 for 1e16): under half the limit, an event cannot be past it there.
-    if 2 * longest + 32 > max_event_bytes:
+    # (1e+16 for 1e16): under half the limit, an event cannot be past it there. The
+    # full path also counts `"timestamp":"…"` and `"sent_at":"…"`, under 48 bytes each.
+    if 2 * longest + 32 + (96 if timed else 0) > max_event_bytes:
         return None
     # Each level of nesting takes two bytes, so a short body cannot be too deep.
     if (
@@ -129,13 +203,12 @@ def group(
         and any(body.count(b"{") + body.count(b"[") > _BRACKETS for body in bodies)
     ):
         return None
-    count = len(bodies)
     return Group(
-        received,
-        list(repeat(ts, count)),
+        received.iso,
+        ts,
         names,
         visitor_ids,
         [event.event_id for event in events],
-        list(repeat(head(stamp), count)),
+        heads,
         bodies,
     )
