@@ -23,7 +23,8 @@ from metrics_service.client import TEST_ID_HEADER
 from metrics_service.testing import MetricsClient, MetricsServer
 
 CHROMIUM = os.environ.get("METRICS_E2E_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+E2E = Path(__file__).resolve().parent
+ARTIFACTS = E2E / "artifacts"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -191,3 +192,11 @@ def shared_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Colle
     path = tmp_path_factory.mktemp("shared") / "metrics.jsonl"
     with MetricsServer(path) as server:
         yield Collector(server)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The browser tests prove the front end (pages, SDKs, the plugin's tagging), not
+    the collector's C-or-Python choice: make test runs them in its first pass only."""
+    for item in items:
+        if item.path.is_relative_to(E2E):
+            item.add_marker(pytest.mark.once)

@@ -20,6 +20,9 @@ from starlette.testclient import TestClient
 from metrics_service import Config, create_app
 from metrics_service.store.rotation import segments
 
+# Independent of the C-or-Python choice: make test runs it in its first pass only.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parent.parent
 SQL = ROOT / "deploy" / "clickhouse.sql"
 SINK = "data/metrics.jsonl"  # where the file's loads look, from the collector's folder

@@ -16,6 +16,9 @@ from pathlib import Path
 
 import pytest
 
+# Independent of the C-or-Python choice: make test runs it in its first pass only.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ["pyproject.toml", "setup.py", "README.md", "metrics_service"]
 

@@ -22,6 +22,9 @@ from metrics_service.store import rotation
 from metrics_service.store.rotation import segments
 from metrics_service.store.tail import repair_torn_tail
 
+# Independent of the C-or-Python choice: make test runs it in its first pass only.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 # The sink as docker-compose.yml places it; the shippers read that folder.

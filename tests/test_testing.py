@@ -19,6 +19,9 @@ from metrics_service.testing import (
     make_test_id,
 )
 
+# Independent of the C-or-Python choice: make test runs it in its first pass only.
+pytestmark = pytest.mark.once
+
 pytest_plugins = ("pytester",)
 
 
