@@ -74,6 +74,8 @@ e2e: $(STAMP) chromium
 
 bench: $(STAMP) wrk
 	$(BIN)/python -m tests.perf
+	$(BIN)/python -m tests.perf.formats
+	$(BIN)/python -m tests.perf.quarantine
 	$(BIN)/python -m tests.perf.soak
 
 clean:
