@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CHROMIUM ?= /usr/bin/chromium
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py metrics_service/_native/_speedups.c | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint e2e bench chromium wrk cc clean
+.PHONY: run test lint e2e bench chromium npm wrk cc clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,16 @@ chromium:
 	fi
 	@test -x $(CHROMIUM) || { echo "Chromium is still missing at $(CHROMIUM)" >&2; exit 1; }
 
+# npm fetches the SDK builds the browser tests load (e2e/sdks.py: npm pack, pinned).
+npm:
+	@if ! command -v npm >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+		else \
+			echo "npm is missing: run 'sudo apt-get install -y npm' and try again." >&2; exit 1; \
+		fi; \
+	fi
+
 # A C compiler and Python's headers build the C extension (_speedups.c). Without
 # them the service still installs and runs, slower (README.md); `make test` then fails.
 cc:
@@ -65,11 +75,11 @@ wrk:
 # in for it when it is not built (METRICS_PURE_PYTHON=1). The second pass leaves out
 # the tests marked `once`, which cannot tell the two apart: the browser tests (e2e/)
 # and the packaging, plugin and shipper tests.
-test: $(STAMP) chromium lint
+test: $(STAMP) chromium npm lint
 	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n 2
 	METRICS_PURE_PYTHON=1 METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n 2 -m "not once"
 
-e2e: $(STAMP) chromium
+e2e: $(STAMP) chromium npm
 	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest e2e
 
 bench: $(STAMP) wrk
