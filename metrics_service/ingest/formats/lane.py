@@ -8,6 +8,7 @@ fields and where each came from, so a refusal names the foreign field.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl
 
@@ -46,7 +47,7 @@ class Mapped:
 
     event: Any
     where: dict[str, Loc]
-    problems: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    problems: Sequence[dict[str, Any]] = ()
 
 
 class Payload(NamedTuple):
@@ -112,6 +113,16 @@ def user_agent(value: object) -> object:
 def compact(values: dict[str, Any]) -> dict[str, Any]:
     """`$sdk` without the keys the SDK did not send."""
     return {k: v for k, v in values.items() if v is not None}
+
+
+def pick(
+    sdk: dict[str, Any], source: dict[str, Any], keys: tuple[tuple[str, str], ...]
+) -> None:
+    """Copy into `sdk` the keys `source` has (not null), under their $sdk names."""
+    for name, key in keys:
+        value = source.get(key)
+        if value is not None:
+            sdk[name] = value
 
 
 class SdkLane:

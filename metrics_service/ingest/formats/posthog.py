@@ -25,7 +25,7 @@ from metrics_service.ingest.formats.lane import (
     Mapped,
     Payload,
     SdkLane,
-    compact,
+    pick,
     user_agent,
 )
 from metrics_service.store.writer import Outcome
@@ -57,6 +57,17 @@ _WHERE_IN_PROPERTIES: dict[str, Loc] = {
 }
 
 
+# $sdk's keys from the event's properties.
+_FROM_PROPERTIES = (
+    ("url", "$current_url"),
+    ("path", "$pathname"),
+    ("title", "title"),
+    ("referrer", "$referrer"),
+    ("library", "$lib"),
+    ("library_version", "$lib_version"),
+)
+
+
 def _map(item: Any, sent_at: Any, now: dt.datetime) -> Mapped:
     """One PostHog event as our event (see README, Use the SDK you already have)."""
     if not isinstance(item, dict):
@@ -80,18 +91,11 @@ def _map(item: Any, sent_at: Any, now: dt.datetime) -> Mapped:
             if key in item and key not in metadata:
                 metadata[key] = item[key]
         name = item.get("event")
-        metadata[SDK_KEY] = compact(
-            {
-                "format": "posthog",
-                "type": TYPES.get(name, "capture") if isinstance(name, str) else None,
-                "url": properties.get("$current_url"),
-                "path": properties.get("$pathname"),
-                "title": properties.get("title"),
-                "referrer": properties.get("$referrer"),
-                "library": properties.get("$lib"),
-                "library_version": properties.get("$lib_version"),
-            }
-        )
+        sdk: dict[str, Any] = {"format": "posthog"}
+        if isinstance(name, str):
+            sdk["type"] = TYPES.get(name, "capture")
+        pick(sdk, properties, _FROM_PROPERTIES)
+        metadata[SDK_KEY] = sdk
     event: dict[str, Any] = {"metadata": metadata}
     if item.get("event") is not None:
         event["event"] = item["event"]

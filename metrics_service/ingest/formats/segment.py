@@ -3,6 +3,7 @@ Tracking API and its server libraries, and RudderStack, which speaks it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ from metrics_service.ingest.formats.lane import (
     Mapped,
     Payload,
     SdkLane,
+    pick,
     user_agent,
 )
 from metrics_service.store.writer import Outcome
@@ -82,24 +84,14 @@ _WHERE[("context.traits", False)] = {
 _WHERE[("context.traits", True)] = {**_BY_USER, "metadata": ["context", "traits"]}
 
 
-def _pick(
-    sdk: dict[str, Any], source: dict[str, Any], keys: tuple[tuple[str, str], ...]
-) -> None:
-    """Copy into `sdk` the keys `source` has, under their $sdk names."""
-    for name, key in keys:
-        value = source.get(key)
-        if value is not None:
-            sdk[name] = value
-
-
 def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
     """One Segment message as our event (see README, Use the SDK you already have)."""
     if not isinstance(message, dict):
         return Mapped(message, {})
     kind = message.get("type") if call is None else call
-    problems: list[dict[str, Any]] = []
+    problems: Sequence[dict[str, Any]] = ()
     if kind not in KINDS:
-        problems.append(
+        problems = [
             {
                 "loc": ["type"],
                 "msg": "expected one of track, page, screen, identify, group or "
@@ -108,7 +100,7 @@ def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
                 else f"expected the call's type as a string, got {type_name(kind)}",
                 "type": "segment_type",
             }
-        )
+        ]
         kind = "track"
     context = message.get("context")
     if not isinstance(context, dict):
@@ -133,13 +125,13 @@ def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
         sdk: dict[str, Any] = {"format": "segment", "type": kind}
         if user_id is not None:
             sdk["user_id"] = user_id
-        _pick(sdk, message, _FROM_MESSAGE)
+        pick(sdk, message, _FROM_MESSAGE)
         page = context.get("page")
         if isinstance(page, dict):
-            _pick(sdk, page, _FROM_PAGE)
+            pick(sdk, page, _FROM_PAGE)
         library = context.get("library")
         if isinstance(library, dict):
-            _pick(sdk, library, _FROM_LIBRARY)
+            pick(sdk, library, _FROM_LIBRARY)
         metadata = {**metadata, SDK_KEY: sdk}
     name = message.get("event") if kind == "track" else kind
     event: dict[str, Any] = {"metadata": metadata}
