@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from itertools import repeat
 
 import msgspec
 from msgspec import UNSET
@@ -177,8 +176,8 @@ def group(
             return None
         ts, heads = stamps
     else:
-        ts = list(repeat(received.ts, count))
-        heads = list(repeat(head(received.text), count))
+        ts = [received.ts] * count
+        heads = [head(received.text)] * count
     if test_id is not None:
         for event in events:
             event.test_id = test_id
