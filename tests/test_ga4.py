@@ -98,6 +98,15 @@ def test_refusals_name_the_measurement_protocol_fields(
     r = client.post(MP, json={"client_id": "123", "events": [{"name": "x"}]})
     assert r.status_code == 422
     assert r.json()["detail"][0]["loc"] == ["client_id"]
+    # A request-level timestamp_micros is named as such, also after the event-level
+    # one was (the field locations are shared between requests, never changed).
+    for _ in range(2):
+        r = client.post(
+            MP,
+            json={"client_id": CID, "timestamp_micros": -1, "events": [{"name": "x"}]},
+        )
+        assert r.status_code == 422
+        assert r.json()["detail"][0]["loc"] == ["timestamp_micros"]
     assert not config.jsonl.exists() or read_lines(config.jsonl) == []
 
 

@@ -4,7 +4,9 @@ server, ga4_debug.py) and gtag's own `/g/collect` hits."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -36,21 +38,28 @@ def micros_to_iso(value: object) -> str | None:
     return iso(EPOCH + dt.timedelta(microseconds=value))
 
 
+@functools.lru_cache(maxsize=4096)
+def _where_mp(visitor_field: str, index: int, own_time: bool) -> dict[str, Loc]:
+    """Where an event's fields came from; shared by every request (never changed)."""
+    at: Loc = ["events", index]
+    return {
+        "visitor_id": [visitor_field],
+        "event": [*at, "name"],
+        "metadata": [*at, "params"],
+        "timestamp": [*at, "timestamp_micros"] if own_time else ["timestamp_micros"],
+    }
+
+
 def _map_mp(body: dict[str, Any], index: int, item: Any, ids: dict[str, Any]) -> Mapped:
     """One Measurement Protocol event as our event."""
-    at: Loc = ["events", index]
     if not isinstance(item, dict):
         return Mapped(item, {})
     visitor_field = "client_id"
     if "client_id" not in body and "app_instance_id" in body:
         visitor_field = "app_instance_id"
-    where: dict[str, Loc] = {
-        "visitor_id": [visitor_field],
-        "event": [*at, "name"],
-        "metadata": [*at, "params"],
-        "timestamp": [*at, "timestamp_micros"],
-    }
-    problems: list[dict[str, Any]] = []
+    micros = item.get("timestamp_micros")
+    where = _where_mp(visitor_field, index, micros is not None)
+    problems: Sequence[dict[str, Any]] = ()
     params = item.get("params")
     if params is None:
         params = {}
@@ -61,20 +70,18 @@ def _map_mp(body: dict[str, Any], index: int, item: Any, ids: dict[str, Any]) ->
         event["event"] = item["name"]
     if body.get(visitor_field) is not None:
         event["visitor_id"] = body[visitor_field]
-    micros = item.get("timestamp_micros")
     if micros is None:
         micros = body.get("timestamp_micros")
-        where["timestamp"] = ["timestamp_micros"]
     if micros is not None:
         timestamp = micros_to_iso(micros)
         if timestamp is None:
-            problems.append(
+            problems = [
                 {
                     "loc": where["timestamp"],
                     "msg": "expected an integer: microseconds since the Unix epoch",
                     "type": "timestamp_micros",
                 }
-            )
+            ]
         else:
             event["timestamp"] = timestamp
     return Mapped(event, where, problems)
