@@ -316,7 +316,7 @@ def test_rudderstack_a_burst_of_50_arrives_once_each(
 def test_rudderstack_an_event_sent_as_the_page_unloads_arrives_once(
     page: Page, site: str, collector: Collector
 ) -> None:
-    visitor = open_rudderstack(page, site)
+    open_rudderstack(page, site)
     # A link to another page of the site: RudderStack keeps its queue in localStorage.
     page.evaluate(
         """() => {
@@ -331,10 +331,14 @@ def test_rudderstack_an_event_sent_as_the_page_unloads_arrives_once(
     page.click("#next")
     page.wait_for_url("**/rudderstack.html?again")
 
+    # By its name alone, which only this test sends: under load RudderStack has been
+    # seen to stamp this event with another anonymousId than getAnonymousId() gave
+    # before the click, which is the SDK's business; arriving once is the point here.
     (event,) = collector.server.client.wait_for(
-        "left by link", visitor_id=visitor, exactly=True, settle=0.3, timeout=10
+        "left by link", exactly=True, settle=0.3, timeout=10
     )
     assert event["metadata"]["via"] == "click"
+    assert event["metadata"]["$sdk"]["format"] == "segment"
 
 
 def test_rudderstack_retry_after_a_503_is_stored_once(
