@@ -23,6 +23,7 @@ from metrics_service.ingest.formats.lane import (
     Payload,
     SdkLane,
     compact,
+    not_a_list,
 )
 from metrics_service.store.writer import Outcome
 
@@ -100,16 +101,7 @@ class MeasurementProtocolLane(SdkLane):
             raise ApiError(422, f"expected a JSON object, got {type_name(body)}")
         events = body.get("events")
         if not isinstance(events, list):
-            raise ApiError(
-                422,
-                [
-                    {
-                        "loc": ["events"],
-                        "msg": "expected an array of events, each {name, params}",
-                        "type": "list_type",
-                    }
-                ],
-            )
+            raise not_a_list("events", "an array of events, each {name, params}")
         query = request.query
         ids = compact(
             {

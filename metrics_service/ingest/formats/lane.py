@@ -103,6 +103,13 @@ async def read_foreign(
     return head, inflate(body, limit)
 
 
+def not_a_list(field: str, expected: str) -> ApiError:
+    """The 422 for a payload whose `field` is not the array of events it must be."""
+    return ApiError(
+        422, [{"loc": [field], "msg": f"expected {expected}", "type": "list_type"}]
+    )
+
+
 def user_agent(value: object) -> object:
     """An SDK-reported user agent, cut as the header's is (http/body.py)."""
     if isinstance(value, str) and len(value) > MAX_USER_AGENT:

@@ -25,6 +25,7 @@ from metrics_service.ingest.formats.lane import (
     Mapped,
     Payload,
     SdkLane,
+    not_a_list,
     pick,
     user_agent,
 )
@@ -170,16 +171,7 @@ class PostHogLane(SdkLane):
             sent_at = data.get("sent_at")
             items = data["batch"]
             if not isinstance(items, list):
-                raise ApiError(
-                    422,
-                    [
-                        {
-                            "loc": ["batch"],
-                            "msg": "expected an array of events",
-                            "type": "list_type",
-                        }
-                    ],
-                )
+                raise not_a_list("batch", "an array of events")
         elif isinstance(data, dict):
             items, batch = [data], False
         elif isinstance(data, list):

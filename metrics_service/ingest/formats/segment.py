@@ -22,6 +22,7 @@ from metrics_service.ingest.formats.lane import (
     Mapped,
     Payload,
     SdkLane,
+    not_a_list,
     pick,
     user_agent,
 )
@@ -187,16 +188,7 @@ class SegmentLane(SdkLane):
             return Payload([_map(body, self.call, None)], False, keys)
         batch = body.get("batch")
         if not isinstance(batch, list):
-            raise ApiError(
-                422,
-                [
-                    {
-                        "loc": ["batch"],
-                        "msg": "expected an array of calls",
-                        "type": "list_type",
-                    }
-                ],
-            )
+            raise not_a_list("batch", "an array of calls")
         sent_at = body.get("sentAt")
         items = [_map(message, None, sent_at) for message in batch]
         for message in batch:
