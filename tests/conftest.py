@@ -1,14 +1,17 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
+from metrics_service.app import App
 
 EVENT_URL = "/api/metrics/event"
 SNAPSHOT_URL = "/api/metrics/behavior"
@@ -36,3 +39,21 @@ def config(tmp_path: Path) -> Config:
 def client(config: Config) -> Iterator[TestClient]:
     with TestClient(create_app(config)) as c:
         yield c
+
+
+def run_app(
+    config: Config, body: Callable[[App, httpx.AsyncClient], Coroutine[Any, Any, Any]]
+) -> Any:
+    """`body(app, client)` against a started app in-process, on a fresh event loop."""
+
+    async def run() -> Any:
+        app = create_app(config)
+        app.service.start()
+        transport = httpx.ASGITransport(app=app)
+        try:
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+                return await body(app, c)
+        finally:
+            await app.service.stop()
+
+    return asyncio.run(run())

@@ -7,14 +7,14 @@ import asyncio
 import base64
 import gzip
 import os
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
-from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines
+from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines, run_app
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
@@ -416,22 +416,6 @@ def test_posthog_form_base64_and_gzip_bodies_are_decoded() -> None:
 
 
 # --- live: /wait rejected=true and the stream -----------------------------------------
-
-
-def run_app(
-    config: Config, body: Callable[[App, httpx.AsyncClient], Coroutine[Any, Any, Any]]
-) -> Any:
-    async def run() -> Any:
-        app = create_app(config)
-        app.service.start()
-        transport = httpx.ASGITransport(app=app)
-        try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-                return await body(app, c)
-        finally:
-            await app.service.stop()
-
-    return asyncio.run(run())
 
 
 def test_wait_rejected_is_woken_by_a_refusal(config: Config) -> None:

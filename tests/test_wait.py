@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from conftest import run_app
 
-from metrics_service.app import App, create_app
+from metrics_service.app import App
 from metrics_service.settings import Config
 
 WAIT = "/api/metrics/behavior/wait"
@@ -19,22 +19,6 @@ STREAM = "/api/metrics/behavior/stream"
 
 def event(visitor: str = "visitor-1") -> dict[str, Any]:
     return {"event": "x", "visitor_id": visitor}
-
-
-def run_app(
-    config: Config, body: Callable[[App, httpx.AsyncClient], Coroutine[Any, Any, Any]]
-) -> Any:
-    async def run() -> Any:
-        app = create_app(config)
-        app.service.start()
-        transport = httpx.ASGITransport(app=app)
-        try:
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
-                return await body(app, c)
-        finally:
-            await app.service.stop()
-
-    return asyncio.run(run())
 
 
 def test_count_above_the_ring_capacity_is_422(tmp_path: Path) -> None:
