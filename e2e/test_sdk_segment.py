@@ -323,7 +323,7 @@ def test_rudderstack_an_event_sent_as_the_page_unloads_arrives_once(
         const link = document.getElementById("next");
         link.href = "/rudderstack.html?again";
         link.addEventListener("click", () => {
-          rudder.track("left by link", { via: "click" });
+          rudder.track("RudderStack left by link", { via: "click" });
         });
         }"""
     )
@@ -331,11 +331,11 @@ def test_rudderstack_an_event_sent_as_the_page_unloads_arrives_once(
     page.click("#next")
     page.wait_for_url("**/rudderstack.html?again")
 
-    # By its name alone, which only this test sends: under load RudderStack has been
-    # seen to stamp this event with another anonymousId than getAnonymousId() gave
-    # before the click, which is the SDK's business; arriving once is the point here.
+    # By a name no other test sends (the Segment test above sends "left by link" into
+    # the same collector): under load RudderStack has been seen to stamp this event with
+    # another anonymousId than getAnonymousId() gave before the click, the SDK's business.
     (event,) = collector.server.client.wait_for(
-        "left by link", exactly=True, settle=0.3, timeout=10
+        "RudderStack left by link", exactly=True, settle=0.3, timeout=10
     )
     assert event["metadata"]["via"] == "click"
     assert event["metadata"]["$sdk"]["format"] == "segment"
