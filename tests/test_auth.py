@@ -10,8 +10,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from metrics_service import cli
-from metrics_service.app import ENDPOINTS, create_app
+from metrics_service.app import create_app
 from metrics_service.http.auth import Guards, split_token
+from metrics_service.routes import ENDPOINTS
 from metrics_service.settings import Config
 from metrics_service.testing import CLEAN_EXIT, MetricsServer
 
