@@ -25,7 +25,7 @@ TAG_SCRIPT = Path(__file__).parent / "static" / "test_tag.js"
 def _query(filters: Mapping[str, Any]) -> list[tuple[str, str]]:
     # The app's own encoding of filters (lists repeat, meta.a.b=1); imported on first
     # use because it brings the app's modules with it.
-    from metrics_service.read.filters import flat_params
+    from metrics_service.read.query import flat_params
 
     return flat_params(dict(filters))
 

@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from metrics_service.app import create_app
-from metrics_service.read.filters import flat_params
+from metrics_service.read.query import flat_params
 from metrics_service.settings import Config
 
 SNAPSHOT = "/api/metrics/behavior"

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from metrics_service.read.filters import flat_params
+from metrics_service.read.query import flat_params
 from metrics_service.testing import (
     CLEAN_EXIT,
     MetricsClient,

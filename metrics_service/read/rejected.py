@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from metrics_service.http.errors import ApiError
 from metrics_service.http.responses import JSONResponse
-from metrics_service.read.filters import invalid
+from metrics_service.read.query import invalid
 from metrics_service.service import Service
 from metrics_service.store.quarantine import Rejection
 

@@ -8,8 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from metrics_service.http.errors import ApiError
-from metrics_service.read.filters import Filters, invalid, parse_filters
+from metrics_service.read.filters import Filters
 from metrics_service.read.hub import QUEUE_LIMIT, Hub, RejectionPredicate
+from metrics_service.read.query import invalid, parse_filters
 from metrics_service.read.rejected import RejectionFilters
 from metrics_service.service import Service
 from metrics_service.store.chunk import Entry

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from metrics_service.http.responses import JSONResponse
-from metrics_service.read.filters import invalid, parse_filters
+from metrics_service.read.query import invalid, parse_filters
 
 UTC = dt.UTC
 MAX_BUCKETS = 10_000

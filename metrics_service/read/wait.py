@@ -17,15 +17,9 @@ from starlette.types import Receive
 
 from metrics_service.http.errors import ApiError
 from metrics_service.http.responses import JSONResponse
-from metrics_service.read.filters import (
-    _MISSING,
-    Filters,
-    _lookup,
-    _string_form,
-    invalid,
-    parse_filters,
-)
+from metrics_service.read.filters import _MISSING, Filters, _lookup, _string_form
 from metrics_service.read.hub import Full, Hub, ShuttingDown
+from metrics_service.read.query import invalid, parse_filters
 from metrics_service.read.rejected import PARAMS, parse_rejection_filters
 from metrics_service.store.chunk import Entry
 from metrics_service.store.quarantine import Rejection
