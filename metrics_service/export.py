@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from metrics_service.settings import Config, ConfigError
-from metrics_service.stats import Progress, default_files, printable
+from metrics_service.stats import default_files
 from metrics_service.store.line import KEYS
+from metrics_service.terminal import Progress, printable
 
 # A column per key of the stored line, in its order; a key a line lacks (an older
 # file, an optional key) is NULL. Times are instants in UTC; metadata stays JSON text.

@@ -17,9 +17,9 @@ from conftest import EVENT_URL, event
 from starlette.testclient import TestClient
 
 from metrics_service import Config, cli, create_app, export
-from metrics_service.stats import Progress
 from metrics_service.store.line import KEYS
 from metrics_service.store.rotation import readable_segments
+from metrics_service.terminal import Progress
 
 METADATA: list[dict[str, Any]] = [
     {"path": "/", "nested": {"a": [1, 2.5, None, True, {"b": "c"}]}},

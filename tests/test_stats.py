@@ -8,13 +8,8 @@ import orjson
 import pytest
 
 from metrics_service.cli import main
-from metrics_service.stats import (
-    DistinctCounter,
-    Progress,
-    SeqRanges,
-    collect,
-    default_files,
-)
+from metrics_service.stats import DistinctCounter, SeqRanges, collect, default_files
+from metrics_service.terminal import Progress
 
 
 def line(seq: int, name: str, visitor: str, second: int) -> bytes:
