@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Any
 
 import msgspec
 from msgspec import UNSET
@@ -142,6 +143,38 @@ def group(
     events = decode(body, batch=batch, max_batch=max_batch)
     if events is None:
         return None
+    return finish(
+        events,
+        max_event_bytes=max_event_bytes,
+        received=received,
+        header_user_agent=header_user_agent,
+        test_id=test_id,
+    )
+
+
+_as_events = msgspec.convert
+
+
+def convert(objs: list[dict[str, Any]]) -> list[PlainEvent] | None:
+    """Events already decoded (the SDK formats' mapped events) as PlainEvents, checked
+    as decode() checks a body; None when one is not plain. Their integers must fit in
+    64 bits, as ingest/decode.py parse_json() makes sure."""
+    try:
+        return _as_events(objs, list[PlainEvent])
+    except msgspec.ValidationError:
+        return None
+
+
+def finish(
+    events: list[PlainEvent],
+    *,
+    max_event_bytes: int,
+    received: Received,
+    header_user_agent: str | None,
+    test_id: str | None = None,
+) -> Group | None:
+    """Decoded events as one group stamped with their time (and `test_id`), when all
+    are plain; else None."""
     if len(events) == 1:
         # Most requests carry one event: the same rules, without the joins.
         name, visitor_id = events[0].event, events[0].visitor_id

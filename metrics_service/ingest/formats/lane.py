@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl
 
-import orjson
 from starlette.types import Receive, Scope, Send
 
 from metrics_service.http.auth import check_sdk_key
@@ -26,8 +25,9 @@ from metrics_service.http.body import (
     read_head,
 )
 from metrics_service.http.errors import ApiError
+from metrics_service.ingest import fast
 from metrics_service.ingest.clock import Received, received_now
-from metrics_service.ingest.decode import check_count, check_events, decode, to_group
+from metrics_service.ingest.decode import check_count, check_events, to_group
 from metrics_service.ingest.endpoint import BODY_KEY, NOTHING
 from metrics_service.ingest.test_tag import test_id
 from metrics_service.service import Service
@@ -205,29 +205,19 @@ class SdkLane:
             for problem in item.problems
         ]
         objs = [item.event for item in items]
-        if not problems and all(type(obj) is dict for obj in objs):
-            try:
-                # As our own JSON: the one decoder, with its fast path.
-                body = orjson.dumps(objs if batch else objs[0])
-            except orjson.JSONEncodeError:
-                pass
-            else:
-                try:
-                    return decode(
-                        body,
-                        "application/json",
-                        batch=batch,
-                        policy=service.policy,
-                        max_batch=config.max_batch,
-                        max_event_bytes=config.max_event_bytes,
-                        received=request.received,
-                        user_agent=request.head.user_agent,
-                        test_id=tag,
-                    )
-                except ApiError as exc:
-                    if exc.status_code != 422 or not isinstance(exc.detail, list):
-                        raise
-                    raise ApiError(422, self.foreign(exc.detail, items)) from None
+        if not problems and service.policy.plain:
+            # The one decoder's fast path, on events already decoded.
+            plain = fast.convert(objs)
+            if plain is not None:
+                group = fast.finish(
+                    plain,
+                    max_event_bytes=config.max_event_bytes,
+                    received=request.received,
+                    header_user_agent=request.head.user_agent,
+                    test_id=tag,
+                )
+                if group is not None:
+                    return group, 0
         try:
             events = check_events(
                 objs, service.policy, config.max_event_bytes, batch=batch
