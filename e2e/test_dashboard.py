@@ -341,7 +341,7 @@ def test_event_text_is_shown_as_text_and_runs_nothing(
 
     assert page.locator("img").count() == 0
     own = page.locator("script[src^='/static/']").count()
-    assert page.locator("script").count() == own == 7  # the dashboard's own files
+    assert page.locator("script").count() == own == 8  # the dashboard's own files
     assert page.locator("b").count() == 0
     assert dialogs == []
 

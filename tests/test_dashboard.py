@@ -48,7 +48,7 @@ def test_dashboard_assets_are_served(tmp_path: Path) -> None:
         css = c.get("/static/dashboard.css")
     assert js.status_code == 200
     assert js.headers["content-type"] == "text/javascript; charset=utf-8"
-    assert "EventSource" in js.text
+    assert "window.metricsDashboard" in js.text
     assert css.status_code == 200
     assert css.headers["content-type"] == "text/css; charset=utf-8"
 

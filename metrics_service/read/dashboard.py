@@ -32,6 +32,7 @@ ASSETS = frozenset(
         "rejected.js",
         "timeline.js",
         "trail.js",
+        "live.js",
     }
 )
 

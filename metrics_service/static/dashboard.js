@@ -5,11 +5,9 @@
 
   var ui = window.metricsUI;
   var $ = ui.$;
-  var API = "/api/metrics";
   var auth = window.metricsApi.auth;
   var api = window.metricsApi.api;
   var MAX_ROWS = 200;
-  var MAX_HELD = 5000; // events kept while paused; past it, Resume reloads instead
   // Set by the page itself; the Where box may not override them.
   var RESERVED = { limit: true, after: true, token: true, interval: true };
 
@@ -155,7 +153,7 @@
         state.lastSeen = Math.max(state.lastSeen, all.last_seq);
         state.loaded = true;
         showError(state.filterError);
-        if (!state.source) connect();
+        if (!state.source) live.connect();
       })
       .catch(function (error) {
         state.loading = null;
@@ -206,72 +204,6 @@
     return { seq: seq, data: data, text: JSON.stringify(data).toLowerCase() };
   }
 
-  // ---- the live stream --------------------------------------------------------
-  function connect() {
-    if (state.source) state.source.close();
-    clearTimeout(state.retryTimer);
-    setConnection("connecting");
-    var source = new EventSource(auth.url(API + "/behavior/stream", { after: state.lastSeen }, true));
-    state.source = source;
-    source.onopen = function () {
-      setConnection("live");
-      if (state.reconnecting) {
-        // Back after an outage: counters may have moved on, refusals may have come.
-        scheduleLoad(0);
-        rejected.load();
-      }
-      state.reconnecting = false;
-    };
-    source.addEventListener("behavior", function (message) {
-      var seq = Number(message.lastEventId);
-      if (!(seq > state.lastSeen)) return; // a replay we already have
-      var data;
-      try {
-        data = JSON.parse(message.data);
-      } catch (e) {
-        return;
-      }
-      state.lastSeen = seq;
-      var item = { seq: seq, data: data, bytes: new TextEncoder().encode(message.data).length + 1 };
-      if (state.paused) {
-        hold(item);
-        return;
-      }
-      if (state.loading) state.loading.push(item);
-      apply(item);
-      timeline.refresh();
-      scheduleRender();
-    });
-    source.addEventListener("rejected", function (message) {
-      try {
-        rejected.add(JSON.parse(message.data));
-      } catch (e) {
-        // not JSON: nothing to show
-      }
-    });
-    // The server ends a stream whose client fell behind: resume from the last seen id.
-    source.addEventListener("reset", function () {
-      if (state.source !== source) return;
-      source.close();
-      state.source = null;
-      connect();
-      scheduleLoad(0);
-    });
-    source.onerror = function () {
-      if (state.source !== source) return;
-      // EventSource would reconnect by itself, but to its first URL, whose ?after= the
-      // server prefers to Last-Event-ID: reconnect from the last seen seq instead.
-      var refused = source.readyState === EventSource.CLOSED; // an HTTP error, not a drop
-      source.close();
-      state.source = null;
-      state.reconnecting = true;
-      setConnection(refused ? "disconnected" : "reconnecting");
-      state.retryTimer = setTimeout(function () {
-        if (!state.source) connect();
-      }, refused ? 3000 : 1000);
-    };
-  }
-
   function apply(item) {
     if (state.all.add(item)) {
       state.fileSize += item.bytes || 0;
@@ -297,50 +229,6 @@
       state.rows.unshift(row(item.seq, item.data));
       if (state.rows.length > MAX_ROWS) state.rows.length = MAX_ROWS;
     }
-  }
-
-  // ---- pause: the stream stays open, what arrives waits and is counted --------------
-  function hold(item) {
-    state.heldCount += 1;
-    if (state.held && state.held.length < MAX_HELD) state.held.push(item);
-    else state.held = null; // too many: Resume reloads
-    renderPause();
-  }
-
-  function setPaused(paused) {
-    state.paused = paused;
-    if (!paused) {
-      var held = state.held;
-      state.held = [];
-      state.heldCount = 0;
-      if (held) {
-        held.forEach(function (item) {
-          if (state.loading) state.loading.push(item);
-          apply(item);
-        });
-        timeline.refresh();
-        render();
-      } else {
-        load();
-      }
-    }
-    renderPause();
-    setConnection(state.link);
-  }
-
-  function renderPause() {
-    var button = $("pause");
-    button.textContent = state.paused
-      ? "Resume" + (state.heldCount ? " (" + state.heldCount.toLocaleString() + " new)" : "")
-      : "Pause";
-    button.setAttribute("aria-pressed", String(state.paused));
-  }
-
-  function setConnection(name) {
-    state.link = name;
-    var shown = state.paused ? "paused" : name;
-    $("connection").setAttribute("data-state", shown);
-    $("connection-text").textContent = shown;
   }
 
   // ---- rendering ----------------------------------------------------------------
@@ -433,7 +321,7 @@
       load();
     });
     $("pause").addEventListener("click", function () {
-      setPaused(!state.paused);
+      live.setPaused(!state.paused);
     });
     $("reset").addEventListener("click", reset);
     $("timeline-interval").addEventListener("change", function () {
@@ -466,6 +354,17 @@
   var timeline = panels.timeline(context);
   var trail = panels.trail(context);
   var table = panels.events({ state: state, setEventFilter: setEventFilter, openTrail: trail.open });
+  var live = panels.live({
+    state: state,
+    auth: auth,
+    apply: apply,
+    load: load,
+    scheduleLoad: scheduleLoad,
+    render: render,
+    scheduleRender: scheduleRender,
+    rejected: rejected,
+    timeline: timeline,
+  });
 
   window.metricsDashboard = {
     auth: auth,
