@@ -12,10 +12,14 @@ from typing import Any
 import orjson
 import pytest
 from conftest import SNAPSHOT_URL, read_lines
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 from test_faults import patch_os, raising
 
 from metrics_service import Config, create_app
+from metrics_service.http.errors import ApiError
+from metrics_service.ingest.formats import segment
 
 ANON = "5c1e3a7e-9d41-4b8e-a0f2-1f6e2d3c4b5a"
 UA = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/131.0"
@@ -443,3 +447,95 @@ def test_the_rudderstack_recording_replays(client: TestClient, config: Config) -
     assert identify["metadata"]["email"] == "a@b.c"  # from context.traits
     assert identify["metadata"]["$sdk"]["user_id"] == "user-42"
     assert identify["visitor_id"] == page["visitor_id"]  # the anonymousId throughout
+
+
+# Values of any JSON type, and the ones the SDKs send, for every field the mapping reads.
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.sampled_from(["", "track", "page", "identify", "alias", "x", ANON]),
+    lambda inner: (
+        st.lists(inner, max_size=2)
+        | st.dictionaries(st.text(max_size=3), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+_fields = [
+    "type", "event", "anonymousId", "userId", "messageId", "timestamp",
+    "originalTimestamp", "sentAt", "properties", "traits", "name", "groupId",
+    "previousId", "writeKey", "integrations",
+]  # fmt: skip
+_context = st.fixed_dictionaries(
+    {},
+    optional={
+        "page": _values
+        | st.fixed_dictionaries({}, optional={"url": _values, "title": _values}),
+        "library": _values
+        | st.fixed_dictionaries({}, optional={"name": _values, "version": _values}),
+        "userAgent": _values,
+        "traits": _values,
+    },
+)
+_calls = st.fixed_dictionaries(
+    {}, optional={**{name: _values for name in _fields}, "context": _context | _values}
+)
+_batches = st.fixed_dictionaries(
+    {"batch": st.lists(_calls | _values, max_size=4) | _values},
+    optional={"sentAt": _values, "writeKey": _values},
+)
+
+
+def _mapped(read: Any, body: bytes, call: str | None) -> Any:
+    try:
+        if call is not None:
+            messages, sent_at, key = [read(body)], None, None
+        else:
+            messages, sent_at, key = read(body)
+    except ApiError as exc:
+        return exc.status_code, exc.detail
+    items = [segment._map(m, call, sent_at) for m in messages]
+    return [(i.event, i.where, list(i.problems)) for i in items], sent_at, key
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_batches)
+def test_msgspec_reads_a_batch_as_parse_json_reads_it(batch: dict[str, Any]) -> None:
+    body = orjson.dumps(batch)
+    fast = _mapped(segment.read_batch, body, None)
+    assert fast == _mapped(segment.read_batch_loosely, body, None)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_calls | _values, st.sampled_from(["track", "identify", "alias"]))
+def test_msgspec_reads_a_call_as_parse_json_reads_it(call: Any, kind: str) -> None:
+    body = orjson.dumps(call)
+    fast = _mapped(segment.read_call, body, kind)
+    assert fast == _mapped(segment.read_call_loosely, body, kind)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"batch":[{"type":"track","properties":{"n":18446744073709551616}}]}',
+        b'{"batch":[{"type":"track","properties":{"n":1e400}}]}',
+        b'{"batch":[{"type":"track","event":"\\ud800"}]}',
+        b'{"batch":[{"type":"track","event":"a","event":"b"}]}',
+        b'{"batch":[],"batch":[{"type":"page"}]}',
+        b'\xef\xbb\xbf{"batch":[]}',
+    ],
+)
+def test_msgspec_and_parse_json_agree_on_the_edges(body: bytes) -> None:
+    assert _mapped(segment.read_batch, body, None) == _mapped(
+        segment.read_batch_loosely, body, None
+    )
+
+
+def test_a_type_that_is_an_array_is_refused_not_a_crash(client: TestClient) -> None:
+    response = post(client, "batch", {"batch": [next_track(type=["track"])]})
+
+    assert response.status_code == 422
+    (problem,) = response.json()["detail"]
+    assert problem["loc"] == ["type"]
+    assert problem["index"] == 0

@@ -84,17 +84,19 @@ def parse_json(body: bytes, where: str = "") -> Any:
                 ) from None
             raise ApiError(400, f"{where}body is not valid UTF-8: {exc}") from None
         raise ApiError(400, f"{where}malformed JSON: {exc}") from None
-    if _native.long_digits(body):
-        # orjson reads an integer past 64 bits as a float, silently dropping digits:
-        # such bodies are read again by the standard library, which keeps them exact.
-        _check_integers(body, where)
+    check_integers(body, where)
     return value
 
 
 _INT_RANGE = range(-(2**63), 2**64)
 
 
-def _check_integers(body: bytes, where: str) -> None:
+def check_integers(body: bytes, where: str = "") -> None:
+    """A 422 for an integer past 64 bits in a JSON body, which orjson would read as a
+    float, silently dropping digits."""
+    if not _native.long_digits(body):
+        return
+    # Read again by the standard library, which keeps such integers exact.
     try:
         exact = json.loads(body)
     except (ValueError, RecursionError):

@@ -34,7 +34,7 @@ _encoder = msgspec.json.Encoder()
 
 
 # ValidationError is a DecodeError; bad UTF-8 raises UnicodeDecodeError.
-_UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
+UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
 
 
 def decode(body: bytes, *, batch: bool, max_batch: int) -> list[PlainEvent] | None:
@@ -50,7 +50,7 @@ def decode(body: bytes, *, batch: bool, max_batch: int) -> list[PlainEvent] | No
             events = _wrapped.decode(body).events
         else:
             return None
-    except _UNDECODABLE:
+    except UNDECODABLE:
         return None
     if not 1 <= len(events) <= max_batch:
         return None

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import orjson
+from msgspec import UNSET
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,7 +16,8 @@ from starlette.responses import Response
 from metrics_service.http.auth import basic_user
 from metrics_service.http.errors import ApiError
 from metrics_service.http.openapi import BODY_ERRORS, Doc, Endpoint
-from metrics_service.ingest.decode import parse_json, type_name
+from metrics_service.ingest.decode import check_integers, parse_json, type_name
+from metrics_service.ingest.fast import UNDECODABLE
 from metrics_service.ingest.formats.lane import (
     SDK_KEY,
     Foreign,
@@ -43,12 +46,7 @@ CALLS = {
 }
 KINDS = frozenset(CALLS.values())
 TRAITS_CALLS = ("identify", "group")
-# $sdk's keys from the message itself, from context.page and from context.library.
-_FROM_MESSAGE = (
-    ("name", "name"),
-    ("group_id", "groupId"),
-    ("previous_id", "previousId"),
-)
+# $sdk's keys from context.page and from context.library.
 _FROM_PAGE = (
     ("url", "url"),
     ("path", "path"),
@@ -85,13 +83,97 @@ _WHERE[("context.traits", False)] = {
 _WHERE[("context.traits", True)] = {**_BY_USER, "metadata": ["context", "traits"]}
 
 
-def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
-    """One Segment message as our event (see README, Use the SDK you already have)."""
-    if not isinstance(message, dict):
+class Message(msgspec.Struct, gc=False):
+    """A Segment call: the fields the mapping reads, of any type (the event contract
+    words what is wrong); the others are skipped. UNSET: the call has no such key."""
+
+    type: Any = None
+    event: Any = None
+    anonymousId: Any = None
+    userId: Any = None
+    messageId: Any = UNSET
+    timestamp: Any = UNSET
+    originalTimestamp: Any = None
+    sentAt: Any = UNSET
+    properties: Any = None
+    traits: Any = None
+    context: Any = None
+    name: Any = None
+    groupId: Any = None
+    previousId: Any = None
+    writeKey: Any = UNSET
+
+
+class Batch(msgspec.Struct, gc=False):
+    batch: list[Message]
+    sentAt: Any = None
+    writeKey: Any = UNSET
+
+
+_read_call = msgspec.json.Decoder(Message).decode
+_read_batch = msgspec.json.Decoder(Batch).decode
+
+
+def read_call(body: bytes) -> Message:
+    """One call. msgspec reads the common body; any other is read by parse_json, so
+    a malformed one is worded as our own endpoints word it."""
+    try:
+        message = _read_call(body)
+    except UNDECODABLE:
+        return read_call_loosely(body)
+    check_integers(body)
+    return message
+
+
+def read_call_loosely(body: bytes) -> Message:
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise ApiError(
+            422, f"expected a JSON object (a Segment call), got {type_name(data)}"
+        )
+    return msgspec.convert(data, Message)
+
+
+Calls = tuple[list[Message | Any], Any, Any]
+
+
+def read_batch(body: bytes) -> Calls:
+    """A batch's calls (a value that is not an object stays as sent, to be refused),
+    its sentAt and its writeKey, read as read_call() reads one call."""
+    try:
+        batch = _read_batch(body)
+    except UNDECODABLE:
+        return read_batch_loosely(body)
+    check_integers(body)
+    return list(batch.batch), batch.sentAt, batch.writeKey
+
+
+def read_batch_loosely(body: bytes) -> Calls:
+    data = parse_json(body)
+    if not isinstance(data, dict):
+        raise ApiError(
+            422, f"expected a JSON object (a Segment call), got {type_name(data)}"
+        )
+    calls = data.get("batch")
+    if not isinstance(calls, list):
+        raise not_a_list("batch", "an array of calls")
+    messages = [
+        msgspec.convert(call, Message) if isinstance(call, dict) else call
+        for call in calls
+    ]
+    return messages, data.get("sentAt"), data.get("writeKey", UNSET)
+
+
+_NO_CONTEXT: dict[str, Any] = {}  # read, never written
+
+
+def _map(message: Message | Any, call: str | None, sent_at: Any) -> Mapped:
+    """One Segment call as our event (see README, Use the SDK you already have)."""
+    if type(message) is not Message:
         return Mapped(message, {})
-    kind = message.get("type") if call is None else call
+    kind = message.type if call is None else call
     problems: Sequence[dict[str, Any]] = ()
-    if kind not in KINDS:
+    if type(kind) is not str or kind not in KINDS:  # an array or object: unhashable
         problems = [
             {
                 "loc": ["type"],
@@ -103,18 +185,18 @@ def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
             }
         ]
         kind = "track"
-    context = message.get("context")
-    if not isinstance(context, dict):
-        context = {}
+    context = message.context
+    if type(context) is not dict:
+        context = _NO_CONTEXT
     # analytics-next sends userId null and RudderStack "" before identify: absent.
-    anonymous_id = message.get("anonymousId") or None
-    user_id = message.get("userId") or None
+    anonymous_id = message.anonymousId or None
+    user_id = message.userId or None
     by_user = anonymous_id is None and user_id is not None
     field = "properties"
-    metadata: Any = message.get("properties")
+    metadata: Any = message.properties
     if kind in TRAITS_CALLS:
         field = "traits"
-        metadata = message.get("traits")
+        metadata = message.traits
         if metadata is None and "traits" in context:
             # RudderStack sends an identify's traits only in context.traits.
             field, metadata = "context.traits", context["traits"]
@@ -122,41 +204,47 @@ def _map(message: Any, call: str | None, sent_at: Any) -> Mapped:
         metadata = None
     if metadata is None:
         metadata = {}
-    if isinstance(metadata, dict):
+    if type(metadata) is dict:
+        # Written out rather than looped: this runs for every event of a batch.
         sdk: dict[str, Any] = {"format": "segment", "type": kind}
         if user_id is not None:
             sdk["user_id"] = user_id
-        pick(sdk, message, _FROM_MESSAGE)
+        if message.name is not None:
+            sdk["name"] = message.name
+        if message.groupId is not None:
+            sdk["group_id"] = message.groupId
+        if message.previousId is not None:
+            sdk["previous_id"] = message.previousId
         page = context.get("page")
-        if isinstance(page, dict):
+        if type(page) is dict:
             pick(sdk, page, _FROM_PAGE)
         library = context.get("library")
-        if isinstance(library, dict):
+        if type(library) is dict:
             pick(sdk, library, _FROM_LIBRARY)
         metadata = {**metadata, SDK_KEY: sdk}
-    name = message.get("event") if kind == "track" else kind
     event: dict[str, Any] = {"metadata": metadata}
+    name = message.event if kind == "track" else kind
     if name is not None:
         event["event"] = name
     visitor = user_id if by_user else anonymous_id
     if visitor is not None:
         event["visitor_id"] = visitor
-    if "messageId" in message:
-        event["event_id"] = message["messageId"]
-    timestamp = message.get("timestamp")
-    if timestamp is None:
-        timestamp = message.get("originalTimestamp")  # RudderStack's
+    if message.messageId is not UNSET:
+        event["event_id"] = message.messageId
+    timestamp = message.timestamp
+    where = _WHERE[field, by_user]
+    if timestamp is UNSET or timestamp is None:
+        timestamp = message.originalTimestamp  # RudderStack's
+        if timestamp is not None and message.timestamp is UNSET:
+            where = {**where, "timestamp": ["originalTimestamp"]}
     if timestamp is not None:
         event["timestamp"] = timestamp
-    sent = message.get("sentAt", sent_at)
+    sent = sent_at if message.sentAt is UNSET else message.sentAt
     if sent is not None:
         event["sent_at"] = sent
     agent = context.get("userAgent")
     if agent is not None:
         event["user_agent"] = user_agent(agent)
-    where = _WHERE[(field, by_user)]
-    if timestamp is not None and "timestamp" not in message:
-        where = {**where, "timestamp": ["originalTimestamp"]}
     return Mapped(event, where, problems)
 
 
@@ -173,27 +261,22 @@ class SegmentLane(SdkLane):
         self.call = call
 
     def payload(self, request: Foreign) -> Payload:
-        body = parse_json(request.body)
-        if not isinstance(body, dict):
-            raise ApiError(
-                422, f"expected a JSON object (a Segment call), got {type_name(body)}"
-            )
         keys: list[tuple[str, object]] = []
         user = basic_user(request.scope["headers"])
         if user is not None:
             keys.append(("writeKey (Basic auth user)", user))
-        if "writeKey" in body:
-            keys.append(("writeKey", body["writeKey"]))
         if self.call is not None:
-            return Payload([_map(body, self.call, None)], False, keys)
-        batch = body.get("batch")
-        if not isinstance(batch, list):
-            raise not_a_list("batch", "an array of calls")
-        sent_at = body.get("sentAt")
-        items = [_map(message, None, sent_at) for message in batch]
-        for message in batch:
-            if isinstance(message, dict) and "writeKey" in message:
-                keys.append(("writeKey", message["writeKey"]))
+            message = read_call(request.body)
+            if message.writeKey is not UNSET:
+                keys.append(("writeKey", message.writeKey))
+            return Payload([_map(message, self.call, None)], False, keys)
+        messages, sent_at, write_key = read_batch(request.body)
+        if write_key is not UNSET:
+            keys.append(("writeKey", write_key))
+        items = [_map(message, None, sent_at) for message in messages]
+        for message in messages:
+            if type(message) is Message and message.writeKey is not UNSET:
+                keys.append(("writeKey", message.writeKey))
         return Payload(items, True, keys)
 
     def answer(self, outcome: Outcome, sampled_out: int) -> tuple[int, bytes]:
