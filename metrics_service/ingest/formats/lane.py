@@ -7,11 +7,11 @@ fields and where each came from, so a refusal names the foreign field.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl
 
+import msgspec
 from starlette.types import Receive, Scope, Send
 
 from metrics_service.http.auth import check_sdk_key
@@ -40,8 +40,7 @@ SDK_KEY = "$sdk"
 Loc = list[str | int]
 
 
-@dataclasses.dataclass(slots=True)
-class Mapped:
+class Mapped(msgspec.Struct, gc=False):
     """One foreign event as our event's fields (or the foreign value itself when it
     is not an object, for check_events to refuse), with where each field came from."""
 
