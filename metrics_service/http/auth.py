@@ -1,5 +1,5 @@
 """Bearer tokens: METRICS_INGEST_TOKEN opens the routes guarded "ingest" and
-METRICS_READ_TOKEN those guarded "read" (app.py's table says which, and a path not in
+METRICS_READ_TOKEN those guarded "read" (routes.py says which, and a path not in
 it needs the read token); "open" routes need none. A token comes in
 `Authorization: Bearer <token>` or, for sendBeacon and EventSource which cannot set
 headers, in `?token=`.

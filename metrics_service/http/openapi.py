@@ -1,4 +1,4 @@
-"""GET /openapi.json: the HTTP contract, from the route table (app.py) and the pydantic
+"""GET /openapi.json: the HTTP contract, from the route table (routes.py) and the pydantic
 models (ingest/contract.py, http/schemas.py)."""
 
 from __future__ import annotations
