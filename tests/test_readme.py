@@ -174,6 +174,10 @@ def matches(expected: Any, actual: Any, key: str | None = None) -> bool:
     return type(expected) is type(actual) and expected == actual
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Section:
     """One section's folder, its service, and the commands run against it."""
 
@@ -216,12 +220,20 @@ class Section:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
+                # A shell started in the background (`make test &`) ignores SIGINT,
+                # and so would the command; Ctrl-C in a terminal reaches it.
+                preexec_fn=_default_sigint,
             )
             time.sleep(1)
             running = proc.poll() is None
             if running:
                 os.killpg(proc.pid, signal.SIGINT)
-            out, err = proc.communicate(timeout=10)
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)  # leave nothing running
+                proc.communicate()
+                raise
             assert running or proc.returncode == 0, self._failure(
                 where, script, proc.returncode, out, err
             )
