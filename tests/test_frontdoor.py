@@ -240,3 +240,24 @@ def test_a_star_lets_every_origin_write(tmp_path: Path) -> None:
             headers={"content-type": "text/plain", "origin": "https://any.example"},
         )
         assert r.status_code == 202
+
+
+@pytest.mark.parametrize(
+    ("origin", "method", "detail"),
+    [
+        ("https://evil.example", "POST", "Disallowed CORS origin"),
+        ("https://good.example", "PUT", "Disallowed CORS method"),
+    ],
+)
+def test_a_refused_preflight_answers_in_the_one_error_shape(
+    tmp_path: Path, origin: str, method: str, detail: str
+) -> None:
+    with cors_client(tmp_path, ("https://good.example",)) as client:
+        r = client.options(
+            "/api/metrics/event",
+            headers={"origin": origin, "access-control-request-method": method},
+        )
+    assert r.status_code == 400
+    assert r.headers["content-type"] == "application/json"
+    assert r.json() == {"detail": detail}
+    assert "Origin" in r.headers["vary"]

@@ -12,9 +12,10 @@ import logging
 from collections.abc import Iterable
 from typing import Protocol
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from metrics_service.http.auth import Guards, Tokens, route_path, split_token
@@ -37,6 +38,27 @@ class Lane(Protocol):
     ) -> None: ...
 
 
+class Cors(CORSMiddleware):
+    """Starlette's CORS, with its refused preflights in the one error shape."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        # "Disallowed CORS origin" and the like, as `{"detail": ...}`.
+        error = ApiError(response.status_code, bytes(response.body).decode())
+        body, _ = encode(error)
+        kept = MutableHeaders(raw=list(response.headers.raw))
+        del kept["content-type"]
+        del kept["content-length"]
+        return Response(
+            body,
+            status_code=error.status_code,
+            headers=dict(kept),
+            media_type="application/json",
+        )
+
+
 class FrontDoor:
     def __init__(
         self, router: ASGIApp, *, config: Config, endpoints: Iterable[Endpoint]
@@ -52,7 +74,7 @@ class FrontDoor:
         }
         # CORS comes before tokens, so preflights are answered without one and 401s
         # still carry the CORS headers.
-        self.cors = CORSMiddleware(
+        self.cors = Cors(
             self.handle,
             allow_origins=list(config.cors_origins),
             allow_methods=["GET", "POST", "OPTIONS"],
