@@ -539,3 +539,26 @@ def test_a_type_that_is_an_array_is_refused_not_a_crash(client: TestClient) -> N
     (problem,) = response.json()["detail"]
     assert problem["loc"] == ["type"]
     assert problem["index"] == 0
+
+
+def test_a_schema_error_names_the_sdk_field_in_loc_path_and_msg(tmp_path: Path) -> None:
+    plan = {
+        "events": {
+            "Signed Up": {"schema": {"properties": {"plan": {"enum": ["free", "pro"]}}}}
+        }
+    }
+    taxonomy = tmp_path / "plan.json"
+    taxonomy.write_bytes(orjson.dumps(plan))
+    config = Config(jsonl=tmp_path / "m.jsonl", taxonomy=taxonomy)
+    with TestClient(create_app(config)) as c:
+        r = post(c, "batch", {"batch": [next_track(properties={"plan": "team"})]})
+
+    assert r.status_code == 422
+    (problem,) = r.json()["detail"]
+    assert problem["index"] == 0
+    assert problem["loc"] == ["properties", "plan"]
+    assert problem["path"] == "properties.plan"
+    assert problem["msg"] == (
+        'properties.plan: must be one of ["free","pro"], got "team"'
+    )
+    assert problem["rule"] == "enum"

@@ -29,6 +29,7 @@ from metrics_service.ingest import fast
 from metrics_service.ingest.clock import Received, received_now
 from metrics_service.ingest.decode import check_count, check_events, to_group
 from metrics_service.ingest.endpoint import BODY_KEY, NOTHING
+from metrics_service.ingest.schema import json_path
 from metrics_service.ingest.test_tag import test_id
 from metrics_service.service import Service
 from metrics_service.store.line import Group
@@ -255,5 +256,10 @@ class SdkLane:
                     problem = {**problem, "loc": [*where, *loc[1:]]}
                     if problem.get("type") == "missing" and loc[0] in self.missing:
                         problem["msg"] = self.missing[loc[0]]
+                    elif problem.get("type") == "schema":
+                        # The tracking plan's JSON path, also at the start of msg.
+                        path = json_path(problem["loc"])
+                        msg = str(problem["msg"]).removeprefix(problem["path"])
+                        problem["path"], problem["msg"] = path, path + msg
             out.append(problem)
         return out
