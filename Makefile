@@ -75,9 +75,16 @@ wrk:
 # in for it when it is not built (METRICS_PURE_PYTHON=1). The second pass leaves out
 # the tests marked `once`, which cannot tell the two apart: the browser tests (e2e/)
 # and the packaging, plugin and shipper tests.
+# Bytecode is cached under .cache/pycache (ignored by git) even where the environment
+# sets PYTHONDONTWRITEBYTECODE: every pytest process (three workers a pass, the
+# plugin's own test runs) otherwise re-rewrites ~500 modules (schemathesis, hypothesis
+# and the tests) before it runs a test. Three workers on two cores, since most tests
+# wait on a server, a browser or a subprocess; worksteal evens out the long tests.
+TEST_PYTEST := PYTHONDONTWRITEBYTECODE= PYTHONPYCACHEPREFIX=$(CURDIR)/.cache/pycache \
+	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n 3 --dist worksteal
 test: $(STAMP) chromium npm lint
-	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n 2
-	METRICS_PURE_PYTHON=1 METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n 2 -m "not once"
+	$(TEST_PYTEST)
+	METRICS_PURE_PYTHON=1 $(TEST_PYTEST) -m "not once"
 
 e2e: $(STAMP) chromium npm
 	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest e2e
