@@ -246,9 +246,12 @@ def test_truncated_gzip(client: TestClient, config: Config) -> None:
 # Real server, raw sockets: what an HTTP client library would never send.
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[MetricsServer]:
-    with MetricsServer(tmp_path / "m.jsonl", env={"METRICS_BODY_TIMEOUT": "1"}) as s:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MetricsServer]:
+    """One server for the module: each test checks that its own requests stored
+    nothing (stored() before, assert_healthy_and_unchanged() after)."""
+    sink = tmp_path_factory.mktemp("hostile") / "m.jsonl"
+    with MetricsServer(sink, env={"METRICS_BODY_TIMEOUT": "1"}) as s:
         yield s
 
 
@@ -282,14 +285,22 @@ def request_head(length: int | str, *, path: str = EVENT_URL, extra: str = "") -
     ).encode()
 
 
-def assert_healthy_and_empty(server: MetricsServer) -> None:
+def stored(server: MetricsServer) -> tuple[int, bytes]:
+    """The ring's size and the sink's bytes."""
     health = httpx.get(f"{server.url}/api/metrics/behavior/health", timeout=5)
     assert health.status_code == 200
-    assert health.json()["ring_size"] == 0
-    assert not server.jsonl_path.exists() or server.jsonl_path.read_bytes() == b""
+    path = server.jsonl_path
+    return health.json()["ring_size"], path.read_bytes() if path.exists() else b""
+
+
+def assert_healthy_and_unchanged(
+    server: MetricsServer, before: tuple[int, bytes]
+) -> None:
+    assert stored(server) == before
 
 
 def test_a_body_that_stops_arriving_gets_408(server: MetricsServer) -> None:
+    before = stored(server)
     body = event_body()
     with raw(server) as stalled:
         stalled.sendall(request_head(len(body)) + body[:10])
@@ -302,10 +313,11 @@ def test_a_body_that_stops_arriving_gets_408(server: MetricsServer) -> None:
     assert statuses(answer) == [408]
     assert b'"detail"' in answer
     assert waited < 12  # the socket timeout is 15 s; the deadline is 1 s
-    assert_healthy_and_empty(server)
+    assert_healthy_and_unchanged(server, before)
 
 
 def test_a_chunked_body_that_stops_arriving_gets_408(server: MetricsServer) -> None:
+    before = stored(server)
     head = (
         f"POST {BATCH_URL} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
@@ -314,19 +326,21 @@ def test_a_chunked_body_that_stops_arriving_gets_408(server: MetricsServer) -> N
         stalled.sendall(head + b'5\r\n[{"vi\r\n')
         answer = read_all(stalled)
     assert statuses(answer) == [408]
-    assert_healthy_and_empty(server)
+    assert_healthy_and_unchanged(server, before)
 
 
 def test_a_content_length_larger_than_the_body(server: MetricsServer) -> None:
+    before = stored(server)
     body = event_body()
     with raw(server) as sock:
         sock.sendall(request_head(len(body) + 100) + body)
         answer = read_all(sock)
     assert statuses(answer) == [408]
-    assert_healthy_and_empty(server)
+    assert_healthy_and_unchanged(server, before)
 
 
 def test_a_content_length_smaller_than_the_body(server: MetricsServer) -> None:
+    before = stored(server)
     body = event_body()
     with raw(server) as sock:
         sock.sendall(request_head(len(body) - 5) + body)
@@ -336,28 +350,30 @@ def test_a_content_length_smaller_than_the_body(server: MetricsServer) -> None:
     assert codes
     assert codes[0] == 400
     assert all(400 <= code < 500 for code in codes)
-    assert_healthy_and_empty(server)
+    assert_healthy_and_unchanged(server, before)
 
 
 @pytest.mark.parametrize("length", ["abc", "-1", "1e3", "99999999999999999999999"])
 def test_a_content_length_that_is_not_a_length(
     server: MetricsServer, length: str
 ) -> None:
+    before = stored(server)
     with raw(server) as sock:
         sock.sendall(request_head(length) + event_body())
         answer = read_all(sock)
     codes = statuses(answer)
     assert codes
     assert all(400 <= code < 500 for code in codes)
-    assert_healthy_and_empty(server)
+    assert_healthy_and_unchanged(server, before)
 
 
 def test_a_client_that_hangs_up_mid_body(server: MetricsServer) -> None:
+    before = stored(server)
     body = event_body()
     for _ in range(20):
         with raw(server) as sock:
             sock.sendall(request_head(len(body)) + body[:20])
-    assert_healthy_and_empty(server)
+    assert_healthy_and_unchanged(server, before)
     response = httpx.post(f"{server.url}{EVENT_URL}", content=body, timeout=5)
     assert response.status_code == 202
 
