@@ -255,3 +255,23 @@ def test_sampling_applies_and_is_reported(tmp_path: Path) -> None:
     assert r.status_code == 200
     assert r.json() == {"status": 1, "stored": 1, "duplicates": 0, "sampled_out": 1}
     assert [line["event"] for line in read_lines(config.jsonl)] == ["kept"]
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_properties_nested_too_deep_are_refused_and_kept_without_the_token(
+    client: TestClient, config: Config, depth: int
+) -> None:
+    nested = "[" * depth + "]" * depth
+    body = (
+        '{"api_key":"phc_secret","batch":[{"event":"x","distinct_id":"visitor-1",'
+        f'"properties":{{"a":{nested}}}}}]}}'
+    )
+    r = client.post("/posthog/batch/", content=body)
+
+    assert r.status_code == 422
+    assert "cannot be stored as JSON" in r.json()["detail"][0]["msg"]
+    (record,) = client.get("/api/metrics/behavior/rejected").json()["rejections"]
+    assert record["status"] == 422
+    assert "phc_secret" not in record["body"]
+    assert "[nested too deep]" in record["body"]
+    assert read_lines(config.jsonl) == []

@@ -562,3 +562,16 @@ def test_a_schema_error_names_the_sdk_field_in_loc_path_and_msg(tmp_path: Path) 
         'properties.plan: must be one of ["free","pro"], got "team"'
     )
     assert problem["rule"] == "enum"
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+def test_properties_nested_too_deep_are_refused_not_a_crash(
+    client: TestClient, depth: int
+) -> None:
+    nested = "[" * depth + "]" * depth
+    call = orjson.dumps(next_track(properties={"a": "@"})).decode()
+    body = '{"batch":[' + call.replace('"@"', nested) + "]}"
+    r = client.post("/segment/v1/batch", content=body, headers=basic("wk_test"))
+
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["msg"].startswith("cannot be stored as JSON")

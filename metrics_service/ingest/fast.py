@@ -161,7 +161,7 @@ def convert(objs: list[dict[str, Any]]) -> list[PlainEvent] | None:
     64 bits, as ingest/decode.py parse_json() makes sure."""
     try:
         return _as_events(objs, list[PlainEvent])
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, RecursionError):
         return None
 
 
@@ -221,7 +221,9 @@ def finish(
         else:
             encoded = escape_separators(_encoder.encode_lines(events))
             bodies, longest = _native.bodies(encoded)
-    except (msgspec.EncodeError, OverflowError):
+    except (msgspec.EncodeError, OverflowError, RecursionError):
+        # RecursionError: metadata nested deeper than msgspec writes, which the SDK
+        # lanes' readers can hand over; the full path refuses it.
         return None
     # The full path measures the event as orjson writes it, which can be longer
     # (1e+16 for 1e16): under half the limit, an event cannot be past it there. The

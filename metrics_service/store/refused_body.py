@@ -19,7 +19,10 @@ MAX_FIELD = 256  # characters of an `event` or `visitor_id` read from a refused 
 REDACTED = "[redacted]"
 # SDK credentials in a body: dropped from the record at any depth (case-insensitive).
 CREDENTIAL_KEYS = frozenset({"writekey", "api_key", "token", "api_secret"})
-MAX_DEPTH = 256
+# Deeper than this a refused body's values are replaced by TOO_DEEP: orjson writes at
+# most 254 levels, and what lies deeper could hold a credential.
+MAX_DEPTH = 200
+TOO_DEEP = "[nested too deep]"
 _VISITOR_KEYS = ("visitor_id", "anonymousId", "userId", "distinct_id", "client_id")
 _EVENT_KEYS = ("event", "name")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -161,7 +164,7 @@ def _decoded(raw: bytes) -> bytes:
 def _hide(value: Any, hidden: frozenset[str], depth: int) -> Any:
     """Credentials dropped and METRICS_REDACT_KEYS redacted, at any depth."""
     if depth > MAX_DEPTH:
-        return value
+        return TOO_DEEP
     if type(value) is dict:
         out = {}
         for key, item in value.items():
