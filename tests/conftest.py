@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -57,3 +59,19 @@ def run_app(
             await app.service.stop()
 
     return asyncio.run(run())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _bytecode_of_temporary_folders(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[None]:
+    """make test caches bytecode under PYTHONPYCACHEPREFIX: what the tests' temporary
+    folders (venvs, README sections, pytester's projects) put there goes with the run
+    rather than piling up a copy each run."""
+    yield
+    if sys.pycache_prefix is not None:
+        basetemp = tmp_path_factory.getbasetemp().resolve()
+        shutil.rmtree(
+            Path(sys.pycache_prefix) / basetemp.relative_to(basetemp.anchor),
+            ignore_errors=True,
+        )

@@ -62,6 +62,8 @@ assert not eager & set(sys.modules), sorted(eager & set(sys.modules))
 def run(
     argv: list[str], cwd: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    if env is None:  # the build and the venv's bytecode stay in their temporary folders
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPYCACHEPREFIX"}
     result = subprocess.run(
         argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=240
     )
@@ -77,7 +79,8 @@ def user_env() -> dict[str, str]:
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("PYTEST_", "METRICS_", "COV_"))
-        and name not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")
+        and name
+        not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONPYCACHEPREFIX")
     }
 
 
