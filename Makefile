@@ -96,4 +96,4 @@ bench: $(STAMP) wrk
 	$(BIN)/python -m tests.perf.soak
 
 clean:
-	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache e2e/artifacts metrics_service/_native/*.so
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .cache/pycache e2e/artifacts metrics_service/_native/*.so
