@@ -334,8 +334,11 @@ def test_rudderstack_an_event_sent_as_the_page_unloads_arrives_once(
     # By a name no other test sends (the Segment test above sends "left by link" into
     # the same collector): under load RudderStack has been seen to stamp this event with
     # another anonymousId than getAnonymousId() gave before the click, the SDK's business.
+    # When its request is still in flight as the page goes, the next page takes over
+    # the old page's queue only once that queue has been quiet for its reclaim timeout
+    # (RECLAIM_TIMEOUT_MS 10 s, checked every RECLAIM_TIMER_MS 3 s): hence 25 s.
     (event,) = collector.server.client.wait_for(
-        "RudderStack left by link", exactly=True, settle=0.3, timeout=10
+        "RudderStack left by link", exactly=True, settle=0.3, timeout=25
     )
     assert event["metadata"]["via"] == "click"
     assert event["metadata"]["$sdk"]["format"] == "segment"
