@@ -12,7 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from metrics_service.http.connections import HEADER_TIMEOUT, RESERVED_FILES
+from metrics_service.http.connections import (
+    HEADER_TIMEOUT,
+    RESERVED_FILES,
+    GuardedHttp,
+    headers_too_slow,
+)
 from metrics_service.testing import SERVE_ARGV, MetricsServer
 
 FILES = 256  # the server's open-file limit: its cap is FILES - RESERVED_FILES
@@ -20,11 +25,14 @@ SLOW_CLIENTS = 300
 PARTIAL = b"POST /api/metrics/event HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
 
 
-def limited(files: int) -> list[str]:
-    """The serve command, run with an open-file limit of `files`."""
+def limited(files: int, header_timeout: float = HEADER_TIMEOUT) -> list[str]:
+    """The serve command, run with an open-file limit of `files` (and a shorter
+    deadline for headers, so a test of it need not wait the default)."""
     code = (
         "import resource, runpy, sys; "
         f"resource.setrlimit(resource.RLIMIT_NOFILE, ({files}, {files})); "
+        "from metrics_service.http.connections import GuardedHttp; "
+        f"GuardedHttp.header_timeout = {header_timeout!r}; "
         f"sys.argv = {['metrics_service', *SERVE_ARGV[3:]]!r}; "
         "runpy.run_module('metrics_service', run_name='__main__')"
     )
@@ -90,22 +98,35 @@ def test_connections_that_never_finish_their_headers_lock_nobody_out(
     assert r.json()["total"] == 1
 
 
+SHORT_DEADLINE = 2.0
+
+
 def test_headers_that_take_too_long_get_408_and_the_connection_is_closed(
-    server: MetricsServer,
+    tmp_path: Path,
 ) -> None:
-    [sock] = open_slow(server.port, 1)
-    with sock:
-        sock.settimeout(HEADER_TIMEOUT + 3)
-        started = time.monotonic()
-        answer = b""
-        while chunk := sock.recv(4096):
-            answer += chunk
-        waited = time.monotonic() - started
+    command = limited(FILES, header_timeout=SHORT_DEADLINE)
+    with MetricsServer(tmp_path / "m.jsonl", command=command) as server:
+        [sock] = open_slow(server.port, 1)
+        with sock:
+            sock.settimeout(SHORT_DEADLINE + 3)
+            started = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(4096):
+                answer += chunk
+            waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert answer.endswith(
+        b'{"detail":"the request headers did not arrive within 2 seconds"}'
+    )
+    # The sweep runs once a second.
+    assert SHORT_DEADLINE - 0.5 <= waited <= SHORT_DEADLINE + 2
+
+
+def test_the_default_deadline_for_headers_is_ten_seconds() -> None:
+    assert GuardedHttp.header_timeout == HEADER_TIMEOUT == 10.0
+    assert headers_too_slow(HEADER_TIMEOUT).endswith(
         b'{"detail":"the request headers did not arrive within 10 seconds"}'
     )
-    assert HEADER_TIMEOUT - 1 <= waited <= HEADER_TIMEOUT + 2
 
 
 def test_a_client_that_sends_its_headers_in_time_is_served(

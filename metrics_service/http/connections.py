@@ -40,10 +40,13 @@ def _plain_answer(status: bytes, detail: bytes) -> bytes:
     ) % (status, len(body), body)
 
 
-HEADERS_TOO_SLOW = _plain_answer(
-    b"408 Request Timeout",
-    b"the request headers did not arrive within %d seconds" % HEADER_TIMEOUT,
-)
+def headers_too_slow(timeout: float) -> bytes:
+    return _plain_answer(
+        b"408 Request Timeout",
+        b"the request headers did not arrive within %g seconds" % timeout,
+    )
+
+
 TOO_MANY_CONNECTIONS = _plain_answer(
     b"503 Service Unavailable",
     b"too many open connections; try again",
@@ -130,7 +133,7 @@ class GuardedHttp(HttpToolsProtocol):
         self.waiting_since = None
         self.connections.discard(self)
         if not self.transport.is_closing():
-            self.transport.write(HEADERS_TOO_SLOW)
+            self.transport.write(headers_too_slow(self.header_timeout))
             self.transport.close()
 
 
