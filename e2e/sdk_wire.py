@@ -116,3 +116,16 @@ def dedupe_count(collector: Collector) -> float:
     text = httpx.get(f"{collector.url}/metrics").text
     (line,) = [x for x in text.splitlines() if x.startswith(DEDUPED)]
     return float(line.split()[-1])
+
+
+def burst_arrives_once_each(
+    page: Page, collector: Collector, visitor: str, send: str
+) -> None:
+    """50 events sent at once by the page (`send` is a JavaScript expression of `i`)
+    are stored once each, with their own ids."""
+    page.evaluate(f"() => Promise.all(Array.from({{ length: 50 }}, (_, i) => {send}))")
+    events = collector.server.client.wait_for(
+        "burst", visitor_id=visitor, count=50, exactly=True, settle=0.3, timeout=10
+    )
+    assert sorted(e["metadata"]["i"] for e in events) == list(range(50))
+    assert len({e["event_id"] for e in events}) == 50

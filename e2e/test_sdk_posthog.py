@@ -15,7 +15,13 @@ import pytest
 from playwright.sync_api import Page
 
 from . import sdks
-from .sdk_wire import Wire, dedupe_count, pump_until, refuse_after_storing
+from .sdk_wire import (
+    Wire,
+    burst_arrives_once_each,
+    dedupe_count,
+    pump_until,
+    refuse_after_storing,
+)
 
 if TYPE_CHECKING:
     from .conftest import Collector
@@ -94,16 +100,7 @@ def test_posthog_a_burst_of_50_arrives_once_each(
     page: Page, site: str, collector: Collector
 ) -> None:
     visitor = open_posthog(page, site)
-
-    page.evaluate(
-        "() => { for (let i = 0; i < 50; i++) posthog.capture('burst', { i }); }"
-    )
-
-    events = collector.server.client.wait_for(
-        "burst", visitor_id=visitor, count=50, exactly=True, settle=0.3, timeout=10
-    )
-    assert sorted(e["metadata"]["i"] for e in events) == list(range(50))
-    assert len({e["event_id"] for e in events}) == 50
+    burst_arrives_once_each(page, collector, visitor, 'posthog.capture("burst", { i })')
 
 
 def test_posthog_an_event_sent_as_the_page_unloads_arrives_once_by_beacon(

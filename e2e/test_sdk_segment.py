@@ -18,6 +18,7 @@ from playwright.sync_api import Page
 from . import sdks
 from .sdk_wire import (
     Wire,
+    burst_arrives_once_each,
     dedupe_count,
     pump_until,
     refuse_after_storing,
@@ -106,18 +107,7 @@ def test_segment_a_burst_of_50_arrives_once_each(
     page: Page, site: str, collector: Collector
 ) -> None:
     visitor = open_segment(page, site)
-
-    page.evaluate(
-        """() => Promise.all(
-          Array.from({ length: 50 }, (_, i) => analytics.track("burst", { i }))
-        )"""
-    )
-
-    events = collector.server.client.wait_for(
-        "burst", visitor_id=visitor, count=50, exactly=True, settle=0.3
-    )
-    assert sorted(e["metadata"]["i"] for e in events) == list(range(50))
-    assert len({e["event_id"] for e in events}) == 50
+    burst_arrives_once_each(page, collector, visitor, 'analytics.track("burst", { i })')
 
 
 def test_segment_an_event_sent_as_the_page_unloads_arrives_once(
@@ -301,16 +291,7 @@ def test_rudderstack_a_burst_of_50_arrives_once_each(
     page: Page, site: str, collector: Collector
 ) -> None:
     visitor = open_rudderstack(page, site)
-
-    page.evaluate(
-        "() => { for (let i = 0; i < 50; i++) rudder.track('burst', { i }); }"
-    )
-
-    events = collector.server.client.wait_for(
-        "burst", visitor_id=visitor, count=50, exactly=True, settle=0.3, timeout=10
-    )
-    assert sorted(e["metadata"]["i"] for e in events) == list(range(50))
-    assert len({e["event_id"] for e in events}) == 50
+    burst_arrives_once_each(page, collector, visitor, 'rudder.track("burst", { i })')
 
 
 def test_rudderstack_an_event_sent_as_the_page_unloads_arrives_once(
