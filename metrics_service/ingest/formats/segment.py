@@ -125,13 +125,17 @@ def read_call(body: bytes) -> Message:
     return message
 
 
-def read_call_loosely(body: bytes) -> Message:
+def _parsed_object(body: bytes) -> dict[str, Any]:
     data = parse_json(body)
     if not isinstance(data, dict):
         raise ApiError(
             422, f"expected a JSON object (a Segment call), got {type_name(data)}"
         )
-    return msgspec.convert(data, Message)
+    return data
+
+
+def read_call_loosely(body: bytes) -> Message:
+    return msgspec.convert(_parsed_object(body), Message)
 
 
 Calls = tuple[list[Message | Any], Any, Any]
@@ -149,11 +153,7 @@ def read_batch(body: bytes) -> Calls:
 
 
 def read_batch_loosely(body: bytes) -> Calls:
-    data = parse_json(body)
-    if not isinstance(data, dict):
-        raise ApiError(
-            422, f"expected a JSON object (a Segment call), got {type_name(data)}"
-        )
+    data = _parsed_object(body)
     calls = data.get("batch")
     if not isinstance(calls, list):
         raise not_a_list("batch", "an array of calls")
