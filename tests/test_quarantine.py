@@ -400,6 +400,98 @@ def test_foreign_sdk_lanes_are_recorded_without_their_keys(client: TestClient) -
     assert "seg-secret" not in record["body"]
 
 
+# A refusal of each status on every SDK family's lane: (path, body, content type).
+SDK_REFUSALS = {
+    400: [
+        ("/segment/v1/track", b'{"event": "A", ', "application/json"),
+        ("/posthog/e/", b'{"event": "$x", ', "application/json"),
+        ("/ga4/mp/collect?measurement_id=G-1", b'{"client_id": ', "application/json"),
+    ],
+    413: [
+        ("/segment/v1/batch", b"[" + b" " * 70_000 + b"]", "application/json"),
+        ("/posthog/batch/", b"[" + b" " * 70_000 + b"]", "application/json"),
+        ("/ga4/mp/collect?measurement_id=G-1", b" " * 70_000, "application/json"),
+    ],
+    415: [
+        ("/segment/v1/track", b"{}", "image/png"),
+        ("/posthog/e/", b"{}", "image/png"),
+        ("/ga4/mp/collect?measurement_id=G-1", b"{}", "image/png"),
+    ],
+    422: [
+        ("/segment/v1/track", b'{"event": "A", "properties": {}}', "application/json"),
+        ("/posthog/e/", b'{"event": "$x", "properties": {}}', "application/json"),
+        (
+            "/ga4/mp/collect?measurement_id=G-1",
+            b'{"client_id": "12.34", "events": [{"name": "_bad"}]}',
+            "application/json",
+        ),
+    ],
+}
+
+
+@pytest.mark.parametrize("status", sorted(SDK_REFUSALS))
+def test_every_sdk_lane_records_each_refused_status(
+    client: TestClient, status: int
+) -> None:
+    answers = []
+    for path, body, kind in SDK_REFUSALS[status]:
+        r = client.post(path, content=body, headers={"Content-Type": kind})
+        assert r.status_code == status, (path, r.text)
+        answers.append(r.json()["detail"])
+    found = rejections(client)[::-1]
+    assert [x["path"] for x in found] == [
+        path.partition("?")[0] for path, _, _ in SDK_REFUSALS[status]
+    ]
+    assert {x["status"] for x in found} == {status}
+    assert [x["detail"] for x in found] == answers
+    if status in (400, 422):
+        assert [x["body"] for x in found] == [
+            body.decode() for _, body, _ in SDK_REFUSALS[status]
+        ]
+    if status == 422:
+        assert [x["event"] for x in found] == ["A", "$x", "_bad"]
+    assert client.get(SNAPSHOT_URL).json()["rejected"] == 3
+
+
+def test_configured_tokens_never_appear_even_in_a_body_that_is_no_json(
+    tmp_path: Path,
+) -> None:
+    config = Config(
+        jsonl=tmp_path / "m.jsonl", ingest_token="in-sekrit", read_token="rd-sekrit"
+    )
+    with TestClient(create_app(config)) as c:
+        r = c.post(
+            EVENT_URL + "?token=in-sekrit",
+            content=b'{"event": "a", "note": "in-sekrit rd-sekrit',
+            headers={**JSON, "User-Agent": "probe in-sekrit"},
+        )
+        assert r.status_code == 400
+        [record] = rejections(c, token="rd-sekrit")
+    assert record["body"] == '{"event": "a", "note": "[redacted] [redacted]'
+    assert record["user_agent"] == "probe [redacted]"
+    written = config.rejected_file
+    assert written is not None
+    assert "sekrit" not in written.read_text()
+
+
+def test_base64_bodies_are_cut_at_4_kib_after_decoding() -> None:
+    quarantine = Quarantine(10, None)
+    batch = [{"event": "$x", "n": i, "pad": "p" * 40} for i in range(200)]
+    payload = orjson.dumps({"api_key": "phc_x", "batch": batch})
+    for raw in (
+        base64.b64encode(gzip.compress(payload)),
+        b"data=" + base64.b64encode(payload),
+    ):
+        assert len(raw) < len(payload) or raw.startswith(b"data=")
+        found = quarantine.record(Request("/posthog/batch/", 400, "bad", [], raw, None))
+        assert found is not None
+        record = orjson.loads(found.line)
+        assert record["truncated"] is True
+        assert len(record["body"].encode()) == BODY_LIMIT
+        assert record["body"].startswith('{"batch":[{"event":"$x","n":0,')
+        assert "phc_x" not in record["body"]
+
+
 def test_posthog_form_base64_and_gzip_bodies_are_decoded() -> None:
     quarantine = Quarantine(10, None)
     payload = orjson.dumps({"api_key": "phc_x", "event": "$pageview", "x": 1})

@@ -22,7 +22,7 @@ import orjson
 from metrics_service.ingest.clock import received_now
 from metrics_service.settings import BY_NAME, Config, ConfigError
 from metrics_service.store import tail
-from metrics_service.store.refused_body import BodyReader
+from metrics_service.store.refused_body import REDACTED, BodyReader
 from metrics_service.store.rotation import Rotator, readable_segments, segment_pattern
 from metrics_service.store.sink import Sink
 
@@ -58,6 +58,7 @@ def quarantine_for(config: Config) -> Quarantine:
         config.reject_capacity,
         path,
         redact_keys=config.redact_keys,
+        secrets=(config.ingest_token, config.read_token),
         rotate_bytes=config.rotate_bytes,
         rotate_keep=config.rotate_keep,
     )
@@ -95,12 +96,18 @@ class Quarantine:
         path: Path | None,
         *,
         redact_keys: Iterable[str] = (),
+        secrets: Iterable[str | None] = (),
         rotate_bytes: int = 0,
         rotate_keep: int = 10,
     ) -> None:
+        """`secrets`: the configured tokens, replaced wherever they would appear in
+        a record (a body that is no JSON is otherwise kept as sent)."""
         self.capacity = capacity
         self.path = path
         self.reader = BodyReader(redact_keys)
+        self.secrets = [s for s in secrets if s]
+        # As each appears inside a JSON string of the record's line.
+        self.secret_bytes = [orjson.dumps(s)[1:-1] for s in self.secrets]
         self.records: deque[Rejection] = deque()
         self.budget = capacity * RECORD_BUDGET
         self.bytes = 0
@@ -164,6 +171,8 @@ class Quarantine:
         except TypeError:  # a detail orjson cannot write: keep its text
             record["detail"] = str(request.detail)
             line = orjson.dumps(record)
+        if any(secret in line for secret in self.secret_bytes):
+            line = orjson.dumps(_scrub(record, self.secrets))
         found = Rejection(
             self.last_id, request.status, event, visitor, request.test_id, line
         )
@@ -228,6 +237,19 @@ class Quarantine:
                     exc,
                     self.write_errors,
                 )
+
+
+def _scrub(value: Any, secrets: list[str]) -> Any:
+    """`value` with every secret in its strings (keys too) replaced by REDACTED."""
+    if isinstance(value, str):
+        for secret in secrets:
+            value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {_scrub(k, secrets): _scrub(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(item, secrets) for item in value]
+    return value
 
 
 def _headers(headers: list[tuple[bytes, bytes]]) -> dict[str, str | None]:
