@@ -96,15 +96,23 @@ class Written:
     def __init__(self, folder: Path) -> None:
         self.sink = folder / Path(SINK).name
         config = Config(jsonl=self.sink, rotate_bytes=1_000, rotate_keep=100)
+        # Every name the rotation gives a file, as it gives it: the sink renamed to a
+        # plain segment, then the segment's .gz written under a temporary name.
+        renamed: list[tuple[Path, Path]] = []
         partials: list[Path] = []
-        replace = os.replace
+        rename, replace = os.rename, os.replace
 
-        def recording(src: Any, dst: Any) -> None:
+        def renaming(src: Any, dst: Any) -> None:
+            renamed.append((Path(src), Path(dst)))
+            rename(src, dst)
+
+        def replacing(src: Any, dst: Any) -> None:
             partials.append(Path(src))
             replace(src, dst)
 
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(rotation.os, "replace", recording)
+            patch.setattr(rotation.os, "rename", renaming)
+            patch.setattr(rotation.os, "replace", replacing)
             with TestClient(create_app(config)) as c:
                 for _ in range(20):
                     assert c.post(EVENT_URL, json=event()).status_code == 202
@@ -113,8 +121,9 @@ class Written:
         self.gzipped = segments(self.sink)
         assert len(self.gzipped) >= 3
         assert all(p.suffix == ".gz" for p in self.gzipped)
-        # The name a segment has between its rename and its gzip.
-        self.plain = [p.with_suffix("") for p in self.gzipped]
+        # The names segments had between their rename and their gzip.
+        self.plain = [dst for src, dst in renamed if src == self.sink]
+        assert [p.with_suffix(".jsonl.gz") for p in self.plain] == self.gzipped
         # compress() writes the .gz under a temporary name, then renames it.
         self.partial = next(p for p in partials if p.name.endswith(".partial"))
 
@@ -128,7 +137,8 @@ class Written:
         self.rejected = config.rejected_file
         self.rejected_gz = segments(self.rejected)
         assert self.rejected.exists() and len(self.rejected_gz) >= 2
-        self.rejected_plain = [p.with_suffix("") for p in self.rejected_gz]
+        self.rejected_plain = [dst for src, dst in renamed if src == self.rejected]
+        assert len(self.rejected_plain) == len(self.rejected_gz)
 
     def kept_out(self) -> list[Path]:
         return [
@@ -187,38 +197,52 @@ def test_the_patterns_match_the_files_in_the_folder(written: Written) -> None:
 
 def longest_line(folder: Path) -> int:
     """The longest line the collector writes at METRICS_MAX_EVENT_BYTES's default:
-    the largest event it accepts, with every key the collector adds at its widest."""
+    the largest event it accepts, made of the characters the stored line widens most,
+    with every key the collector adds at its widest."""
     config = Config(jsonl=folder / "m.jsonl", instance="i" * 64)
-    headers = {"User-Agent": "u" * 600, "X-Metrics-Test-Id": "t" * 256}
+    # The limit counts the event as orjson writes it, U+0085 as its 2 UTF-8 bytes;
+    # the stored line escapes it (\u0085, 6 bytes), as it does the header's user
+    # agent (cut to 512 characters). A test tag is 256 characters, here 4 bytes each.
+    headers = {"User-Agent": b"\x85" * 600}
+    url = EVENT_URL + "?test_id=" + "%F0%9F%8E%89" * 256
+
+    def body(pad: int) -> dict[str, Any]:
+        return event(
+            visitor_id="v" * 64, event_id="e" * 100, metadata={"pad": "\x85" * pad}
+        )
+
+    # Just over the limit, then a character less at a time.
+    pad = (config.max_event_bytes - len(orjson.dumps(body(0)))) // 2 + 2
     refused = 0
     with TestClient(create_app(config)) as c:
-        pad = config.max_event_bytes
         while pad > 0:
-            body = event(
-                visitor_id="v" * 64,
-                event_id="e" * 100,
-                metadata={"pad": "x" * pad},
-            )
-            answer = c.post(EVENT_URL, json=body, headers=headers)
+            answer = c.post(url, json=body(pad), headers=headers)
             if answer.status_code == 202:
                 break
             assert answer.status_code == 422, answer.text
             refused += 1
-            pad -= 16
+            pad -= 1
     assert refused  # the first event was over the limit: this one is the largest
     lines = config.jsonl.read_bytes().splitlines()
     assert len(lines) == 1
-    assert len(orjson.loads(lines[0])["metadata"]["pad"]) > config.max_event_bytes - 400
+    stored = orjson.loads(lines[0])
+    assert len(stored["metadata"]["pad"]) * 2 > config.max_event_bytes - 400
+    assert len(stored["user_agent"]) == 512 and len(stored["test_id"]) == 256
     return len(lines[0]) + 1
 
 
 def test_line_limits_are_above_the_longest_line(tmp_path: Path) -> None:
     longest = longest_line(tmp_path)
-    assert longest > Config().max_event_bytes
+    # Three times the limit: a line limit of twice METRICS_MAX_EVENT_BYTES would cut
+    # it, and Fluent Bit would stop the file at it without skip_long_lines.
+    assert longest > 3 * Config().max_event_bytes
     assert vector()["sources"]["metrics_log"]["max_line_bytes"] > longest
     tail = tail_input()
     assert size(tail["buffer_max_size"]) > longest
     assert size(tail["buffer_chunk_size"]) <= size(tail["buffer_max_size"])
+    # A longer line (METRICS_MAX_EVENT_BYTES raised, the shipper not) is skipped and
+    # logged rather than ending the file's shipping.
+    assert tail["skip_long_lines"] is True
 
 
 def test_checkpoints_are_kept_across_restarts() -> None:
