@@ -15,6 +15,7 @@ from metrics_service.testing import (
     CLEAN_EXIT,
     MetricsClient,
     MetricsServer,
+    _refusals_message,
     free_port,
     make_test_id,
 )
@@ -198,10 +199,38 @@ def test_the_marker_allows_refusals(metrics):
         metrics.post({"event": "", "visitor_id": "visitor-refused"})
 """
 
+# What the plugin does per test, counted: the budget of under 5 ms a test holds while it
+# is one request (the quarantine's, after the body) and no collector start.
+PER_TEST = """
+import pytest
+
+REQUESTS = []
+COLLECTORS = set()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def count_requests(metrics_server):
+    hooks = metrics_server.client._http.event_hooks
+    metrics_server.client._http.event_hooks = {
+        **hooks, "request": [lambda request: REQUESTS.append(request.url.path)]
+    }
+    yield
+    metrics_server.client._http.event_hooks = hooks
+
+
+@pytest.mark.parametrize("n", range(5))
+def test_one_request_a_test(metrics_server, metrics, n):
+    COLLECTORS.add(metrics_server.process.pid)
+    assert len(COLLECTORS) == 1
+    # Each test before this one: one read of its refusals, after its body.
+    assert REQUESTS == ["/api/metrics/behavior/rejected"] * n
+"""
+
 
 def test_plugin_fixtures_in_a_users_suite(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_suite=USER_SUITE,
+        test_per_test=PER_TEST,
         test_ini=(
             "def test_capacity_from_ini(metrics):\n"
             "    assert metrics.health()['ring_capacity'] == 1234\n"
@@ -209,7 +238,7 @@ def test_plugin_fixtures_in_a_users_suite(pytester: pytest.Pytester) -> None:
     )
     pytester.makeini("[pytest]\nmetrics_capacity = 1234\n")
     result = pytester.runpytest_subprocess(*NO_BROWSER)
-    result.assert_outcomes(passed=4, failed=2)
+    result.assert_outcomes(passed=9, failed=2)
     result.stdout.fnmatch_lines(["*expected 1 event(s) matching event='purchase'*"])
     result.stdout.fnmatch_lines(["*page_view visitor=visitor-1*"])
     result.stdout.fnmatch_lines(
@@ -383,6 +412,61 @@ def test_expect_sequence_returns_its_events_or_says_what_came(
     assert f"#{mark + 3} other visitor=visitor-1" in message.split("did not match:")[1]
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_failures() -> list[str]:
+    """The failure messages README's "Every assertion, and how it fails" shows."""
+    text = README.read_text()
+    section = text.split("\n### Every assertion, and how it fails\n", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    return re.findall(r"\n```\n(.*?)\n```\n", section, re.DOTALL)
+
+
+def comparable(message: str) -> str:
+    """A failure message without what differs from run to run."""
+    message = re.sub(r"#\d+ ", "#N ", message)
+    message = re.sub(r" at \S+ metadata=", " at T metadata=", message)
+    message = re.sub(r"from test '[^']*'", "from test 'T'", message)
+    return re.sub(r"this test's id '[^']*'", "this test's id 'T'", message)
+
+
+def test_readmes_failure_messages_are_the_real_ones(
+    metrics_server: MetricsServer, metrics: MetricsClient
+) -> None:
+    for name, visitor, metadata in [
+        ("page_view", "visitor-1", {"path": "/pricing"}),
+        ("error", "visitor-1", {"code": 502}),
+        ("signup_start", "visitor-1", {}),
+        ("signup_done", "visitor-2", {}),
+        ("signup_done", "visitor-1", {}),
+    ]:
+        metrics.post({"event": name, "visitor_id": visitor, "metadata": metadata})
+    failures = []
+    for check in [
+        lambda: metrics.wait_for("signup", meta={"plan": "pro"}, timeout=0.3),
+        lambda: metrics.expect_none("error", meta={"code__gte": 500}),
+        lambda: metrics.wait_for("signup_done", exactly=True, settle=0.3),
+        lambda: metrics.expect_sequence(
+            ["page_view", "signup_start", "signup_done"],
+            per="visitor_id",
+            visitor_id__prefix="visitor-2",
+            timeout=0.2,
+        ),
+    ]:
+        with pytest.raises(AssertionError) as caught:
+            check()
+        failures.append(comparable(str(caught.value)))
+    # A refusal, sent from another test's view so that this test does not fail.
+    other = metrics_server.client.view(f"{metrics.test_id}-refused")
+    with pytest.raises(httpx.HTTPStatusError):
+        other.post({"event": "", "visitor_id": "visitor-1"})
+    refused = other.rejections(limit=20)
+    assert refused is not None
+    failures.append(comparable(_refusals_message(other, refused)))
+    assert failures == [comparable(shown) for shown in readme_failures()]
+
+
 PLAN = {
     "events": {
         "signup": {"required": ["plan"]},
@@ -391,25 +475,53 @@ PLAN = {
         "search": {"description": "no keys declared: any are fine"},
     }
 }
-COVERAGE_A = """
-def test_signup(metrics):
+# Each test using the collector notes its xdist worker and the collector's pid.
+NOTE = """
+import os
+
+def note(server):
+    with open(COLLECTORS, "a") as notes:
+        notes.write(f"{os.environ['PYTEST_XDIST_WORKER']} {server.process.pid}\\n")
+"""
+COVERAGE_A = (
+    NOTE
+    + """
+def test_signup(metrics, metrics_server):
+    note(metrics_server)
     metrics.post({"event": "signup", "visitor_id": "visitor-1",
                   "metadata": {"plan": "pro", "coupon": "X"}})
     metrics.post({"event": "search", "visitor_id": "visitor-1", "metadata": {"q": "a"}})
+
+def test_signup_again(metrics_server):
+    note(metrics_server)
 """
-COVERAGE_B = """
-def test_page_view(metrics):
+)
+COVERAGE_B = (
+    NOTE
+    + """
+def test_page_view(metrics, metrics_server):
+    note(metrics_server)
     metrics.post({"event": "page_view", "visitor_id": "visitor-1",
                   "metadata": {"path": "/", "referrer": "r", "utm": "u"}})
     metrics.post({"event": "debug_ping", "visitor_id": "visitor-1"})
 
 def test_no_collector():
     pass
+
+def test_page_view_again(metrics_server):
+    note(metrics_server)
 """
+)
 
 
 def test_coverage_summary_across_xdist_workers(pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(test_a=COVERAGE_A, test_b=COVERAGE_B)
+    notes = pytester.path / "collectors.txt"
+    pytester.makepyfile(
+        **{
+            name: text.replace("COLLECTORS", repr(str(notes)))
+            for name, text in (("test_a", COVERAGE_A), ("test_b", COVERAGE_B))
+        }
+    )
     (pytester.path / "plan.json").write_text(json.dumps(PLAN))
     pytester.makeini("[pytest]\nmetrics_taxonomy = plan.json\n")
     result = pytester.runpytest_subprocess(
@@ -420,7 +532,16 @@ def test_coverage_summary_across_xdist_workers(pytester: pytest.Pytester) -> Non
         "loadfile",
         "--metrics-coverage-fail",
     )
-    result.assert_outcomes(passed=3)
+    result.assert_outcomes(passed=5)
+    # One collector per worker, started once: both files' tests (one file a worker)
+    # each saw their worker's.
+    collectors: dict[str, set[str]] = {}
+    for line in notes.read_text().splitlines():
+        worker, pid = line.split()
+        collectors.setdefault(worker, set()).add(pid)
+    assert sorted(collectors) == ["gw0", "gw1"]
+    assert [len(pids) for pids in collectors.values()] == [1, 1]
+    assert collectors["gw0"] != collectors["gw1"]
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
