@@ -259,6 +259,8 @@ def test_checkpoints_are_kept_across_restarts() -> None:
         assert sink["acknowledgements"]["enabled"] is True
     tail = tail_input()
     assert tail["db"].startswith("/var/lib/") and tail["read_from_head"] is True
+    # New files are found within seconds, as Vector's (every second) are.
+    assert tail["refresh_interval"] <= 5 and tail["rotate_wait"] >= 5
     assert tail["storage.type"] == "filesystem"
     assert fluent_bit()["service"]["storage.path"].startswith("/var/lib/")
 
