@@ -494,6 +494,7 @@ def test_signup(metrics, metrics_server):
 
 def test_signup_again(metrics_server):
     note(metrics_server)
+    assert metrics_server.client.health()["ring_capacity"] == 4321
 """
 )
 COVERAGE_B = (
@@ -531,6 +532,7 @@ def test_coverage_summary_across_xdist_workers(pytester: pytest.Pytester) -> Non
         "--dist",
         "loadfile",
         "--metrics-coverage-fail",
+        "--metrics-capacity=4321",
     )
     result.assert_outcomes(passed=5)
     # One collector per worker, started once: both files' tests (one file a worker)
