@@ -20,6 +20,7 @@ TEST_ID_HEADER = "X-Metrics-Test-Id"
 TEST_ID_QUERY = "test_id"
 TEST_ID_COOKIE = "metrics_test_id"
 TAG_SCRIPT = Path(__file__).parent / "static" / "test_tag.js"
+REFUSALS_SHOWN = 5  # in a failed wait's message
 
 
 def _query(filters: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -117,9 +118,7 @@ class MetricsClient:
         response = self._http.post(
             "/api/metrics/event", json=dict(event), headers=headers
         )
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
+        return _body(response)
 
     def snapshot(self, *, limit: int | None = None, **filters: Any) -> dict[str, Any]:
         """The snapshot; with filters, total/by_event/last_events cover matches only."""
@@ -127,9 +126,7 @@ class MetricsClient:
         if limit is not None:
             params.append(("limit", str(limit)))
         response = self._http.get("/api/metrics/behavior", params=tuple(params))
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
+        return _body(response)
 
     def mark(self) -> int:
         """The highest seq so far: pass it as `after=` to see only what comes next."""
@@ -177,8 +174,7 @@ class MetricsClient:
             raise AssertionError(
                 self._explain(filters, count, timeout, response, headline)
             )
-        response.raise_for_status()
-        events: list[dict[str, Any]] = response.json()["events"]
+        events: list[dict[str, Any]] = _body(response)["events"]
         return events
 
     def expect_none(
@@ -230,8 +226,7 @@ class MetricsClient:
             raise AssertionError(
                 self._explain(filters, len(names), timeout, response, headline)
             )
-        response.raise_for_status()
-        events: list[dict[str, Any]] = response.json()["events"]
+        events: list[dict[str, Any]] = _body(response)["events"]
         return events
 
     def _wait(
@@ -270,7 +265,24 @@ class MetricsClient:
             f" {_by_event(recent['by_event'])}; the newest that did not match:"
         )
         lines += [_describe(e) for e in others] or ["  (none)"]
-        return "\n".join(lines)
+        return "\n".join(lines + self._refused_lines())
+
+    def _refused_lines(self) -> list[str]:
+        # A refused request never becomes an event, so a failed wait says so; a view's
+        # only, as the quarantine cannot tell an unbound client's old refusals from new.
+        import httpx
+
+        try:
+            refused = self.rejections(limit=REFUSALS_SHOWN) if self.test_id else None
+        except httpx.HTTPError:
+            refused = None
+        if not refused:
+            return []
+        head = (
+            f"requests carrying test id {self.test_id!r} that the collector refused"
+            f" ({len(refused)}, newest first, at most {REFUSALS_SHOWN}):"
+        )
+        return [head] + [line for r in refused for line in describe_refusal(r)]
 
     def reset(self) -> int:
         """Empty the ring (never the file); returns how many events were cleared.
@@ -278,8 +290,7 @@ class MetricsClient:
         Global, even from a view: isolate with a view or `after=mark()` instead.
         """
         response = self._http.delete("/api/metrics/behavior")
-        response.raise_for_status()
-        cleared: int = response.json()["cleared"]
+        cleared: int = _body(response)["cleared"]
         return cleared
 
     def timeseries(self, interval: str = "1m", **filters: Any) -> dict[str, Any]:
@@ -288,9 +299,7 @@ class MetricsClient:
         response = self._http.get(
             "/api/metrics/behavior/timeseries", params=tuple(params)
         )
-        response.raise_for_status()
-        body: dict[str, Any] = response.json()
-        return body
+        return _body(response)
 
     def rejections(self, **filters: Any) -> list[dict[str, Any]] | None:
         """Refused ingest requests in the quarantine, newest first (a view's: those
@@ -302,8 +311,7 @@ class MetricsClient:
         response = self._http.get(REJECTED_PATH, params=tuple(params))
         if response.status_code == 404:
             return None
-        response.raise_for_status()
-        records: list[dict[str, Any]] = response.json()["rejections"]
+        records: list[dict[str, Any]] = _body(response)["rejections"]
         return records
 
     def tag_context(self, context: BrowserContext) -> None:
@@ -366,8 +374,26 @@ def _describe(event: Mapping[str, Any]) -> str:
     )
 
 
+def describe_refusal(record: Mapping[str, Any]) -> list[str]:
+    """A quarantine record as failure messages show it: a line, and its body's."""
+    import json
+
+    lines = [
+        f"  #{record.get('id')} {record.get('status')} {record.get('path')}"
+        f" event={record.get('event')} visitor={record.get('visitor_id')}:"
+        f" {json.dumps(record.get('detail'))}"
+    ]
+    body = record.get("body")
+    if body:
+        lines.append(f"    body: {body if isinstance(body, str) else json.dumps(body)}")
+    return lines
+
+
+def _body(response: httpx.Response) -> dict[str, Any]:
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    return body
+
+
 def _by_event(counts: list[dict[str, Any]]) -> str:
     return "{" + ", ".join(f"{c['event']}: {c['count']}" for c in counts) + "}"
-
-
-# The collector as a child process, quiet but for warnings.

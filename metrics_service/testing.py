@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from metrics_service.client import MetricsClient
+from metrics_service.client import MetricsClient, describe_refusal
 from metrics_service.collector import CLEAN_EXIT, SERVE_ARGV, MetricsServer, free_port
 
 __all__ = [
@@ -247,16 +247,7 @@ def _refusals_message(view: MetricsClient, refused: list[dict[str, Any]]) -> str
         f" @pytest.mark.{ALLOW_REJECTIONS} if that is expected):"
     ]
     for record in refused:
-        detail = json.dumps(record.get("detail"))
-        lines.append(
-            f"  #{record.get('id')} {record.get('status')} {record.get('path')}"
-            f" event={record.get('event')} visitor={record.get('visitor_id')}: {detail}"
-        )
-        body = record.get("body")
-        if body:
-            lines.append(
-                f"    body: {body if isinstance(body, str) else json.dumps(body)}"
-            )
+        lines += describe_refusal(record)
     return "\n".join(lines)
 
 

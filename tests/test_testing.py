@@ -331,6 +331,27 @@ def test_flags_cwd_log_and_a_clean_exit(tmp_path: Path) -> None:
     assert "Uvicorn running on" in server.output()
 
 
+@pytest.mark.metrics_allow_rejections
+def test_a_failed_wait_names_the_tests_refusals(
+    metrics_server: MetricsServer, metrics: MetricsClient
+) -> None:
+    with pytest.raises(httpx.HTTPStatusError):
+        metrics.post({"event": "x" * 65, "visitor_id": "visitor-1"})
+    with pytest.raises(httpx.HTTPStatusError):  # another test's: not listed
+        metrics_server.client.view("another").post({"event": "", "visitor_id": "v"})
+    with pytest.raises(AssertionError) as caught:
+        metrics.wait_for(visitor_id="visitor-1", timeout=0.05)
+    message = str(caught.value)
+    refused = message.split("the newest that did not match:\n  (none)\n", 1)[1]
+    assert re.fullmatch(
+        f"requests carrying test id {re.escape(repr(metrics.test_id))} that the"
+        " collector refused \\(1, newest first, at most 5\\):\n"
+        "  #\\d+ 422 /api/metrics/event event=x{65} visitor=visitor-1: .*64.*\n"
+        '    body: {"event":"x{65}","visitor_id":"visitor-1"}',
+        refused,
+    ), refused
+
+
 def test_expect_none_passes_and_fails_with_the_offenders(
     metrics: MetricsClient,
 ) -> None:
