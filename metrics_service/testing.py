@@ -14,9 +14,11 @@ are imported when a client or a server is first used.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,10 @@ __all__ = [
 DEFAULT_CAPACITY = 100_000  # the session's events, so views find them in the ring
 MAX_TEST_ID = 256  # the collector's limit (ingest/test_tag.py)
 ALLOW_REJECTIONS = "metrics_allow_rejections"
+ASYNC_CONTEXT = (
+    "metrics: an async Playwright context is not tagged with the test's id; load"
+    " tracker.js with metrics.tracker_tag(), or send the X-Metrics-Test-Id header"
+)
 _STATE = pytest.StashKey["_Plugin"]()
 _VIEW = pytest.StashKey[MetricsClient]()
 
@@ -214,11 +220,19 @@ def metrics(
     state: _Plugin = request.config.stash[_STATE]
     view = metrics_server.client.view(make_test_id(request.node.nodeid, state.run))
     if "context" in request.fixturenames:
-        context = request.getfixturevalue("context")
-        if hasattr(context, "add_init_script"):  # pytest-playwright's, not a namesake
-            view.tag_context(context)
+        _tag(view, request.getfixturevalue("context"))
     request.node.stash[_VIEW] = view
     return view
+
+
+def _tag(view: MetricsClient, context: Any) -> None:
+    add_init_script = getattr(context, "add_init_script", None)
+    if inspect.iscoroutinefunction(add_init_script):
+        # pytest-playwright-asyncio's: a sync fixture cannot await it, and a call
+        # without await would leave the pages untagged with no word but a warning's.
+        warnings.warn(ASYNC_CONTEXT, pytest.PytestWarning, stacklevel=2)
+    elif add_init_script is not None:  # pytest-playwright's, not a namesake
+        view.tag_context(context)
 
 
 # Last, after pytest's own runs the test: a test that raised never gets here. A plain

@@ -68,3 +68,31 @@ def test_the_plugin_asks_a_collector_without_quarantine_once() -> None:
     assert state.quarantine is False
     testing.pytest_runtest_call(item)  # type: ignore[arg-type]
     assert len(view.seen) == 1  # type: ignore[attr-defined]
+
+
+def test_the_fixture_tags_a_sync_context_and_warns_for_an_async_one() -> None:
+    from metrics_service import testing
+
+    client = MetricsClient("http://collector.test")
+    view = client.view("run:t.py::test_x")
+    calls: list[str] = []
+
+    class SyncContext:
+        pages: list[object] = []
+
+        def add_init_script(self, script: str) -> None:
+            calls.append("script")
+
+        def add_cookies(self, cookies: list[dict[str, str]]) -> None:
+            calls.append("cookies")
+
+    class AsyncContext:
+        async def add_init_script(self, script: str) -> None:
+            raise AssertionError("never called: nothing would await it")
+
+    testing._tag(view, SyncContext())
+    assert calls == ["script", "cookies"]
+    testing._tag(view, object())  # a fixture named context that is not Playwright's
+    with pytest.warns(pytest.PytestWarning, match="async Playwright context"):
+        testing._tag(view, AsyncContext())
+    client.close()
