@@ -582,42 +582,59 @@ def test_coverage_summary_across_xdist_workers(pytester: pytest.Pytester) -> Non
     )
 
 
+ATTACHED = """
+import os
+
+def test_uses_it(metrics_server, metrics):
+    assert metrics_server.attached and metrics_server.process is None
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    metrics.post({"event": "NAME", "visitor_id": f"visitor-{worker}"})
+    [event] = metrics.wait_for("NAME")
+    assert event["test_id"] == metrics.test_id
+"""
+
+
 def test_attached_to_a_running_collector(
     pytester: pytest.Pytester, metrics_server: MetricsServer, metrics: MetricsClient
 ) -> None:
     # This suite's collector, also holding events of other tests and other runs.
     metrics.post({"event": "not_this_run", "visitor_id": "visitor-1"})
+    mark = metrics.mark()
     pytester.makepyfile(
-        """
-        def test_uses_it(metrics_server, metrics):
-            assert metrics_server.attached and metrics_server.process is None
-            metrics.post({"event": "signup", "visitor_id": "visitor-1",
-                          "metadata": {"plan": "pro"}})
-            [event] = metrics.wait_for("signup")
-            assert event["test_id"] == metrics.test_id
-        """
+        test_one=ATTACHED.replace("NAME", "signup"),
+        test_two=ATTACHED.replace("NAME", "page_view"),
     )
     (pytester.path / "plan.json").write_text(json.dumps(PLAN))
     result = pytester.runpytest_subprocess(
         *NO_BROWSER,
-        "-p",
-        "no:xdist",
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
         f"--metrics-url={metrics_server.url}/",
         "--metrics-taxonomy=plan.json",
     )
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     assert result.ret == pytest.ExitCode.OK  # gaps fail the run only when asked
     result.stdout.fnmatch_lines(
         [
-            "plan.json: 4 planned event(s); 1 distinct event name(s) seen",
-            "planned, never seen (3): checkout, page_view, search",
+            "plan.json: 4 planned event(s); 2 distinct event name(s) seen",
+            "planned, never seen (2): checkout, search",
         ]
     )
     assert "not_this_run" not in result.stdout.str()
-    [event] = metrics_server.client.events(event="signup", after=metrics.mark() - 1)
-    assert event["test_id"].endswith(
-        ":test_attached_to_a_running_collector.py::test_uses_it"
+    # Both workers used the one collector, under one run id.
+    events = metrics_server.client.events(
+        after=mark, test_id__contains=".py::test_uses_it"
     )
+    assert sorted(e["visitor_id"] for e in events) == ["visitor-gw0", "visitor-gw1"]
+    runs = {e["test_id"].split(":", 1)[0] for e in events}
+    assert sorted(e["test_id"] for e in events) == [
+        f"{run}:{name}.py::test_uses_it"
+        for run in runs
+        for name in ("test_one", "test_two")
+    ]
+    assert len(runs) == 1
 
 
 def test_attaching_to_a_collector_that_is_not_there() -> None:
