@@ -171,7 +171,7 @@ class Quarantine:
         except TypeError:  # a detail orjson cannot write: keep its text
             record["detail"] = str(request.detail)
             line = orjson.dumps(record)
-        if any(secret in line for secret in self.secret_bytes):
+        if self.secret_bytes and any(s in line for s in self.secret_bytes):
             line = orjson.dumps(_scrub(record, self.secrets))
         found = Rejection(
             self.last_id, request.status, event, visitor, request.test_id, line

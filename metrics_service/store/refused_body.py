@@ -33,13 +33,12 @@ class BodyReader:
 
     def __init__(self, redact_keys: Iterable[str] = ()) -> None:
         self.hidden = CREDENTIAL_KEYS | frozenset(k.lower() for k in redact_keys)
-        # Any of the names, in any case: one scan of the raw body (ASCII names only;
-        # a non-ASCII one matches everything, so such bodies are always walked).
+        # Searched for in the lowered body (ASCII names only; with a non-ASCII one,
+        # None: bodies are always walked). Not a case-insensitive regex: its
+        # alternation tries every name at every byte of the body.
+        self.names: tuple[bytes, ...] | None = None
         if all(key.isascii() for key in self.hidden):
-            names = b"|".join(re.escape(key.encode()) for key in sorted(self.hidden))
-            self.names = re.compile(names, re.IGNORECASE)
-        else:
-            self.names = re.compile(b"")
+            self.names = tuple(key.encode() for key in sorted(self.hidden))
 
     def read(
         self, raw: bytes | None, detail: Any
@@ -63,7 +62,11 @@ class BodyReader:
         """True when no key of the body can be a hidden one: an ASCII body without
         escapes, holding none of their names (str.lower() of some non-ASCII letters
         gives ASCII ones, so anything else is parsed and walked)."""
-        return raw.isascii() and b"\\u" not in raw and self.names.search(raw) is None
+        names = self.names
+        if names is None or not raw.isascii() or b"\\u" in raw:
+            return False
+        lowered = raw.lower()
+        return not any(name in lowered for name in names)
 
     def _identify(self, data: Any, index: int) -> tuple[str | None, str | None]:
         """(event, visitor_id) of the refused item (the first with a problem), unless
