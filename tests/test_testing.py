@@ -197,6 +197,13 @@ def test_a_refusal_fails_the_test(metrics):
 def test_the_marker_allows_refusals(metrics):
     with pytest.raises(httpx.HTTPStatusError):
         metrics.post({"event": "", "visitor_id": "visitor-refused"})
+
+
+def test_the_read_token_is_in_force(metrics_server, metrics):
+    # The fixtures' reads above carried METRICS_READ_TOKEN; a read without it is a 401.
+    with httpx.Client(base_url=metrics_server.url) as tokenless:
+        assert tokenless.get("/api/metrics/behavior").status_code == 401
+    assert metrics.snapshot()["total"] == 0
 """
 
 # What the plugin does per test, counted: the budget of under 5 ms a test holds while it
@@ -227,7 +234,12 @@ def test_one_request_a_test(metrics_server, metrics, n):
 """
 
 
-def test_plugin_fixtures_in_a_users_suite(pytester: pytest.Pytester) -> None:
+def test_plugin_fixtures_in_a_users_suite(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The collector the plugin starts inherits it, and the fixtures' client sends it.
+    monkeypatch.setenv("METRICS_READ_TOKEN", READ)
+    monkeypatch.delenv("METRICS_INGEST_TOKEN", raising=False)
     pytester.makepyfile(
         test_suite=USER_SUITE,
         test_per_test=PER_TEST,
@@ -238,7 +250,7 @@ def test_plugin_fixtures_in_a_users_suite(pytester: pytest.Pytester) -> None:
     )
     pytester.makeini("[pytest]\nmetrics_capacity = 1234\n")
     result = pytester.runpytest_subprocess(*NO_BROWSER)
-    result.assert_outcomes(passed=9, failed=2)
+    result.assert_outcomes(passed=10, failed=2)
     result.stdout.fnmatch_lines(["*expected 1 event(s) matching event='purchase'*"])
     result.stdout.fnmatch_lines(["*page_view visitor=visitor-1*"])
     result.stdout.fnmatch_lines(
