@@ -579,6 +579,27 @@ def test_wait_for_function_works_and_html_sinks_are_refused(
     assert page.locator("b").count() == 0
 
 
+def test_the_page_requests_nothing_but_the_collector(
+    page: Page, collector: Collector
+) -> None:
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    collector.post([event("signup", visitor="visitor-req")])
+    refuse(collector, b"{not json")
+    open_live(page, collector)
+    expect(rows(page)).to_have_count(1)
+    page.locator("#rejected-list .rejection-head").first.click()
+    rows(page).first.locator("td.visitor .link").click()
+    expect(page.locator("#trail-list .step")).to_have_count(1)
+    page.wait_for_function(
+        "document.querySelector('#timeline-chart svg').dataset.total === '1'"
+    )
+    assert requested
+    outside = [url for url in requested if not url.startswith(collector.url + "/")]
+    assert outside == []
+    assert any("/behavior/timeseries" in url for url in requested)
+
+
 def test_usable_at_390_px(phone: Page, collector: Collector, artifacts: Path) -> None:
     page = phone
     collector.post(

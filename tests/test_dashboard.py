@@ -18,6 +18,9 @@ def test_dashboard_is_html_with_a_strict_policy(tmp_path: Path) -> None:
     assert r.headers["content-type"] == "text/html; charset=utf-8"
     csp = r.headers["content-security-policy"]
     assert "script-src 'self' 'trusted-types-eval';" in csp
+    # No external requests: nothing but the collector, for any kind of resource.
+    assert csp.startswith("default-src 'none';")
+    assert "connect-src 'self';" in csp and "img-src 'self' data:;" in csp
     assert "require-trusted-types-for 'script'; trusted-types 'none'" in csp
     assert "unsafe" not in csp
     assert r.headers["x-content-type-options"] == "nosniff"
