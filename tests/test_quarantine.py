@@ -319,6 +319,17 @@ def test_file_off_keeps_memory(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.jsonl"]
 
 
+def test_file_moved_by_metrics_reject_jsonl(tmp_path: Path) -> None:
+    moved = tmp_path / "elsewhere" / "refused.jsonl"
+    config = Config.from_env(
+        {"METRICS_JSONL": str(tmp_path / "m.jsonl"), "METRICS_REJECT_JSONL": str(moved)}
+    )
+    with TestClient(create_app(config)) as c:
+        assert c.post(EVENT_URL, content=b"{", headers=JSON).status_code == 400
+    assert [line["status"] for line in read_lines(moved)] == [400]
+    assert not (tmp_path / "m.rejected.jsonl").exists()
+
+
 def test_a_file_that_cannot_be_written_never_fails_the_answer(tmp_path: Path) -> None:
     config = Config(jsonl=tmp_path / "m.jsonl", reject_jsonl=Path("/dev/full"))
     with TestClient(create_app(config)) as c:
