@@ -68,8 +68,12 @@ def test_api_matches_its_openapi_document(case: Any) -> None:
     case.call_and_validate(checks=CHECKS)
 
 
+# Three generated cases per operation, on top of schemathesis's coverage cases: a
+# token-guarded route answers 401 before it reads a parameter, so more cases only
+# repeat that answer; the SDK routes check their key on the parsed body, which the
+# coverage cases vary.
 @schema_with_tokens.parametrize()
-@settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
 def test_401s_match_the_document_too(case: Any) -> None:
     """With tokens set and none sent, the 401 answers are documented as well."""
     bounded(case)
