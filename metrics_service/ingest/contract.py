@@ -38,7 +38,9 @@ CONTROL_MESSAGE = (
 
 def has_control_chars(text: str) -> bool:
     """The rule for event names, on both paths."""
-    return _CONTROL.search(text) is not None
+    # Every character _CONTROL names is unprintable (tests/test_decode.py checks it),
+    # and isprintable() is a plain scan: the search runs only for the rare others.
+    return not text.isprintable() and _CONTROL.search(text) is not None
 
 
 def _no_control_chars(value: str) -> str:
