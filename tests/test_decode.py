@@ -565,7 +565,7 @@ def test_whatever_timestamps_the_fast_path_takes_the_full_path_stores_the_same(
 ) -> None:
     now = received_now()
     micros = now.micros + skew_seconds * 1_000_000
-    received = Received(micros, micros / 1_000_000, now.text, now.iso)
+    received = Received(micros, micros / 1_000_000, now.text, now.iso, now.head)
     body = orjson.dumps(events)
     assert stored_or_none(converted(events, received)) == stored_or_none(
         fast(body, received)
@@ -605,3 +605,22 @@ def test_converted_events_agree_with_the_full_path_on_the_contracts_edges(
         assert fast(body, received) is None  # declined alike by both routes
     else:
         assert stored(got) == stored(want)
+
+
+def test_every_control_character_is_unprintable_so_the_printable_scan_may_skip_the_search() -> (
+    None
+):
+    import sys
+
+    from metrics_service.ingest.contract import _CONTROL
+
+    printable = [
+        hex(code)
+        for code in range(sys.maxunicode + 1)
+        if _CONTROL.match(chr(code)) and chr(code).isprintable()
+    ]
+
+    assert printable == []
+    assert has_control_chars("page\u200bview")
+    assert has_control_chars("page\x85view")
+    assert not has_control_chars("page view ü")

@@ -6,6 +6,8 @@ import datetime as dt
 import time
 from typing import NamedTuple
 
+from metrics_service.store.line import head
+
 UTC = dt.UTC
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -24,6 +26,7 @@ class Received(NamedTuple):
     ts: float
     text: str
     iso: bytes
+    head: bytes  # store/line.py head(text), made once per millisecond with text
 
     @property
     def moment(self) -> dt.datetime:
@@ -31,8 +34,9 @@ class Received(NamedTuple):
         return EPOCH + dt.timedelta(microseconds=self.micros)
 
 
-_last_iso: tuple[int, str, bytes] = (-1, "", b"")
+_last_iso: tuple[int, str, bytes, bytes] = (-1, "", b"", b"")
 _last_second: tuple[int, str] = (-1, "")
+_new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
 
 
 def received_now() -> Received:
@@ -42,15 +46,16 @@ def received_now() -> Received:
     global _last_second
     micros = time.time_ns() // 1000
     millis = micros // 1000
-    if _last_iso[0] != millis:
+    last = _last_iso
+    if last[0] != millis:
         seconds = millis // 1000
         if _last_second[0] != seconds:
             # "YYYY-MM-DDTHH:MM:SS" changes once a second: iso() runs once a second.
             moment = EPOCH + dt.timedelta(seconds=seconds)
             _last_second = (seconds, iso(moment)[:-5])
         text = f"{_last_second[1]}.{millis % 1000:03d}Z"
-        _last_iso = (millis, text, text.encode())
-    return Received(micros, micros / 1_000_000, _last_iso[1], _last_iso[2])
+        last = _last_iso = (millis, text, text.encode(), head(text))
+    return _new(Received, (micros, micros / 1_000_000, last[1], last[2], last[3]))
 
 
 def corrected(

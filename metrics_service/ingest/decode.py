@@ -323,10 +323,11 @@ def to_row(
     """ts, event, visitor_id, event_id, and the stored head and body."""
     if event.timestamp is None and event.sent_at is None:
         # The common case: the receive time, already formatted for this request.
-        stamp, ts = received.text, received.ts
+        stamp, ts, stored_head = received.text, received.ts, received.head
     else:
         try:
             stamp, ts = corrected(event.timestamp, event.sent_at, received)
+            stored_head = head(stamp)
         except OverflowError:
             raise ApiError(
                 422,
@@ -350,7 +351,7 @@ def to_row(
         body = escape_separators(_encode(plain))
     except (msgspec.EncodeError, OverflowError) as exc:
         raise ApiError(422, f"metadata cannot be stored as JSON: {exc}") from None
-    return ts, event.event, event.visitor_id, event.event_id, head(stamp), body[1:]
+    return ts, event.event, event.visitor_id, event.event_id, stored_head, body[1:]
 
 
 _encode = msgspec.json.Encoder().encode

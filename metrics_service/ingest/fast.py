@@ -33,6 +33,8 @@ _wrapped = msgspec.json.Decoder(Envelope)
 _encoder = msgspec.json.Encoder()
 
 
+_new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
+
 # ValidationError is a DecodeError; bad UTF-8 raises UnicodeDecodeError.
 UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
 
@@ -86,7 +88,7 @@ def _stamps(
     """Each event's Unix seconds and stored head, as decode.py to_row() computes them
     (clock.py corrected()), with timestamp and sent_at UNSET again; None when one is
     not in the common form or the correction leaves the range."""
-    common = head(received.text)
+    common = received.head
     seen: dict[tuple[str | None, str | None], tuple[float, bytes]] = {}
     ts: list[float] = []
     heads: list[bytes] = []
@@ -176,24 +178,14 @@ def finish(
     """Decoded events as one group stamped with their time (and `test_id`), when all
     are plain; else None."""
     if len(events) == 1:
-        # Most requests carry one event: the same rules, without the joins.
-        name, visitor_id = events[0].event, events[0].visitor_id
-        if (
-            has_control_chars(name)
-            or name.strip() != name
-            or visitor_id.strip() != visitor_id
-        ):
-            return None
-        names, visitor_ids = [name], [visitor_id]
-    else:
-        names = [event.event for event in events]
-        visitor_ids = [event.visitor_id for event in events]
-        joined = "".join(names)
-        if has_control_chars(joined) or not (
-            _unstripped(names, joined)
-            and _unstripped(visitor_ids, "".join(visitor_ids))
-        ):
-            return None
+        return _single(events[0], max_event_bytes, received, header_user_agent, test_id)
+    names = [event.event for event in events]
+    visitor_ids = [event.visitor_id for event in events]
+    joined = "".join(names)
+    if has_control_chars(joined) or not (
+        _unstripped(names, joined) and _unstripped(visitor_ids, "".join(visitor_ids))
+    ):
+        return None
     timed = False
     for event in events:
         if event.metadata is UNSET:
@@ -210,17 +202,13 @@ def finish(
         ts, heads = stamps
     else:
         ts = [received.ts] * count
-        heads = [head(received.text)] * count
+        heads = [received.head] * count
     if test_id is not None:
         for event in events:
             event.test_id = test_id
     try:
-        if len(events) == 1:
-            encoded = escape_separators(_encoder.encode(events[0]))
-            bodies, longest = [encoded[1:]], len(encoded) - 1
-        else:
-            encoded = escape_separators(_encoder.encode_lines(events))
-            bodies, longest = _native.bodies(encoded)
+        encoded = escape_separators(_encoder.encode_lines(events))
+        bodies, longest = _native.bodies(encoded)
     except (msgspec.EncodeError, OverflowError, RecursionError):
         # RecursionError: metadata nested deeper than msgspec writes, which the SDK
         # lanes' readers can hand over; the full path refuses it.
@@ -237,12 +225,60 @@ def finish(
         and any(body.count(b"{") + body.count(b"[") > _BRACKETS for body in bodies)
     ):
         return None
-    return Group(
-        received.iso,
-        ts,
-        names,
-        visitor_ids,
-        [event.event_id for event in events],
-        heads,
-        bodies,
+    return _new(
+        Group,
+        (
+            received.iso,
+            ts,
+            names,
+            visitor_ids,
+            [event.event_id for event in events],
+            heads,
+            bodies,
+        ),
+    )
+
+
+def _single(
+    event: PlainEvent,
+    max_event_bytes: int,
+    received: Received,
+    header_user_agent: str | None,
+    test_id: str | None,
+) -> Group | None:
+    """finish() for one event, most requests: the same rules, without the joins."""
+    name, visitor_id = event.event, event.visitor_id
+    if (
+        has_control_chars(name)
+        or name.strip() != name
+        or visitor_id.strip() != visitor_id
+    ):
+        return None
+    if event.metadata is UNSET:
+        event.metadata = {}
+    if event.user_agent is UNSET:
+        event.user_agent = header_user_agent
+    timed = event.timestamp is not UNSET or event.sent_at is not UNSET
+    if timed:
+        stamps = _stamps([event], received)
+        if stamps is None:
+            return None
+        ts, heads = stamps
+    else:
+        ts, heads = [received.ts], [received.head]
+    if test_id is not None:
+        event.test_id = test_id
+    try:
+        encoded = escape_separators(_encoder.encode(event))
+    except (msgspec.EncodeError, OverflowError, RecursionError):
+        return None
+    body = encoded[1:]
+    # The limits as finish() applies them (see there).
+    if 2 * len(body) + 32 + (96 if timed else 0) > max_event_bytes:
+        return None
+    if len(body) > 2 * _BRACKETS and body.count(b"{") + body.count(b"[") > _BRACKETS:
+        return None
+    return _new(
+        Group,
+        (received.iso, ts, [name], [visitor_id], [event.event_id], heads, [body]),
     )
