@@ -13,7 +13,8 @@ Quick start; README.md is read when the tests are collected, so new blocks are c
 - A command commented `# until Ctrl-C` must still be running after a second; it then gets
   SIGINT, as from Ctrl-C.
 - A block whose first line is `# the service started as: VAR=value ... make run` gets
-  its section's service restarted (same folder) with those variables.
+  its section's service restarted (same folder) with those variables; the blocks after
+  it keep that service, as a reader following the section would.
 - `<!-- readme-test: skip, reason -->` right before a block leaves it out; other languages
   (json, python, console, html, none) are never run.
 """
@@ -192,7 +193,7 @@ class Section:
         }
 
     def serve(self, env: dict[str, str]) -> MetricsServer:
-        if self.server is not None and self.server_env == env:
+        if self.server is not None and (not env or self.server_env == env):
             return self.server
         if self.server is not None:
             self.server.stop()
