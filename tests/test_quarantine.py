@@ -464,6 +464,22 @@ def test_every_sdk_lane_records_each_refused_status(
     assert client.get(SNAPSHOT_URL).json()["rejected"] == 3
 
 
+def test_a_refused_gtag_hit_names_its_event_and_visitor(client: TestClient) -> None:
+    hits = b"en=page_view&ep.x=1&cid=123.456\nen=scroll&epn.percent=ninety&cid=123.456"
+    r = client.post(
+        "/ga4/g/collect?v=2&tid=G-1",
+        content=hits,
+        headers={"Content-Type": "text/plain"},
+    )
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["index"] == 1
+    [record] = rejections(client)
+    assert record["body"] == hits.decode()
+    assert (record["event"], record["visitor_id"]) == ("scroll", "123.456")
+    client.post(EVENT_URL, content=b"not=json&en=x", headers=JSON)
+    assert rejections(client)[0]["event"] == "x"
+
+
 def test_configured_tokens_never_appear_even_in_a_body_that_is_no_json(
     tmp_path: Path,
 ) -> None:

@@ -23,8 +23,15 @@ CREDENTIAL_KEYS = frozenset({"writekey", "api_key", "token", "api_secret"})
 # most 254 levels, and what lies deeper could hold a credential.
 MAX_DEPTH = 200
 TOO_DEEP = "[nested too deep]"
-_VISITOR_KEYS = ("visitor_id", "anonymousId", "userId", "distinct_id", "client_id")
-_EVENT_KEYS = ("event", "name")
+_VISITOR_KEYS = (
+    "visitor_id",
+    "anonymousId",
+    "userId",
+    "distinct_id",
+    "client_id",
+    "cid",
+)
+_EVENT_KEYS = ("event", "name", "en")  # en, cid: a gtag hit's
 _GZIP_MAGIC = b"\x1f\x8b"
 
 
@@ -102,7 +109,7 @@ class BodyReader:
     ) -> tuple[str, bool, str | None, str | None]:
         """NDJSON (or text that is no JSON): each line that parses is redacted."""
         if b"\n" not in raw.strip():
-            return *_cut(raw), None, None
+            return *_cut(raw), *self._identify([_form(raw)], 0)
         shown: list[bytes] = []
         size = 0
         dropped = False
@@ -113,7 +120,7 @@ class BodyReader:
                 try:
                     item = _hide(orjson.loads(piece), self.hidden, 0)
                 except orjson.JSONDecodeError:
-                    pass
+                    item = _form(piece)
                 else:
                     piece = orjson.dumps(item)
                 items.append(item)
@@ -127,6 +134,19 @@ class BodyReader:
         event, visitor = self._identify(items, index)
         text, truncated = _cut(b"\n".join(shown))
         return text, truncated or dropped, event, visitor
+
+
+# The start of a url-encoded line, as gtag sends a hit: `v=2&en=page_view&...`.
+_FORM_START = re.compile(rb"\s*[A-Za-z0-9_.\-]+=")
+
+
+def _form(line: bytes) -> dict[str, str] | None:
+    """A url-encoded line's fields (read from its first BODY_LIMIT bytes), so a
+    gtag hit's event and visitor can be named; None for any other text."""
+    if _FORM_START.match(line) is None:
+        return None
+    text = line[:BODY_LIMIT].strip().decode("utf-8", "replace")
+    return dict(parse_qsl(text, keep_blank_values=True))
 
 
 def _cut(data: bytes) -> tuple[str, bool]:
