@@ -28,29 +28,36 @@ MAX_USER_AGENT = 512
 
 
 class Head(NamedTuple):
-    """The request headers ingest needs, found in one pass (first occurrence wins)."""
+    """The request headers ingest needs, found in one pass (first occurrence wins).
+    All but the User-Agent as sent: the functions below read them."""
 
-    content_type: str | None
-    content_encoding: str | None
-    content_length: str | None
+    content_type: bytes | None
+    content_encoding: bytes | None
+    content_length: bytes | None
     user_agent: str | None
+
+
+_new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
 
 
 def read_head(headers: list[tuple[bytes, bytes]]) -> Head:
     content_type = encoding = length = user_agent = None
     for name, value in headers:
-        if name == b"content-type" and content_type is None:
-            content_type = value.decode("latin-1")
-        elif name == b"content-length" and length is None:
-            length = value.decode("latin-1")
-        elif name == b"user-agent" and user_agent is None:
-            if len(value) <= MAX_USER_AGENT and value.isascii():
-                user_agent = value.decode("latin-1")  # the common case
-            else:
-                user_agent = header_text(value, MAX_USER_AGENT)
+        if name == b"content-type":
+            if content_type is None:
+                content_type = value
+        elif name == b"content-length":
+            if length is None:
+                length = value
+        elif name == b"user-agent":
+            if user_agent is None:
+                if len(value) <= MAX_USER_AGENT and value.isascii():
+                    user_agent = value.decode()  # the common case
+                else:
+                    user_agent = header_text(value, MAX_USER_AGENT)
         elif name == b"content-encoding" and encoding is None:
-            encoding = value.decode("latin-1")
-    return Head(content_type, encoding, length, user_agent)
+            encoding = value
+    return _new(Head, (content_type, encoding, length, user_agent))
 
 
 def header_text(value: bytes, limit: int) -> str:
@@ -67,7 +74,7 @@ def header_text(value: bytes, limit: int) -> str:
     return text[:limit]
 
 
-_media_types: dict[str | None, str] = {}
+_media_types: dict[bytes | None, str] = {}
 _UTF8 = ("utf-8", "utf8")
 
 
@@ -77,7 +84,7 @@ def media_type(head: Head) -> str:
     raw = head.content_type
     kind = _media_types.get(raw)
     if kind is None:
-        kind, _, params = (raw or "").partition(";")
+        kind, _, params = (raw or b"").decode("latin-1").partition(";")
         kind = kind.strip().lower()
         for param in params.split(";"):
             name, _, value = param.partition("=")
@@ -98,7 +105,9 @@ def media_type(head: Head) -> str:
 
 def content_encoding(head: Head) -> str:
     """ "gzip" or "" (none); anything else is refused before the body is read."""
-    raw = (head.content_encoding or "").strip().lower()
+    if head.content_encoding is None:
+        return ""
+    raw = head.content_encoding.decode("latin-1").strip().lower()
     if raw in ("", "identity"):
         return ""
     if raw in ("gzip", "x-gzip"):
@@ -158,7 +167,11 @@ async def read_body(head: Head, receive: Receive, limit: int) -> bytes:
         try:
             size = int(declared)
         except ValueError:
-            raise ApiError(400, "Content-Length is not a number") from None
+            # int() reads text as it reads bytes, and some non-ASCII spaces too.
+            try:
+                size = int(declared.decode("latin-1"))
+            except ValueError:
+                raise ApiError(400, "Content-Length is not a number") from None
         if size > limit:
             raise ApiError(413, too_large(limit, size))
     if gunzip is None:
