@@ -164,9 +164,9 @@ class Writer:
                 lines += _native.lines(first, received, group.heads, group.bodies)
             groups.append(group)
             outcomes.append(
-                Outcome(stored, duplicates, first, seq)
+                _new(Outcome, (stored, duplicates, first, seq))
                 if stored
-                else Outcome(0, duplicates, None, None)
+                else _new(Outcome, (0, duplicates, None, None))
             )
         if self.blocked is not None or seq > MAX_SEQ:
             reason = self.blocked or f"seq {seq} would pass {MAX_SEQ}, the largest kept"
