@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import sys
 from collections.abc import Callable, Coroutine, Iterator
@@ -75,3 +76,33 @@ def _bytecode_of_temporary_folders(
             Path(sys.pycache_prefix) / basetemp.relative_to(basetemp.anchor),
             ignore_errors=True,
         )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(
+    config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    """Under xdist's worksteal (make test), each worker first gets an even, contiguous
+    share of the collection and runs it in order; idle workers steal from the ends of
+    the others' shares. The tests marked `slow` go to the heads of those shares, so
+    that none of them starts late and ends the pass alone."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:  # not an xdist worker
+        return
+    workers = int(workerinput["workercount"])
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if workers < 2 or not slow:
+        return
+    rest = iter([item for item in items if not item.get_closest_marker("slow")])
+    ordered: list[pytest.Item] = []
+    remaining = len(items)
+    for k in range(workers):
+        # The sizes xdist's worksteal scheduler gives each worker at the start.
+        share = remaining // (workers - k)
+        heads = slow[k::workers]
+        ordered += heads
+        ordered += itertools.islice(rest, max(0, share - len(heads)))
+        remaining -= share
+    ordered += rest
+    assert len(ordered) == len(items)
+    items[:] = ordered

@@ -41,6 +41,9 @@ from metrics_service import Config, create_app
 from metrics_service.store import sink as sink_module
 from metrics_service.testing import MetricsServer
 
+# Crash rounds and fault rounds: make test starts them first.
+pytestmark = pytest.mark.slow
+
 ENV = {
     "METRICS_MAX_BATCH": str(MAX_BATCH),
     "METRICS_MAX_BODY_BYTES": str(MAX_BODY),

@@ -9,10 +9,14 @@ from pathlib import Path
 
 import httpx
 import orjson
+import pytest
 from conftest import EVENT_URL, SNAPSHOT_URL, event
 
 from metrics_service.store.rotation import readable_segments
 from metrics_service.testing import MetricsServer
+
+# Servers killed under load, several times: make test starts these first.
+pytestmark = pytest.mark.slow
 
 CAPACITY = 100
 WORKERS = 6

@@ -450,6 +450,7 @@ def lines_now(harness: Harness) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_single_event_endpoint(harness: Harness, data: st.DataObject) -> None:
@@ -475,6 +476,7 @@ def test_single_event_endpoint(harness: Harness, data: st.DataObject) -> None:
     )
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_batch_endpoint(harness: Harness, data: st.DataObject) -> None:

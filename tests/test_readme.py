@@ -270,6 +270,7 @@ class Section:
             self.server.stop()
 
 
+@pytest.mark.slow  # a service and a process per command
 @pytest.mark.parametrize("name", list(SECTIONS), ids=[_slug(n) for n in SECTIONS])
 def test_readme_section_runs(name: str, tmp_path: Path) -> None:
     work = tmp_path / "work"

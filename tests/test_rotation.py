@@ -9,6 +9,7 @@ from pathlib import Path
 import duckdb
 import httpx
 import orjson
+import pytest
 from conftest import EVENT_URL, HEALTH_URL, SNAPSHOT_URL, event, read_lines
 from starlette.testclient import TestClient
 
@@ -60,6 +61,7 @@ def test_rotation_keeps_only_the_newest_segments(tmp_path: Path) -> None:
     assert seqs == list(range(seqs[0], last_seq + 1))
 
 
+@pytest.mark.slow
 def test_rotation_under_concurrent_load_loses_and_duplicates_nothing(
     tmp_path: Path,
 ) -> None:

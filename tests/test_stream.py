@@ -172,6 +172,7 @@ def _ingest(url: str, n: int, batch: int = 250) -> list[int]:
     return statuses
 
 
+@pytest.mark.slow
 def test_stalled_client_gets_reset_and_ingestion_goes_on(tmp_path: Path) -> None:
     env = {"METRICS_RING_CAPACITY": "20000"}
     with MetricsServer(tmp_path / "m.jsonl", env=env) as server:
