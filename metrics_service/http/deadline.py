@@ -13,18 +13,25 @@ from starlette.types import Message, Receive
 from metrics_service.http.errors import BodyTimeout
 
 
-def deadline(receive: Receive, timeout: float) -> Receive:
+class Deadline:
     """`receive`, raising BodyTimeout once the body is `timeout` s late."""
-    # time.monotonic() rather than loop.time(): get_running_loop() costs a getpid()
-    # system call on Python 3.11, and most bodies never need the loop's clock.
-    started = time.monotonic()
-    body_done = False
 
-    async def timed_receive() -> Message:
-        nonlocal body_done
-        if body_done:
-            return await receive()
-        pending: Awaitable[Message] = receive()
+    # One object rather than a closure with four cells: it lives as long as the
+    # request, through the group commit's wait, and the collector traverses it.
+    __slots__ = ("body_done", "receive", "started", "timeout")
+
+    def __init__(self, receive: Receive, timeout: float) -> None:
+        self.receive = receive
+        self.timeout = timeout
+        # time.monotonic() rather than loop.time(): get_running_loop() costs a
+        # getpid() system call on Python 3.11, and most bodies never need the clock.
+        self.started = time.monotonic()
+        self.body_done = False
+
+    async def __call__(self) -> Message:
+        if self.body_done:
+            return await self.receive()
+        pending: Awaitable[Message] = self.receive()
         message: Message | None = None
         if type(pending) is types.CoroutineType:
             # Most bodies are already buffered and receive()'s first step returns
@@ -38,18 +45,16 @@ def deadline(receive: Receive, timeout: float) -> Receive:
         if message is None:
             try:
                 # timeout_at() needs no extra task, unlike wait_for().
-                left = timeout - (time.monotonic() - started)
+                left = self.timeout - (time.monotonic() - self.started)
                 at = asyncio.get_running_loop().time() + left
                 async with asyncio.timeout_at(at):
                     message = await pending
             except TimeoutError:
-                body_done = True
-                raise BodyTimeout(timeout) from None
+                self.body_done = True
+                raise BodyTimeout(self.timeout) from None
         if message["type"] != "http.request" or not message.get("more_body"):
-            body_done = True
+            self.body_done = True
         return message
-
-    return timed_receive
 
 
 class Resumed:

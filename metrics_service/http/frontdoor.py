@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from metrics_service.http.auth import Guards, Tokens, route_path, split_token
-from metrics_service.http.deadline import deadline
+from metrics_service.http.deadline import Deadline
 from metrics_service.http.errors import ApiError, as_api_error, count_rejection, encode
 from metrics_service.http.openapi import Endpoint
 from metrics_service.ingest.endpoint import BODY_KEY
@@ -116,7 +116,7 @@ class FrontDoor:
                 self.tokens.check(scope, self.guards.of(path), query_token)
             if lane is not None and scope["method"] == "POST":
                 # An ingest answer is sent last and carries its own Vary: no wrapper.
-                await lane.serve(scope, deadline(receive, self.timeout), send, vary)
+                await lane.serve(scope, Deadline(receive, self.timeout), send, vary)
                 return
         except ClientDisconnect:
             return  # the client left mid-body: nobody is there to read an answer
@@ -140,7 +140,7 @@ class FrontDoor:
             await send(message)
 
         try:
-            await self.router(scope, deadline(receive, self.timeout), tracked_send)
+            await self.router(scope, Deadline(receive, self.timeout), tracked_send)
         except ClientDisconnect:
             pass
         except Exception as exc:
