@@ -146,7 +146,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
             ),
             description="Every 400, 413, 415 and 422 of an ingest endpoint, kept in"
             " memory (METRICS_REJECT_CAPACITY) and in `<stem>.rejected.jsonl`."
-            " Filters combine with AND.",
+            " Filters combine with AND. `status`, `event`, `visitor_id` and `test_id`"
+            " take the operators of the event filters (`__gt`, `__gte`, `__lt`,"
+            " `__lte`, `__ne`, `__in`, `__prefix`, `__contains`, `__exists`, `__eq`):"
+            " `status__gte=413`, `event__prefix=checkout`. A record whose event or"
+            " visitor could not be read lacks that key. Unknown parameters and"
+            " unknown operators are rejected with 422.",
         ),
     ),
     Endpoint(
@@ -249,7 +254,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
                     {"type": "boolean", "default": False},
                     "Wait for refused ingest requests (the quarantine's records)"
                     " instead of events, matched by status, event, visitor_id,"
-                    " test_id and after (a record id); with count, timeout and"
+                    " test_id (each with its operators) and after (a record id);"
+                    " with count, timeout and"
                     " absent, nothing else. The answer holds `rejections`.",
                 ),
                 query(

@@ -75,3 +75,33 @@ def test_query_endpoints_declare_params_and_statuses(spec: dict[str, Any]) -> No
     assert "text/event-stream" in stream["responses"]["200"]["content"]
     health = spec["paths"]["/api/metrics/behavior/health"]["get"]
     assert "401" not in health["responses"]
+
+
+def test_the_settling_assertions_are_declared(spec: dict[str, Any]) -> None:
+    wait = spec["paths"]["/api/metrics/behavior/wait"]["get"]
+    names = {p["name"] for p in wait["parameters"]}
+    assert names >= {"absent", "exactly", "settle", "sequence", "per", "rejected"}
+    assert "409" in wait["responses"]
+
+
+def test_every_filtering_read_describes_its_operators(spec: dict[str, Any]) -> None:
+    filtering = [
+        (path, op)
+        for path, ops in spec["paths"].items()
+        for method, op in ops.items()
+        if method == "get"
+        and {"event", "visitor_id"} <= {p["name"] for p in op.get("parameters", ())}
+    ]
+    assert {path for path, _ in filtering} >= {
+        "/api/metrics/behavior",
+        "/api/metrics/behavior/rejected",
+        "/api/metrics/behavior/wait",
+        "/api/metrics/behavior/timeseries",
+        "/api/metrics/behavior/stream",
+    }
+    for path, op in filtering:
+        text = op["description"]
+        for operator in ("__gte", "__in", "__prefix", "__exists"):
+            assert operator in text, (path, operator)
+        assert "unknown operators are rejected with 422" in text, path
+        assert "422" in op["responses"], path

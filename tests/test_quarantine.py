@@ -15,17 +15,19 @@ import httpx
 import orjson
 import pytest
 from conftest import EVENT_URL, SNAPSHOT_URL, event, read_lines, run_app
+from starlette.datastructures import QueryParams
 from starlette.testclient import TestClient
 
 from metrics_service import Config, create_app
 from metrics_service.app import App
 from metrics_service.cli import main
 from metrics_service.read.filters import Filters
+from metrics_service.read.query import parse_filters
 from metrics_service.read.rejected import RejectionFilters
 from metrics_service.read.stream import events
 from metrics_service.settings import ConfigError
 from metrics_service.store import rotation
-from metrics_service.store.quarantine import Quarantine, Request
+from metrics_service.store.quarantine import Quarantine, Rejection, Request
 from metrics_service.store.refused_body import BODY_LIMIT
 
 BATCH_URL = "/api/metrics/events"
@@ -226,6 +228,47 @@ def test_filters_limit_and_after(client: TestClient) -> None:
         r = client.get(REJECTED_URL, params=bad)
         assert r.status_code == 422, bad
         assert r.json()["detail"][0]["loc"] == ["query", next(iter(bad))]
+
+
+def test_filters_take_the_operators(client: TestClient) -> None:
+    client.post(EVENT_URL, json={"event": "a", "visitor_id": "v"})  # 422, short id
+    client.post(
+        EVENT_URL,
+        json=event("checkout_done", bad=1),
+        headers={"X-Metrics-Test-Id": "t-1"},
+    )
+    client.post(EVENT_URL, content=b"{", headers=JSON)  # 400: no event, no visitor
+    assert [x["id"] for x in rejections(client, status__gte=413)] == [2, 1]
+    assert [x["id"] for x in rejections(client, status__in="400,413")] == [3]
+    assert [x["id"] for x in rejections(client, event__prefix="check")] == [2]
+    assert [x["id"] for x in rejections(client, event__ne="a")] == [3, 2]
+    assert [x["id"] for x in rejections(client, event__exists="false")] == [3]
+    assert [x["id"] for x in rejections(client, visitor_id__contains="itor")] == [2]
+    assert [x["id"] for x in rejections(client, test_id__prefix="t-")] == [2]
+    r = client.get(
+        WAIT_URL, params={"rejected": "true", "event__prefix": "check", "timeout": 0.05}
+    )
+    assert r.status_code == 200
+    assert [x["id"] for x in r.json()["rejections"]] == [2]
+    for bad in ({"event__between": "a"}, {"status__gte": "x"}, {"event_id__eq": "e"}):
+        r = client.get(REJECTED_URL, params=bad)
+        assert r.status_code == 422, bad
+        assert r.json()["detail"][0]["loc"] == ["query", next(iter(bad))]
+
+
+def test_a_streams_filters_match_records_with_their_operators() -> None:
+    params = "event__prefix=check&visitor_id__ne=v-2&event_id__prefix=e&meta.plan=pro"
+    filters = RejectionFilters.of_events(parse_filters(QueryParams(params)))
+
+    def record(event: str | None, visitor_id: str | None) -> Rejection:
+        return Rejection(1, 422, event, visitor_id, None, b"{}")
+
+    # event_id and metadata are about stored events: a record is not held to them.
+    assert filters(record("checkout", "v-1"))
+    assert filters(record("checkout", None))
+    assert not filters(record("checkout", "v-2"))
+    assert not filters(record("page_view", "v-1"))
+    assert not filters(record(None, "v-1"))
 
 
 def test_refusals_of_other_endpoints_are_not_recorded(

@@ -32,14 +32,14 @@ class Condition:
     operand: str | frozenset[str] | int | float | bool
 
     def test(self, value: Any) -> bool:
-        """Whether a value (_MISSING for an absent key) satisfies the condition.
+        """Whether a value (MISSING for an absent key) satisfies the condition.
 
         A missing key satisfies only `ne` and `exists=false`; numeric operators compare
         numbers and numeric strings and never match anything else; the others compare
         the value's string form, as a plain `meta.x=v` does.
         """
         op = self.op
-        if value is _MISSING:
+        if value is MISSING:
             return op == "ne" or (op == "exists" and self.operand is False)
         if op == "exists":
             return self.operand is True
@@ -165,7 +165,7 @@ def _field(entry: Entry, name: str) -> Any:
         return entry.visitor_id
     if name == "test_id":
         return _test_id(entry.line)
-    return _MISSING if entry.event_id is None else entry.event_id
+    return MISSING if entry.event_id is None else entry.event_id
 
 
 def _tagged(line: bytes, test_id: str) -> bool:
@@ -185,9 +185,9 @@ def tag_needle(test_id: str) -> bytes:
 
 def _test_id(line: bytes) -> Any:
     if b'"test_id"' not in line:
-        return _MISSING
-    value = orjson.loads(line).get("test_id", _MISSING)
-    return value if value is _MISSING or isinstance(value, str) else _MISSING
+        return MISSING
+    value = orjson.loads(line).get("test_id", MISSING)
+    return value if value is MISSING or isinstance(value, str) else MISSING
 
 
 def _number(value: Any) -> int | float | None:
@@ -214,19 +214,20 @@ def _parse_number(text: str) -> int | float | None:
 
 
 _NO_FILTERS = Filters()
-_MISSING = object()
+# An absent key, which only `__ne` and `__exists=false` match.
+MISSING = object()
 
 
 def _lookup(value: Any, path: tuple[str, ...]) -> Any:
     for key in path:
         if not isinstance(value, dict) or key not in value:
-            return _MISSING
+            return MISSING
         value = value[key]
     return value
 
 
 def _string_form(value: Any) -> str | None:
-    if value is _MISSING:
+    if value is MISSING:
         return None
     if isinstance(value, str):
         return value

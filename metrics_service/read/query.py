@@ -63,7 +63,7 @@ def parse_filters(params: QueryParams, extra: Iterable[str] = ()) -> Filters:
         given = params.getlist(name)
         if name.startswith("meta."):
             path = tuple(name[5:].split("."))
-            key, op = _split_operator(path[-1])
+            key, op = split_operator(path[-1])
             if not all(path) or not key:
                 errors.append(_error(name, "expected meta.<key> or meta.<a.b.c>"))
             elif len(given) > 1:
@@ -71,18 +71,18 @@ def parse_filters(params: QueryParams, extra: Iterable[str] = ()) -> Filters:
             elif op is None:
                 meta.append((path, given[0]))
             else:
-                found = _condition(name, "meta", (*path[:-1], key), op, given[0])
+                found = condition(name, "meta", (*path[:-1], key), op, given[0])
                 if isinstance(found, Condition):
                     where.append(found)
                 else:
                     errors.append(found)
             continue
-        field, op = _split_operator(name)
+        field, op = split_operator(name)
         if op is not None and field in OPERATOR_FIELDS:
             if len(given) > 1:
                 errors.append(_error(name, "given more than once"))
                 continue
-            found = _condition(name, field, (), op, given[0])
+            found = condition(name, field, (), op, given[0])
             if not isinstance(found, Condition):
                 errors.append(found)
             elif field == "event" and op in ("eq", "in"):
@@ -127,7 +127,7 @@ def parse_filters(params: QueryParams, extra: Iterable[str] = ()) -> Filters:
     return Filters(**values, meta=tuple(meta), where=tuple(where))
 
 
-def _split_operator(name: str) -> tuple[str, str | None]:
+def split_operator(name: str) -> tuple[str, str | None]:
     """("amount", "gte") for "amount__gte"; (name, None) without a suffix. A leading
     `__` is part of the key (`__typename`), never an operator."""
     key, sep, op = name.rpartition("__")
@@ -136,7 +136,7 @@ def _split_operator(name: str) -> tuple[str, str | None]:
     return key, op
 
 
-def _condition(
+def condition(
     name: str, field: str, path: tuple[str, ...], op: str, raw: str
 ) -> Condition | dict[str, Any]:
     """The parsed condition, or the error naming the parameter."""

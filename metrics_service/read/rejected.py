@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
+from typing import Any
 
 import orjson
 from starlette.datastructures import QueryParams
@@ -13,24 +14,29 @@ from starlette.responses import Response
 
 from metrics_service.http.errors import ApiError
 from metrics_service.http.responses import JSONResponse
-from metrics_service.read.query import invalid
+from metrics_service.read.filters import MISSING, Condition, Filters
+from metrics_service.read.query import condition, invalid, split_operator
 from metrics_service.service import Service
 from metrics_service.store.quarantine import Rejection
 
 PARAMS = frozenset({"status", "event", "visitor_id", "test_id", "after"})
+# The record fields that take an operator suffix (`visitor_id__prefix=v-`), as the
+# event filters' do (read/query.py).
+OPERATOR_FIELDS = ("status", "event", "visitor_id", "test_id")
 DEFAULT_LIMIT = 50
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RejectionFilters:
     """Conditions on a record, combined with AND; `statuses` and `events` match any
-    of their values."""
+    of their values, `where` holds the operator conditions on OPERATOR_FIELDS."""
 
     statuses: frozenset[int] | None = None
     events: frozenset[str] | None = None
     visitor_id: str | None = None
     test_id: str | None = None
     after: int | None = None
+    where: tuple[Condition, ...] = ()
 
     def __call__(self, found: Rejection) -> bool:
         if self.after is not None and found.id <= self.after:
@@ -41,11 +47,33 @@ class RejectionFilters:
             return False
         if self.visitor_id is not None and found.visitor_id != self.visitor_id:
             return False
-        return self.test_id is None or found.test_id == self.test_id
+        if self.test_id is not None and found.test_id != self.test_id:
+            return False
+        for where in self.where:
+            value = getattr(found, where.field)
+            if not where.test(MISSING if value is None else value):
+                return False
+        return True
+
+    @classmethod
+    def of_events(cls, filters: Filters) -> RejectionFilters:
+        """The part of an event filter a record can be checked against (the stream's);
+        the rest is about stored events only."""
+        return cls(
+            events=filters.events,
+            visitor_id=filters.visitor_id,
+            test_id=filters.test_id,
+            where=tuple(c for c in filters.where if c.field in OPERATOR_FIELDS),
+        )
 
     def scan(self, records: Iterable[Rejection]) -> list[Rejection]:
         """The matching records, oldest first."""
         return [found for found in records if self(found)]
+
+
+def is_rejection_param(name: str) -> bool:
+    """A filter of records: one of PARAMS, or an operator on one of OPERATOR_FIELDS."""
+    return name in PARAMS or split_operator(name)[0] in OPERATOR_FIELDS
 
 
 def parse_rejection_filters(
@@ -53,10 +81,22 @@ def parse_rejection_filters(
 ) -> RejectionFilters:
     """The filters of the query; a 422 names each unknown or bad parameter."""
     allowed = PARAMS | set(extra)
-    errors = [
-        {"loc": ["query", name], "msg": f"unknown parameter {name!r}"}
-        for name in sorted(set(params.keys()) - allowed)
-    ]
+    errors: list[dict[str, Any]] = []
+    where: list[Condition] = []
+    for name in sorted(set(params.keys()) - allowed):
+        field, op = split_operator(name)
+        if op is None or field not in OPERATOR_FIELDS:
+            errors.append(
+                {"loc": ["query", name], "msg": f"unknown parameter {name!r}"}
+            )
+        elif len(params.getlist(name)) > 1:
+            errors.append({"loc": ["query", name], "msg": "given more than once"})
+        else:
+            found = condition(name, field, (), op, params[name])
+            if isinstance(found, Condition):
+                where.append(found)
+            else:
+                errors.append(found)
     if errors:
         raise ApiError(422, errors)
     statuses = None
@@ -77,7 +117,12 @@ def parse_rejection_filters(
             raise invalid(name, "given more than once")
     events = frozenset(params.getlist("event")) if "event" in params else None
     return RejectionFilters(
-        statuses, events, params.get("visitor_id"), params.get("test_id"), after
+        statuses,
+        events,
+        params.get("visitor_id"),
+        params.get("test_id"),
+        after,
+        tuple(where),
     )
 
 

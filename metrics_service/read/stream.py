@@ -116,13 +116,7 @@ async def stream(request: Request) -> Response:
     if params.get("rejected", "true") not in ("true", "false"):
         raise invalid("rejected", f"expected true or false, got {params['rejected']!r}")
     if params.get("rejected", "true") == "true" and service.quarantine.enabled:
-        # The filters a record can be checked against; the others are about
-        # stored events only.
-        rejections = RejectionFilters(
-            events=filters.events,
-            visitor_id=filters.visitor_id,
-            test_id=filters.test_id,
-        )
+        rejections = RejectionFilters.of_events(filters)
     if service.hub.full:
         hub = service.hub
         raise ApiError(503, hub.full_message(), {"Retry-After": "1"})

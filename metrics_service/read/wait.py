@@ -17,10 +17,14 @@ from starlette.types import Receive
 
 from metrics_service.http.errors import ApiError
 from metrics_service.http.responses import JSONResponse
-from metrics_service.read.filters import _MISSING, Filters, _lookup, _string_form
+from metrics_service.read.filters import MISSING, Filters, _lookup, _string_form
 from metrics_service.read.hub import Full, Hub, ShuttingDown
 from metrics_service.read.query import invalid, parse_filters
-from metrics_service.read.rejected import PARAMS, parse_rejection_filters
+from metrics_service.read.rejected import (
+    PARAMS,
+    is_rejection_param,
+    parse_rejection_filters,
+)
 from metrics_service.store.chunk import Entry
 from metrics_service.store.quarantine import Rejection
 from metrics_service.store.ring import Ring
@@ -116,7 +120,7 @@ def _per_param(request: Request) -> Key | None:
 
     def by_metadata(entry: Entry) -> Hashable:
         value = _lookup(orjson.loads(entry.line).get("metadata"), path)
-        return None if value is _MISSING else _string_form(value)
+        return None if value is MISSING else _string_form(value)
 
     return by_metadata
 
@@ -228,10 +232,13 @@ async def _wait_rejected(request: Request) -> Response:
     service = request.app.service
     params = request.query_params
     for name in sorted(set(params.keys()) - REJECTED_PARAMS):
+        if is_rejection_param(name):
+            continue
         raise invalid(
             name,
             "cannot be combined with rejected=true: refusals are matched by "
-            + ", ".join(sorted(PARAMS)),
+            + ", ".join(sorted(PARAMS))
+            + " (with operators on status, event, visitor_id and test_id)",
         )
     quarantine = service.quarantine
     if not quarantine.enabled:
