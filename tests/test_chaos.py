@@ -16,7 +16,9 @@ import tempfile
 import threading
 import types
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,13 +164,42 @@ class Round:
                 client.close()
 
 
-@pytest.fixture(scope="module")
-def sink(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("chaos") / "m.jsonl"
+@dataclass
+class Crashed:
+    """What a round's crash left, for the start after it to check."""
+
+    lines: list[dict[str, Any]]  # the whole lines, parsed
+    kept: bytes  # the file up to its last newline
+    torn: bytes  # the part line after it, if any
+
+
+def check_restart(server: MetricsServer, sink: Path, crashed: Crashed) -> None:
+    """The start after a crash: replay gives back the ring, the torn tail is moved."""
+    snapshot = httpx.get(
+        f"{server.url}/api/metrics/behavior", params={"limit": 100_000}
+    ).json()
+    assert list(reversed(snapshot["last_events"])) == crashed.lines
+    assert snapshot["last_seq"] == len(crashed.lines)
+    assert sink.read_bytes() == crashed.kept
+    if crashed.torn:
+        moved = sink.with_name(sink.name + ".torn").read_bytes()
+        assert moved.endswith(crashed.torn + b"\n")
 
 
 ROUNDS = iter(range(1_000))
 LEDGER: dict[str, int] = {}  # event_id -> the seq its 202 promised
+# The last round's crash: the next round's start checks the restart (one server
+# start a round), and the module's last one is checked when the module ends.
+CRASHED: list[Crashed] = []
+
+
+@pytest.fixture(scope="module")
+def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("chaos") / "m.jsonl"
+    yield path
+    if CRASHED:
+        with MetricsServer(path, env=ENV) as again:
+            check_restart(again, path, CRASHED.pop())
 
 
 @settings(
@@ -194,6 +225,8 @@ def test_crash_rounds_under_property_load(
     assert requests[0][3], "the anchor request is valid"
     server = MetricsServer(sink, env=ENV).start()
     try:
+        if CRASHED:  # the restart after the previous round's crash
+            check_restart(server, sink, CRASHED.pop())
         chaos = Round(server, requests)
         chaos.run(stop)
     finally:
@@ -238,17 +271,9 @@ def test_crash_rounds_under_property_load(
         assert event_id in by_id, f"acknowledged {event_id} (seq {seq}) was lost"
         assert by_id[event_id]["seq"] == seq
 
-    # Restart on the same file: replay gives back the ring, and ingestion continues.
-    with MetricsServer(sink, env=ENV) as again:
-        snapshot = httpx.get(
-            f"{again.url}/api/metrics/behavior", params={"limit": 100_000}
-        ).json()
-        assert list(reversed(snapshot["last_events"])) == lines
-        assert snapshot["last_seq"] == len(lines)
-    assert sink.read_bytes() == data[:cut]
-    if torn:
-        moved = sink.with_name(sink.name + ".torn").read_bytes()
-        assert moved.endswith(torn + b"\n")
+    # The next start on this file (the next round's, or the module's end) checks
+    # that replay gives back the ring and that ingestion continues.
+    CRASHED.append(Crashed(lines, data[:cut], torn))
 
 
 # Disk faults in-process: hypothesis picks the requests and when the disk fails.
