@@ -98,8 +98,10 @@ class Writer:
         loop = self.loop or asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
         self._pending.append((group, future))
-        self._idle.clear()
         if not self._scheduled and not self._busy:
+            # Otherwise the request that scheduled the flush, or the one being
+            # fsynced, has cleared it already: only a finished flush sets it.
+            self._idle.clear()
             self._scheduled = True
             loop.call_soon(self._flush_later, loop, WAIT_TURNS)
         return future
