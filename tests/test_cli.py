@@ -11,6 +11,10 @@ import pytest
 from metrics_service.cli import main
 from metrics_service.testing import CLEAN_EXIT, MetricsServer, free_port
 
+# Flags, variables and their errors are independent of the C-or-Python choice: make test
+# runs it in its first pass only (the Python twins of the C code are not on its path).
+pytestmark = pytest.mark.once
+
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

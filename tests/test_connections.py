@@ -20,6 +20,10 @@ from metrics_service.http.connections import (
 )
 from metrics_service.testing import SERVE_ARGV, MetricsServer
 
+# Connection handling is independent of the C-or-Python choice: make test
+# runs it in its first pass only (the Python twins of the C code are not on its path).
+pytestmark = pytest.mark.once
+
 FILES = 256  # the server's open-file limit: its cap is FILES - RESERVED_FILES
 SLOW_CLIENTS = 300
 PARTIAL = b"POST /api/metrics/event HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "

@@ -14,6 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+# What serve prints and how it stops are independent of the C-or-Python choice: make test
+# runs it in its first pass only (the Python twins of the C code are not on its path).
+pytestmark = pytest.mark.once
+
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["int", "term"])
 def test_serve_prints_its_urls_and_stops_quietly(tmp_path: Path, stop: int) -> None:
