@@ -42,10 +42,11 @@ UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
 def decode(body: bytes, *, batch: bool, max_batch: int) -> list[PlainEvent] | None:
     """The body's events when all are plain, else None: one object, or for a batch an
     array or `{"events": [...]}` of 1 to max_batch objects."""
+    if not batch:
+        event = one(body)
+        return None if event is None else [event]
     first = body[:1]
     try:
-        if not batch:
-            return [_one.decode(body)] if first == b"{" else None
         if first == b"[":
             events = _many.decode(body)
         elif first == b"{":
@@ -57,6 +58,16 @@ def decode(body: bytes, *, batch: bool, max_batch: int) -> list[PlainEvent] | No
     if not 1 <= len(events) <= max_batch:
         return None
     return events
+
+
+def one(body: bytes) -> PlainEvent | None:
+    """The body's event when it is one plain object, else None."""
+    if body[:1] != b"{":
+        return None
+    try:
+        return _one.decode(body)
+    except UNDECODABLE:
+        return None
 
 
 # The form SDKs send (JavaScript's toISOString(), Python's isoformat()): a calendar
@@ -142,7 +153,12 @@ def group(
     all are plain; else None."""
     if _native.long_digits(body):
         return None
-    events = decode(body, batch=batch, max_batch=max_batch)
+    if not batch:  # most requests: straight to _single(), without the lists
+        event = one(body)
+        if event is None:
+            return None
+        return _single(event, max_event_bytes, received, header_user_agent, test_id)
+    events = decode(body, batch=True, max_batch=max_batch)
     if events is None:
         return None
     return finish(
