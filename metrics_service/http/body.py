@@ -161,7 +161,9 @@ async def read_body(head: Head, receive: Receive, limit: int) -> bytes:
     For gzip the limit applies both to the bytes received and to the inflated body.
     Raises ClientDisconnect when the client leaves mid-body, as Request.stream() does.
     """
-    gunzip = Gunzip(limit) if content_encoding(head) == "gzip" else None
+    gunzip = None
+    if head.content_encoding is not None and content_encoding(head) == "gzip":
+        gunzip = Gunzip(limit)
     declared = head.content_length
     if declared is not None:
         try:
