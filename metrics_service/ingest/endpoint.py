@@ -25,9 +25,13 @@ BODY_KEY = "metrics.body"
 JSON_HEADERS = (b"content-type", b"application/json")
 VARY_ORIGIN = (b"vary", b"Origin")
 NOTHING = Outcome(0, 0, None, None)
-# The answer of every single event: formatted, not built as a dict and dumped.
+# The answer of every single event: formatted, not built as a dict and dumped;
+# "seq" is null when nothing was stored.
 _EVENT_ANSWER = (
-    b'{"ok":true,"stored":%d,"file":%s,"seq":%s,"duplicates":%d,"sampled_out":%d}'
+    b'{"ok":true,"stored":%d,"file":%s,"seq":%d,"duplicates":%d,"sampled_out":%d}'
+)
+_EVENT_NOT_STORED = (
+    b'{"ok":true,"stored":%d,"file":%s,"seq":null,"duplicates":%d,"sampled_out":%d}'
 )
 
 
@@ -88,13 +92,21 @@ class Ingest:
             )
         else:
             seq = outcome.first_seq
-            answer = _EVENT_ANSWER % (
-                outcome.stored,
-                service.file_json,
-                b"null" if seq is None else b"%d" % seq,
-                outcome.duplicates,
-                sampled_out,
-            )
+            if seq is None:
+                answer = _EVENT_NOT_STORED % (
+                    outcome.stored,
+                    service.file_json,
+                    outcome.duplicates,
+                    sampled_out,
+                )
+            else:
+                answer = _EVENT_ANSWER % (
+                    outcome.stored,
+                    service.file_json,
+                    seq,
+                    outcome.duplicates,
+                    sampled_out,
+                )
         headers = [(b"content-length", b"%d" % len(answer)), JSON_HEADERS]
         if vary:
             headers.append(VARY_ORIGIN)
