@@ -74,7 +74,10 @@ class Writer:
         self.duplicates = 0
         self.fsync_seconds = 0.0
         self._listeners: list[Listener] = []
-        self._pending: list[tuple[Group, asyncio.Future[Outcome]]] = []
+        # Submitted groups and their requests' futures, side by side (no pair to
+        # allocate and to keep alive per request).
+        self._groups: list[Group] = []
+        self._futures: list[asyncio.Future[Outcome]] = []
         self._scheduled = False
         self._busy = False
         self._idle = asyncio.Event()
@@ -97,7 +100,8 @@ class Writer:
         # get_running_loop() costs a getpid() system call on Python 3.11.
         loop = self.loop or asyncio.get_running_loop()
         future: asyncio.Future[Outcome] = loop.create_future()
-        self._pending.append((group, future))
+        self._groups.append(group)
+        self._futures.append(future)
         if not self._scheduled and not self._busy:
             # Otherwise the request that scheduled the flush, or the one being
             # fsynced, has cleared it already: only a finished flush sets it.
@@ -114,32 +118,36 @@ class Writer:
 
     def _flush(self) -> None:
         self._scheduled = False
-        pending, self._pending = self._pending, []
-        if not pending:
+        groups, futures = self._groups, self._futures
+        if not futures:
             self._idle.set()
             return
+        self._groups, self._futures = [], []
         taken: list[str] = []  # event_ids this flush stores, in order
         try:
-            self._store(pending, taken)
+            self._store(groups, futures, taken)
         except Exception as exc:
-            self._failed(pending, taken, exc)
+            self._failed(futures, taken, exc)
             self._after_flush()
 
     def _failed(
         self,
-        pending: list[tuple[Group, asyncio.Future[Outcome]]],
+        futures: list[asyncio.Future[Outcome]],
         taken: list[str],
         exc: Exception,
     ) -> None:
         """A bug, not a disk error: answer the requests (500) rather than hang them."""
         logger.exception("storing events failed")
         self.dedupe.give_back(taken)
-        for _, future in pending:
+        for future in futures:
             if not future.done():
                 future.set_exception(exc)
 
     def _store(
-        self, pending: list[tuple[Group, asyncio.Future[Outcome]]], taken: list[str]
+        self,
+        submitted: list[Group],
+        futures: list[asyncio.Future[Outcome]],
+        taken: list[str],
     ) -> None:
         seq = self.last_seq
         lines: list[bytes] = []
@@ -147,7 +155,7 @@ class Writer:
         outcomes: list[Outcome] = []
         dedupe = self.dedupe.window > 0
         instance = self._instance
-        for group, _ in pending:
+        for group in submitted:
             duplicates = 0
             if dedupe:
                 keep = self.dedupe.take(group.event_ids, taken)
@@ -172,7 +180,7 @@ class Writer:
             )
         if self.blocked is not None or seq > MAX_SEQ:
             reason = self.blocked or f"seq {seq} would pass {MAX_SEQ}, the largest kept"
-            self._fail(pending, taken, None, reason)
+            self._fail(futures, taken, None, reason)
             return
         if lines:
             try:
@@ -180,7 +188,7 @@ class Writer:
             except SinkError as exc:
                 # Nothing reached the file: seqs are not burned, the ring is untouched,
                 # and the ids may come again.
-                self._fail(pending, taken, exc.errno, str(exc))
+                self._fail(futures, taken, exc.errno, str(exc))
                 return
             if self.fsync_policy == "always":
                 # Published (ring, listeners, seq) only once the fsync succeeded: a 503
@@ -188,7 +196,7 @@ class Writer:
                 self._busy = True
                 self._fsync_task = asyncio.ensure_future(
                     self._fsync_then_publish(
-                        pending, outcomes, groups, lines, seq, list(taken), before
+                        futures, outcomes, groups, lines, seq, list(taken), before
                     )
                 )
                 del taken[:]
@@ -197,12 +205,12 @@ class Writer:
         self.duplicates += sum(o.duplicates for o in outcomes)
         if lines and self.fsync_policy == "interval":
             self._arm_fsync_timer()
-        _answer(pending, outcomes)
+        _answer(futures, outcomes)
         self._after_flush()
 
     def _fail(
         self,
-        pending: list[tuple[Group, asyncio.Future[Outcome]]],
+        futures: list[asyncio.Future[Outcome]],
         taken: list[str],
         errno: int | None,
         message: str,
@@ -212,7 +220,7 @@ class Writer:
         del taken[:]
         self.write_errors += 1
         self.error = message
-        for _, future in pending:
+        for future in futures:
             if not future.done():
                 future.set_exception(SinkError(errno, message))
         self._after_flush()
@@ -280,7 +288,7 @@ class Writer:
 
     async def _fsync_then_publish(
         self,
-        pending: list[tuple[Group, asyncio.Future[Outcome]]],
+        futures: list[asyncio.Future[Outcome]],
         outcomes: list[Outcome],
         groups: list[Group],
         lines: list[bytes],
@@ -296,19 +304,19 @@ class Writer:
                 self.sink.cut_back(before)
                 message = f"fsync failed on {self.sink.path}: {exc.strerror or exc}"
                 self._busy = False
-                self._fail(pending, taken, exc.errno, message)
+                self._fail(futures, taken, exc.errno, message)
                 return
             self._publish(groups, lines, seq, taken)
             self.duplicates += sum(o.duplicates for o in outcomes)
-            _answer(pending, outcomes)
+            _answer(futures, outcomes)
         except Exception as exc:
-            self._failed(pending, taken, exc)
+            self._failed(futures, taken, exc)
         finally:
             self._busy = False
             self._after_flush()
 
     def _after_flush(self) -> None:
-        if self._pending:
+        if self._futures:
             if not self._scheduled:
                 self._scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -357,9 +365,9 @@ class Writer:
 
 
 def _answer(
-    pending: list[tuple[Group, asyncio.Future[Outcome]]],
+    futures: list[asyncio.Future[Outcome]],
     outcomes: list[Outcome],
 ) -> None:
-    for (_, future), outcome in zip(pending, outcomes, strict=True):
+    for future, outcome in zip(futures, outcomes, strict=True):
         if not future.done():
             future.set_result(outcome)
