@@ -4,7 +4,9 @@ The C extension (_speedups.c) is optional: a package built without a compiler, o
 process started with METRICS_PURE_PYTHON=1, uses the Python implementations in
 python.py, which give the same results (tests/test_native.py proves it), slower.
 `index`, `columns` and `event_ids` are None without C: their callers then take the
-path they also take for a line C leaves to them.
+path they also take for a line C leaves to them; so are `segment_events` and
+`posthog_events`, the SDK formats' fast mappings, whose Python path is the formats'
+declared mapping (tests/test_sdk_fast.py proves them the same).
 """
 
 from __future__ import annotations
@@ -40,6 +42,10 @@ carriers: Callable[[Any, bytes, bytes], tuple[list[bytes], list[bytes]] | None] 
 index: Callable[[bytes], tuple[bytes, bytes, bytes] | None] | None = None
 columns: Callable[..., Any] | None = None
 event_ids: Callable[..., list[str] | None] | None = None
+segment_events: Callable[..., list[Any] | None] | None = None
+posthog_events: (
+    Callable[..., tuple[list[Any], list[tuple[str, object]]] | None] | None
+) = None
 
 if c is not None:
     long_digits = c.long_digits
@@ -50,3 +56,5 @@ if c is not None:
     index = c.index
     columns = c.columns
     event_ids = c.event_ids
+    segment_events = c.segment_events
+    posthog_events = c.posthog_events

@@ -2,7 +2,9 @@
  * result (_native/__init__.py says which is used): replay's index() and columns(),
  * which answer None for a block they leave to Python (store/columns.py), event_ids()
  * (store/chunk.py), and ingest's long_digits() and bodies() (ingest/fast.py),
- * lines() and rows() (store/writer.py) and carriers() (ingest/test_tag.py). */
+ * lines() and rows() (store/writer.py), carriers() (ingest/test_tag.py), and the SDK
+ * formats' segment_events() and posthog_events() (ingest/formats/), which answer None
+ * for a batch they leave to the declared mapping. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
@@ -691,6 +693,563 @@ done:
     return out;
 }
 
+/* The SDK formats' fast mapping: segment_events() and posthog_events() map a whole
+ * decoded batch to PlainEvents as ingest/formats/segment.py and posthog.py _map()
+ * followed by ingest/fast.py convert() would, and answer None for a batch with any
+ * event they leave to that declared path (tests/test_sdk_fast.py proves both). */
+
+static struct {
+    PyObject *track, *page, *screen, *identify, *group, *alias;
+    PyObject *traits, *library, *userAgent, *format, *type, *user_id, *name,
+        *group_id, *previous_id, *segment, *posthog, *properties, *distinct_id,
+        *raw_user_agent, *token, *set, *set_once, *event, *uuid, *timestamp, *offset,
+        *sent_at, *api_key, *properties_token;
+} words;
+
+static int
+intern_words(void)
+{
+    if (words.track)
+        return 0;
+#define WORD(field, text) \
+    if ((words.field = PyUnicode_InternFromString(text)) == NULL) \
+        return -1;
+    WORD(track, "track") WORD(page, "page") WORD(screen, "screen")
+    WORD(identify, "identify") WORD(group, "group") WORD(alias, "alias")
+    WORD(traits, "traits") WORD(library, "library") WORD(userAgent, "userAgent")
+    WORD(format, "format") WORD(type, "type") WORD(user_id, "user_id")
+    WORD(name, "name") WORD(group_id, "group_id") WORD(previous_id, "previous_id")
+    WORD(segment, "segment") WORD(posthog, "posthog") WORD(properties, "properties")
+    WORD(distinct_id, "distinct_id") WORD(raw_user_agent, "$raw_user_agent")
+    WORD(token, "token") WORD(set, "$set") WORD(set_once, "$set_once")
+    WORD(event, "event") WORD(uuid, "uuid") WORD(timestamp, "timestamp")
+    WORD(offset, "offset") WORD(sent_at, "sent_at") WORD(api_key, "api_key")
+    WORD(properties_token, "properties.token")
+#undef WORD
+    return 0;
+}
+
+/* What an SDK event becomes: lane.py PLAIN_TARGET. */
+typedef struct {
+    PyObject *cls; /* PlainEvent */
+    PyObject *unset;
+    PyObject *sdk_key;
+    Py_ssize_t max_agent;
+    Py_ssize_t lo[3], hi[3]; /* the lengths of event, visitor_id and event_id */
+} Target;
+
+static int
+parse_target(PyObject *spec, Target *t)
+{
+    PyObject *bounds;
+    if (!PyTuple_Check(spec)
+        || !PyArg_ParseTuple(spec, "OOUnO!", &t->cls, &t->unset, &t->sdk_key,
+                             &t->max_agent, &PyTuple_Type, &bounds)
+        || !PyArg_ParseTuple(bounds, "nnnnnn", &t->lo[0], &t->hi[0], &t->lo[1],
+                             &t->hi[1], &t->lo[2], &t->hi[2])) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "expected the target tuple");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+text_within(PyObject *value, const Target *t, int which)
+{
+    if (!PyUnicode_CheckExact(value))
+        return 0;
+    Py_ssize_t len = PyUnicode_GET_LENGTH(value);
+    return len >= t->lo[which] && len <= t->hi[which];
+}
+
+/* The event PlainEvent(...) msgspec.convert() makes of the mapped fields (NULL: the
+ * key is absent; metadata a new dict): 1 with *out, 0 when convert would refuse
+ * them, -1 on error. */
+static int
+plain_event(const Target *t, PyObject *event, PyObject *visitor, PyObject *event_id,
+            PyObject *metadata, PyObject *agent, PyObject *timestamp,
+            PyObject *sent_at, PyObject **out)
+{
+    if (event == NULL || !text_within(event, t, 0) || visitor == NULL
+        || !text_within(visitor, t, 1))
+        return 0;
+    if (event_id == NULL)
+        event_id = Py_None;
+    else if (event_id != Py_None && !text_within(event_id, t, 2))
+        return 0;
+    if ((timestamp != NULL && !PyUnicode_CheckExact(timestamp))
+        || (sent_at != NULL && !PyUnicode_CheckExact(sent_at))
+        || (agent != NULL && !PyUnicode_CheckExact(agent)))
+        return 0;
+    PyObject *cut = NULL;
+    if (agent != NULL && PyUnicode_GET_LENGTH(agent) > t->max_agent) {
+        /* lane.py user_agent() */
+        if ((cut = agent = PyUnicode_Substring(agent, 0, t->max_agent)) == NULL)
+            return -1;
+    }
+    PyObject *args[8] = {
+        event,
+        visitor,
+        event_id,
+        t->unset, /* test_id */
+        metadata,
+        agent ? agent : t->unset,
+        timestamp ? timestamp : t->unset,
+        sent_at ? sent_at : t->unset,
+    };
+    *out = PyObject_Vectorcall(t->cls, args, 8, NULL);
+    Py_XDECREF(cut);
+    return *out == NULL ? -1 : 1;
+}
+
+/* d[key] borrowed, NULL when absent (or on error: check PyErr_Occurred()). */
+#define GET(d, key) PyDict_GetItemWithError((d), (key))
+
+/* None for a value that is absent (NULL) or None. */
+#define PRESENT(v) ((v) != NULL && (v) != Py_None)
+
+/* lane.py pick(): source's values, not null, under their $sdk names. */
+static int
+pick(PyObject *sdk, PyObject *source, PyObject *keys)
+{
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(keys, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "expected (name, key) pairs");
+            return -1;
+        }
+        PyObject *value = GET(source, PyTuple_GET_ITEM(pair, 1));
+        if (value == NULL && PyErr_Occurred())
+            return -1;
+        if (PRESENT(value) && PyDict_SetItem(sdk, PyTuple_GET_ITEM(pair, 0), value) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* The Message fields segment_events() reads, in this order. */
+enum {
+    M_TYPE, M_EVENT, M_ANONYMOUS, M_USER, M_MESSAGE_ID, M_TIMESTAMP, M_ORIGINAL,
+    M_SENT_AT, M_PROPERTIES, M_TRAITS, M_CONTEXT, M_NAME, M_GROUP_ID, M_PREVIOUS_ID,
+    M_FIELDS
+};
+static const char *const message_fields[M_FIELDS] = {
+    "type", "event", "anonymousId", "userId", "messageId", "timestamp",
+    "originalTimestamp", "sentAt", "properties", "traits", "context", "name",
+    "groupId", "previousId",
+};
+
+typedef struct {
+    PyTypeObject *message;
+    Py_ssize_t at[M_FIELDS]; /* each field's offset in a Message */
+    PyObject *from_page, *from_library;
+    Target target;
+} Segment;
+
+/* Segment's `x or None`: the value when it is true, else NULL; -1 on error. */
+static int
+truthy(PyObject *value, PyObject **out)
+{
+    int true_ = PyObject_IsTrue(value);
+    if (true_ < 0)
+        return -1;
+    *out = true_ ? value : NULL;
+    return 0;
+}
+
+/* segment.py _map() for one call, then convert(): as plain_event(). */
+static int
+segment_one(const Segment *s, PyObject *m, PyObject *call, PyObject *sent_at,
+            PyObject **out)
+{
+    if (Py_TYPE(m) != s->message)
+        return 0;
+    PyObject *f[M_FIELDS];
+    for (int k = 0; k < M_FIELDS; k++)
+        if ((f[k] = *(PyObject **)((char *)m + s->at[k])) == NULL)
+            return 0;
+    PyObject *kind = call != Py_None ? call : f[M_TYPE];
+    if (!PyUnicode_CheckExact(kind))
+        return 0;
+    PyObject *const kinds[6] = {
+        words.track, words.page, words.screen, words.identify, words.group, words.alias,
+    };
+    int k = 0;
+    while (k < 6 && PyUnicode_Compare(kind, kinds[k]) != 0)
+        k++;
+    if (k == 6)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *context = PyDict_CheckExact(f[M_CONTEXT]) ? f[M_CONTEXT] : NULL;
+    PyObject *anonymous, *user;
+    if (truthy(f[M_ANONYMOUS], &anonymous) < 0 || truthy(f[M_USER], &user) < 0)
+        return -1;
+    PyObject *metadata = f[M_PROPERTIES];
+    if (k == 3 || k == 4) { /* identify, group: their traits */
+        metadata = f[M_TRAITS];
+        if (metadata == Py_None && context != NULL) {
+            /* RudderStack's, in context.traits */
+            PyObject *traits = GET(context, words.traits);
+            if (traits != NULL)
+                metadata = traits;
+            else if (PyErr_Occurred())
+                return -1;
+        }
+    }
+    else if (k == 5)
+        metadata = Py_None;
+    if (metadata == Py_None)
+        metadata = PyDict_New();
+    else if (PyDict_CheckExact(metadata))
+        metadata = PyDict_Copy(metadata);
+    else
+        return 0;
+    PyObject *sdk = metadata ? PyDict_New() : NULL;
+    if (sdk == NULL)
+        goto error;
+    if (PyDict_SetItem(sdk, words.format, words.segment) < 0
+        || PyDict_SetItem(sdk, words.type, kind) < 0
+        || (user != NULL && PyDict_SetItem(sdk, words.user_id, user) < 0)
+        || (f[M_NAME] != Py_None && PyDict_SetItem(sdk, words.name, f[M_NAME]) < 0)
+        || (f[M_GROUP_ID] != Py_None
+            && PyDict_SetItem(sdk, words.group_id, f[M_GROUP_ID]) < 0)
+        || (f[M_PREVIOUS_ID] != Py_None
+            && PyDict_SetItem(sdk, words.previous_id, f[M_PREVIOUS_ID]) < 0))
+        goto error;
+    PyObject *agent = NULL;
+    if (context != NULL) {
+        PyObject *page = GET(context, words.page);
+        if (page == NULL && PyErr_Occurred())
+            goto error;
+        if (page != NULL && PyDict_CheckExact(page) && pick(sdk, page, s->from_page) < 0)
+            goto error;
+        PyObject *library = GET(context, words.library);
+        if (library == NULL && PyErr_Occurred())
+            goto error;
+        if (library != NULL && PyDict_CheckExact(library)
+            && pick(sdk, library, s->from_library) < 0)
+            goto error;
+        agent = GET(context, words.userAgent);
+        if (agent == NULL && PyErr_Occurred())
+            goto error;
+    }
+    if (PyDict_SetItem(metadata, s->target.sdk_key, sdk) < 0)
+        goto error;
+    Py_CLEAR(sdk);
+    PyObject *name = k == 0 ? f[M_EVENT] : kind;
+    PyObject *visitor = anonymous == NULL && user != NULL ? user : anonymous;
+    PyObject *event_id = f[M_MESSAGE_ID] == s->target.unset ? NULL : f[M_MESSAGE_ID];
+    PyObject *timestamp = f[M_TIMESTAMP];
+    if (timestamp == s->target.unset || timestamp == Py_None)
+        timestamp = f[M_ORIGINAL]; /* RudderStack's */
+    PyObject *sent = f[M_SENT_AT] == s->target.unset ? sent_at : f[M_SENT_AT];
+    int r = plain_event(&s->target, PRESENT(name) ? name : NULL, visitor, event_id,
+                        metadata, PRESENT(agent) ? agent : NULL,
+                        PRESENT(timestamp) ? timestamp : NULL,
+                        PRESENT(sent) ? sent : NULL, out);
+    Py_DECREF(metadata);
+    return r;
+error:
+    Py_XDECREF(sdk);
+    Py_XDECREF(metadata);
+    return -1;
+}
+
+/* Each field's offset in `type`, a msgspec Struct with those fields as slots. */
+static int
+field_offsets(PyTypeObject *type, const char *const *names, int count, Py_ssize_t *at)
+{
+    for (int k = 0; k < count; k++) {
+        PyObject *d = PyObject_GetAttrString((PyObject *)type, names[k]);
+        if (d == NULL)
+            return -1;
+        int ok = Py_IS_TYPE(d, &PyMemberDescr_Type)
+            && ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX;
+        if (ok)
+            at[k] = ((PyMemberDescrObject *)d)->d_member->offset;
+        Py_DECREF(d);
+        if (!ok) {
+            PyErr_Format(PyExc_TypeError, "%s is not a slot", names[k]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Each item through one(); None when one declines. */
+typedef int (*map_one)(const void *spec, PyObject *item, PyObject *call,
+                       PyObject *sent_at, PyObject **out);
+
+static PyObject *
+map_all(map_one one, const void *spec, PyObject *items, PyObject *call,
+        PyObject *sent_at)
+{
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count && i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = PyList_GET_ITEM(items, i), *event = NULL;
+        Py_INCREF(item);
+        int r = one(spec, item, call, sent_at, &event);
+        Py_DECREF(item);
+        if (r <= 0) {
+            Py_DECREF(out);
+            return r < 0 ? NULL : Py_NewRef(Py_None);
+        }
+        PyList_SET_ITEM(out, i, event);
+    }
+    if (PyList_GET_SIZE(items) != count) { /* changed under us: not ours to say */
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    return out;
+}
+
+static int
+segment_map_one(const void *spec, PyObject *item, PyObject *call, PyObject *sent_at,
+                PyObject **out)
+{
+    return segment_one((const Segment *)spec, item, call, sent_at, out);
+}
+
+PyDoc_STRVAR(segment_events_doc,
+"segment_events(messages, call, sent_at, spec) -> list[PlainEvent] | None\n\n"
+"A Segment batch's calls (segment.py Message) as our events, each as _map(message,\n"
+"call, sent_at) and fast.convert() make it; None when any call is not of the common\n"
+"shape, for the declared path to map (and word its refusals). spec: (Message,\n"
+"_FROM_PAGE, _FROM_LIBRARY, lane.PLAIN_TARGET).");
+
+static PyObject *
+segment_events(PyObject *module, PyObject *args)
+{
+    PyObject *messages, *call, *sent_at, *spec, *target;
+    Segment s;
+    if (!PyArg_ParseTuple(args, "O!OOO!:segment_events", &PyList_Type, &messages, &call,
+                          &sent_at, &PyTuple_Type, &spec)
+        || !PyArg_ParseTuple(spec, "O!O!O!O!", &PyType_Type, &s.message, &PyTuple_Type,
+                             &s.from_page, &PyTuple_Type, &s.from_library,
+                             &PyTuple_Type, &target)
+        || parse_target(target, &s.target) < 0
+        || field_offsets(s.message, message_fields, M_FIELDS, s.at) < 0)
+        return NULL;
+    if (call != Py_None && !PyUnicode_CheckExact(call)) {
+        PyErr_SetString(PyExc_TypeError, "call is a str or None");
+        return NULL;
+    }
+    return map_all(segment_map_one, &s, messages, call, sent_at);
+}
+
+/* The keys posthog_one() reads: of an event, then of its properties, where the
+ * $sdk keys (posthog.py _FROM_PROPERTIES) follow. */
+enum {
+    I_PROPERTIES, I_DISTINCT, I_SET, I_SET_ONCE, I_EVENT, I_UUID, I_TIMESTAMP,
+    I_SENT_AT, I_OFFSET, I_API_KEY, I_TOKEN, I_FIELDS
+};
+enum { Q_DISTINCT, Q_AGENT, Q_TOKEN, Q_SET, Q_SET_ONCE, Q_PICKED };
+#define MAX_PICKED 16
+
+typedef struct {
+    PyObject *word;
+    Py_hash_t hash;
+} Key;
+
+typedef struct {
+    PyObject *types;   /* posthog.py TYPES */
+    PyObject *capture; /* the type of any other named event */
+    PyObject *from_properties;
+    Target target;
+    Key item[I_FIELDS];
+    Key properties[Q_PICKED + MAX_PICKED];
+    int n_properties;
+    PyObject *keys; /* the SDK keys found, as posthog.py PostHogLane.payload() lists them */
+} PostHog;
+
+static int
+key_of(Key *key, PyObject *word)
+{
+    key->word = word;
+    key->hash = PyObject_Hash(word);
+    return key->hash == -1 ? -1 : 0;
+}
+
+/* The values of `d` under the keys `want` (NULL when absent), in one pass over d
+ * rather than a lookup each. 0, or -1 when d has a key that is not text. */
+static int
+values_of(PyObject *d, const Key *want, int count, PyObject **out)
+{
+    for (int k = 0; k < count; k++)
+        out[k] = NULL;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(d, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key))
+            return -1;
+        Py_hash_t hash = PyObject_Hash(key);
+        for (int k = 0; k < count; k++)
+            if (hash == want[k].hash
+                && (key == want[k].word || _PyUnicode_EQ(key, want[k].word))) {
+                out[k] = value;
+                break;
+            }
+    }
+    return 0;
+}
+
+static int
+add_key(PyObject *keys, PyObject *field, PyObject *value)
+{
+    PyObject *pair = PyTuple_Pack(2, field, value);
+    int r = pair ? PyList_Append(keys, pair) : -1;
+    Py_XDECREF(pair);
+    return r;
+}
+
+/* posthog.py _map() for one event, then convert(): as plain_event(); the event's
+ * SDK keys are appended to p->keys. */
+static int
+posthog_one(const void *spec, PyObject *item, PyObject *unused, PyObject *sent_at,
+            PyObject **out)
+{
+    const PostHog *p = (const PostHog *)spec;
+    PyObject *f[I_FIELDS], *q[Q_PICKED + MAX_PICKED];
+    PyObject *metadata = NULL, *sdk = NULL, *visitor = NULL;
+    if (!PyDict_CheckExact(item) || values_of(item, p->item, I_FIELDS, f) < 0)
+        return 0;
+    PyObject *properties = f[I_PROPERTIES];
+    if (properties == Py_None)
+        properties = NULL; /* as {} */
+    if (properties != NULL
+        && (!PyDict_CheckExact(properties)
+            || values_of(properties, p->properties, p->n_properties, q) < 0))
+        return 0;
+    if (properties == NULL)
+        for (int k = 0; k < p->n_properties; k++)
+            q[k] = NULL;
+    if ((f[I_API_KEY] != NULL && add_key(p->keys, words.api_key, f[I_API_KEY]) < 0)
+        || (f[I_TOKEN] != NULL && add_key(p->keys, words.token, f[I_TOKEN]) < 0)
+        || (q[Q_TOKEN] != NULL
+            && add_key(p->keys, words.properties_token, q[Q_TOKEN]) < 0))
+        return -1;
+    PyObject *distinct = f[I_DISTINCT];
+    if (!PRESENT(distinct) && q[Q_DISTINCT] != NULL)
+        distinct = q[Q_DISTINCT];
+    if (!PRESENT(f[I_TIMESTAMP]) && f[I_OFFSET] != NULL && PyLong_CheckExact(f[I_OFFSET]))
+        return 0; /* older posthog-js's offset from now: left to _map() */
+    metadata = properties != NULL ? PyDict_Copy(properties) : PyDict_New();
+    if (metadata == NULL)
+        return -1;
+    /* The token may be METRICS_INGEST_TOKEN itself: never stored. */
+    if (q[Q_TOKEN] != NULL && PyDict_DelItem(metadata, words.token) < 0)
+        goto error;
+    if ((f[I_SET] != NULL && q[Q_SET] == NULL
+         && PyDict_SetItem(metadata, words.set, f[I_SET]) < 0)
+        || (f[I_SET_ONCE] != NULL && q[Q_SET_ONCE] == NULL
+            && PyDict_SetItem(metadata, words.set_once, f[I_SET_ONCE]) < 0))
+        goto error;
+    PyObject *name = f[I_EVENT];
+    if ((sdk = PyDict_New()) == NULL
+        || PyDict_SetItem(sdk, words.format, words.posthog) < 0)
+        goto error;
+    if (name != NULL && PyUnicode_Check(name)) {
+        PyObject *type = PyDict_GetItemWithError(p->types, name);
+        if (type == NULL && PyErr_Occurred())
+            goto error;
+        if (PyDict_SetItem(sdk, words.type, type ? type : p->capture) < 0)
+            goto error;
+    }
+    for (int k = Q_PICKED; k < p->n_properties; k++) {
+        PyObject *pair = PyTuple_GET_ITEM(p->from_properties, k - Q_PICKED);
+        if (PRESENT(q[k]) && PyDict_SetItem(sdk, PyTuple_GET_ITEM(pair, 0), q[k]) < 0)
+            goto error;
+    }
+    if (PyDict_SetItem(metadata, p->target.sdk_key, sdk) < 0)
+        goto error;
+    Py_CLEAR(sdk);
+    if (PRESENT(distinct)) {
+        /* Numbers are allowed; the stored id is text. */
+        if (PyLong_CheckExact(distinct)) {
+            if ((visitor = PyObject_Str(distinct)) == NULL)
+                goto error;
+        }
+        else
+            visitor = Py_NewRef(distinct);
+    }
+    PyObject *sent = f[I_SENT_AT] != NULL ? f[I_SENT_AT] : sent_at;
+    PyObject *agent = q[Q_AGENT];
+    int r = plain_event(&p->target, PRESENT(name) ? name : NULL, visitor,
+                        PRESENT(f[I_UUID]) ? f[I_UUID] : NULL, metadata,
+                        PRESENT(agent) ? agent : NULL,
+                        PRESENT(f[I_TIMESTAMP]) ? f[I_TIMESTAMP] : NULL,
+                        PRESENT(sent) ? sent : NULL, out);
+    Py_DECREF(metadata);
+    Py_XDECREF(visitor);
+    return r;
+error:
+    Py_XDECREF(sdk);
+    Py_XDECREF(metadata);
+    Py_XDECREF(visitor);
+    return -1;
+}
+
+PyDoc_STRVAR(posthog_events_doc,
+"posthog_events(items, sent_at, spec) -> (list[PlainEvent], keys) | None\n\n"
+"A PostHog request's events as our events, each as _map(item, sent_at, now) and\n"
+"fast.convert() make it, and the SDK keys they hold as PostHogLane.payload() lists\n"
+"them; None when any is not of the common shape (or needs `now`: an offset), for\n"
+"the declared path. spec: (TYPES, \"capture\", _FROM_PROPERTIES, lane.PLAIN_TARGET).");
+
+static PyObject *
+posthog_events(PyObject *module, PyObject *args)
+{
+    PyObject *items, *sent_at, *spec, *target;
+    PostHog p;
+    if (!PyArg_ParseTuple(args, "O!OO!:posthog_events", &PyList_Type, &items, &sent_at,
+                          &PyTuple_Type, &spec)
+        || !PyArg_ParseTuple(spec, "O!UO!O!", &PyDict_Type, &p.types, &p.capture,
+                             &PyTuple_Type, &p.from_properties, &PyTuple_Type, &target)
+        || parse_target(target, &p.target) < 0)
+        return NULL;
+    Py_ssize_t picked = PyTuple_GET_SIZE(p.from_properties);
+    if (picked > MAX_PICKED) {
+        PyErr_SetString(PyExc_ValueError, "too many $sdk keys");
+        return NULL;
+    }
+    PyObject *const item_words[I_FIELDS] = {
+        words.properties, words.distinct_id, words.set, words.set_once, words.event,
+        words.uuid, words.timestamp, words.sent_at, words.offset, words.api_key,
+        words.token,
+    };
+    PyObject *const property_words[Q_PICKED] = {
+        words.distinct_id, words.raw_user_agent, words.token, words.set, words.set_once,
+    };
+    for (int k = 0; k < I_FIELDS; k++)
+        if (key_of(&p.item[k], item_words[k]) < 0)
+            return NULL;
+    for (int k = 0; k < Q_PICKED; k++)
+        if (key_of(&p.properties[k], property_words[k]) < 0)
+            return NULL;
+    for (Py_ssize_t k = 0; k < picked; k++) {
+        PyObject *pair = PyTuple_GET_ITEM(p.from_properties, k);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2
+            || !PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_SetString(PyExc_TypeError, "expected ($sdk name, key) pairs");
+            return NULL;
+        }
+        if (key_of(&p.properties[Q_PICKED + k], PyTuple_GET_ITEM(pair, 1)) < 0)
+            return NULL;
+    }
+    p.n_properties = Q_PICKED + (int)picked;
+    if ((p.keys = PyList_New(0)) == NULL)
+        return NULL;
+    PyObject *events = map_all(posthog_one, &p, items, Py_None, sent_at);
+    if (events == NULL || events == Py_None) {
+        Py_DECREF(p.keys);
+        return events;
+    }
+    return Py_BuildValue("(NN)", events, p.keys);
+}
+
 static PyMethodDef methods[] = {
     {"index", index_lines, METH_O, index_doc},
     {"columns", columns, METH_VARARGS, columns_doc},
@@ -700,6 +1259,8 @@ static PyMethodDef methods[] = {
     {"rows", rows, METH_VARARGS, rows_doc},
     {"event_ids", event_ids, METH_VARARGS, event_ids_doc},
     {"carriers", carriers, METH_VARARGS, carriers_doc},
+    {"segment_events", segment_events, METH_VARARGS, segment_events_doc},
+    {"posthog_events", posthog_events, METH_VARARGS, posthog_events_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -731,5 +1292,7 @@ PyInit__speedups(void)
         if (!keys.seq || !keys.timestamp || !keys.event || !keys.event_id)
             return NULL;
     }
+    if (intern_words() < 0)
+        return NULL;
     return PyModuleDef_Init(&module);
 }

@@ -21,3 +21,9 @@ def event_ids(
 def carriers(
     headers: Any, name: bytes, needle: bytes, /
 ) -> tuple[list[bytes], list[bytes]] | None: ...
+def segment_events(
+    messages: list[Any], call: str | None, sent_at: Any, spec: tuple[Any, ...], /
+) -> list[Any] | None: ...
+def posthog_events(
+    items: list[Any], sent_at: Any, spec: tuple[Any, ...], /
+) -> tuple[list[Any], list[tuple[str, object]]] | None: ...

@@ -7,11 +7,13 @@ fields and where each came from, so a refusal names the foreign field.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl
 
 import msgspec
+import msgspec.inspect
+from msgspec import UNSET
 from starlette.types import Receive, Scope, Send
 
 from metrics_service.http.auth import check_sdk_key
@@ -27,6 +29,7 @@ from metrics_service.http.body import (
 from metrics_service.http.errors import ApiError
 from metrics_service.ingest import fast
 from metrics_service.ingest.clock import Received, received_now
+from metrics_service.ingest.contract import PlainEvent
 from metrics_service.ingest.decode import check_count, check_events, to_group
 from metrics_service.ingest.endpoint import BODY_KEY, NOTHING
 from metrics_service.ingest.schema import json_path
@@ -50,10 +53,46 @@ class Mapped(msgspec.Struct, gc=False):
     problems: Sequence[dict[str, Any]] = ()
 
 
+class Premapped(NamedTuple):
+    """A format's fast mapping (_native segment_events, posthog_events) of every
+    event, and the declared mapping of them, for when the decoder declines these."""
+
+    events: list[PlainEvent]
+    items: Callable[[], list[Mapped]]
+
+
 class Payload(NamedTuple):
-    items: list[Mapped]
+    items: list[Mapped]  # empty when premapped
     batch: bool  # refusals carry each event's `index`
     keys: list[tuple[str, object]]  # (foreign field, value): the SDK's own keys
+    premapped: Premapped | None = None
+
+
+def _length_bounds(field: str) -> tuple[int, int]:
+    """The length bounds msgspec checks of one of PlainEvent's text fields."""
+    struct = msgspec.inspect.type_info(PlainEvent)
+    assert isinstance(struct, msgspec.inspect.StructType)
+    (info,) = [f for f in struct.fields if f.name == field]
+    kind = info.type
+    if isinstance(kind, msgspec.inspect.UnionType):
+        (kind,) = [t for t in kind.types if isinstance(t, msgspec.inspect.StrType)]
+    assert isinstance(kind, msgspec.inspect.StrType)
+    return kind.min_length or 0, kind.max_length or 2**62
+
+
+# What the fast mappings in C make of an event: PlainEvent, as msgspec.convert()
+# checks it (fast.convert), with the SDK's user agent cut as user_agent() cuts it.
+PLAIN_TARGET = (
+    PlainEvent,
+    UNSET,
+    SDK_KEY,
+    MAX_USER_AGENT,
+    (
+        *_length_bounds("event"),
+        *_length_bounds("visitor_id"),
+        *_length_bounds("event_id"),
+    ),
+)
 
 
 class Foreign(NamedTuple):
@@ -197,6 +236,20 @@ class SdkLane:
         """The group of stored events and how many sampling dropped, as for our own
         events; a 422 names the foreign fields."""
         config = service.config
+        if payload.premapped is not None:
+            premapped, late = payload.premapped
+            check_count(len(premapped), config.max_batch)
+            if service.policy.plain:
+                group = fast.finish(
+                    premapped,
+                    max_event_bytes=config.max_event_bytes,
+                    received=request.received,
+                    header_user_agent=request.head.user_agent,
+                    test_id=tag,
+                )
+                if group is not None:
+                    return group, 0
+            payload = payload._replace(items=late(), premapped=None)
         items, batch = payload.items, payload.batch
         check_count(len(items), config.max_batch)
         problems = [
