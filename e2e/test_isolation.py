@@ -291,8 +291,8 @@ def test_n_plus_1_never_sees_it(page, metrics, metrics_server):
 
 
 def readme_example() -> str:
-    """The first Python block of README's "Testing your front end", as written."""
-    section = README.read_text().split("\n## Testing your front end\n", 1)[1]
+    """The Python block of README's "A first test", as written."""
+    section = README.read_text().split("\n### A first test\n", 1)[1]
     return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 

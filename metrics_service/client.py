@@ -155,6 +155,7 @@ class MetricsClient:
         fail if any further match arrived. Raises AssertionError listing what matched
         and what else arrived.
         """
+        __tracebackhide__ = True  # pytest shows the message, not this method
         if event is not None:
             filters = {"event": event, **filters}
         params = [("count", str(count)), ("timeout", str(timeout))]
@@ -187,6 +188,7 @@ class MetricsClient:
 
         Raises AssertionError listing the offending events and what else arrived.
         """
+        __tracebackhide__ = True  # pytest shows the message, not this method
         if event is not None:
             filters = {"event": event, **filters}
         params = [("absent", "true"), ("timeout", str(timeout))]
@@ -212,6 +214,7 @@ class MetricsClient:
         Returns the events forming the sequence; raises AssertionError listing what
         arrived of those names and what else arrived.
         """
+        __tracebackhide__ = True  # pytest shows the message, not this method
         params = [("sequence", ",".join(names)), ("timeout", str(timeout))]
         if per is not None:
             params.append(("per", per))

@@ -253,6 +253,8 @@ def test_plugin_fixtures_in_a_users_suite(
     result.assert_outcomes(passed=10, failed=2)
     result.stdout.fnmatch_lines(["*expected 1 event(s) matching event='purchase'*"])
     result.stdout.fnmatch_lines(["*page_view visitor=visitor-1*"])
+    # The failure points at the test's line, not into the client's own source.
+    assert "def wait_for(" not in result.stdout.str()
     result.stdout.fnmatch_lines(
         [
             "*test_a_refusal_fails_the_test*",
