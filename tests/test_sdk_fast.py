@@ -108,10 +108,26 @@ _segment_call = _maybe(
     writeKey=_json,
     integrations=_json,
 )
-_segment_batch = _maybe(sentAt=_times, writeKey=_json).flatmap(
-    lambda outer: st.lists(_segment_call | _json, max_size=5).map(
-        lambda calls: {"batch": calls, **outer}
+# Whole batches the fast mapping takes, but for the odd field: one call it declines
+# declines the batch.
+_segment_plain_call = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["track", "page", "identify", "alias"]),
+        "event": st.sampled_from(["page_view", "Signed Up"]),
+        "anonymousId": st.sampled_from([ANON, "v-8f3a2c91d4", None]),
+        "userId": st.sampled_from(["user-123456", None, ""]),
+        "messageId": _message_ids,
+    }
+).flatmap(
+    lambda plain: _segment_call.map(
+        lambda extra: {**plain, **dict(list(extra.items())[:2])}
     )
+)
+_segment_batch = _maybe(sentAt=_times, writeKey=_json).flatmap(
+    lambda outer: (
+        st.lists(_segment_call | _json, max_size=5)
+        | st.lists(_segment_plain_call, min_size=1, max_size=5)
+    ).map(lambda calls: {"batch": calls, **outer})
 )
 _posthog_properties = _maybe(
     distinct_id=_ids,
@@ -141,11 +157,24 @@ _posthog_event = _maybe(
     type=_json,
     **{"$set": _json, "$set_once": _json},
 )
+_posthog_plain_event = st.fixed_dictionaries(
+    {
+        "event": st.sampled_from(["$pageview", "page_view", "$identify"]),
+        "distinct_id": st.sampled_from([ANON, "v-8f3a2c91d4", 12345678]),
+        "uuid": _message_ids,
+        "properties": _posthog_properties,
+    }
+).flatmap(
+    lambda plain: _posthog_event.map(
+        lambda extra: {**plain, **dict(list(extra.items())[:2])}
+    )
+)
 _posthog_body = (
     _maybe(api_key=_json, sent_at=_times).flatmap(
-        lambda outer: st.lists(_posthog_event | _json, max_size=5).map(
-            lambda events: {"batch": events, **outer}
-        )
+        lambda outer: (
+            st.lists(_posthog_event | _json, max_size=5)
+            | st.lists(_posthog_plain_event, min_size=1, max_size=5)
+        ).map(lambda events: {"batch": events, **outer})
     )
     | st.lists(_posthog_event | _json, max_size=5)
     | _posthog_event
