@@ -285,9 +285,11 @@ def _single(
     if test_id is not None:
         event.test_id = test_id
     try:
-        encoded = escape_separators(_encoder.encode(event))
+        encoded = _encoder.encode(event)
     except (msgspec.EncodeError, OverflowError, RecursionError):
         return None
+    if not encoded.isascii():  # only then can it hold a separator to escape
+        encoded = escape_separators(encoded)
     body = encoded[1:]
     # The limits as finish() applies them (see there).
     if 2 * len(body) + 32 + (96 if timed else 0) > max_event_bytes:
