@@ -278,6 +278,7 @@ def test_wait_woken_by_event_posted_later(
     assert from_send < 5  # sanity only: a poll loop would also pass this on a busy box
 
 
+@pytest.mark.slow
 def test_many_waiters_all_released(tmp_path: Path) -> None:
     async def run(url: str) -> list[httpx.Response]:
         limits = httpx.Limits(max_connections=300)

@@ -250,6 +250,7 @@ def _offset_only(item: Any) -> bool:
     )
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(_segment_batch)
 def test_segment_batches_map_as_declared(batch: dict[str, Any]) -> None:
@@ -277,6 +278,7 @@ def test_segment_calls_map_as_declared(call: dict[str, Any], kind: str) -> None:
     )
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(_posthog_body)
 def test_posthog_events_map_as_declared(data: Any) -> None:
@@ -429,6 +431,7 @@ def test_the_recorded_sdk_requests_take_the_fast_mapping(fixture: str) -> None:
     assert taken > 0
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(_segment_batch)
 def test_a_segment_batch_is_stored_as_without_c(batch: dict[str, Any]) -> None:
@@ -438,6 +441,7 @@ def test_a_segment_batch_is_stored_as_without_c(batch: dict[str, Any]) -> None:
     assert _decoded(lane, body) == _without_c(lane, body)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(_posthog_body)
 def test_a_posthog_body_is_stored_as_without_c(data: Any) -> None:

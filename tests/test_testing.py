@@ -552,6 +552,7 @@ def test_page_view_again(metrics_server):
 )
 
 
+@pytest.mark.slow
 def test_coverage_summary_across_xdist_workers(pytester: pytest.Pytester) -> None:
     notes = pytester.path / "collectors.txt"
     pytester.makepyfile(
@@ -608,6 +609,7 @@ def test_uses_it(metrics_server, metrics):
 """
 
 
+@pytest.mark.slow
 def test_attached_to_a_running_collector(
     pytester: pytest.Pytester, metrics_server: MetricsServer, metrics: MetricsClient
 ) -> None:
