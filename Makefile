@@ -7,6 +7,12 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml setup.py metrics_service/
 
 .PHONY: run test lint e2e bench chromium npm wrk cc clean
 
+# Installs Debian packages as root, after one `apt-get update` per make run however many
+# of chromium, npm, cc and wrk need one (the marker is this run's own).
+APT_MARK := /tmp/metrics-service-apt-updated-$(shell date +%s%N)
+APT_INSTALL = { [ -e $(APT_MARK) ] || { apt-get update -qq && touch $(APT_MARK); }; } && \
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
@@ -33,7 +39,7 @@ lint: $(STAMP)
 chromium:
 	@if [ ! -x $(CHROMIUM) ]; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+			$(APT_INSTALL) chromium >/dev/null; \
 		else \
 			echo "Chromium is missing: run 'sudo apt-get install -y chromium' and try again." >&2; exit 1; \
 		fi; \
@@ -44,7 +50,7 @@ chromium:
 npm:
 	@if ! command -v npm >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; \
+			$(APT_INSTALL) npm >/dev/null; \
 		else \
 			echo "npm is missing: run 'sudo apt-get install -y npm' and try again." >&2; exit 1; \
 		fi; \
@@ -55,7 +61,7 @@ npm:
 cc:
 	@if ! command -v gcc >/dev/null || ! $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc libc6-dev python3-dev >/dev/null; \
+			$(APT_INSTALL) gcc libc6-dev python3-dev >/dev/null; \
 		else \
 			echo "No C compiler or Python headers: run 'sudo apt-get install -y gcc python3-dev' for the C extension." >&2; \
 		fi; \
@@ -65,7 +71,7 @@ cc:
 wrk:
 	@if ! command -v wrk >/dev/null; then \
 		if [ "$$(id -u)" = 0 ]; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+			$(APT_INSTALL) wrk >/dev/null; \
 		else \
 			echo "wrk is missing: run 'sudo apt-get install -y wrk' and try again." >&2; exit 1; \
 		fi; \
@@ -86,8 +92,9 @@ test: $(STAMP) chromium npm lint
 	$(TEST_PYTEST)
 	METRICS_PURE_PYTHON=1 $(TEST_PYTEST) -m "not once"
 
+# The browser tests alone, on two pytest-xdist workers (make test runs them on three).
 e2e: $(STAMP) chromium npm
-	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest e2e
+	METRICS_E2E_CHROMIUM=$(CHROMIUM) $(BIN)/pytest -n 2 e2e
 
 bench: $(STAMP) wrk
 	$(BIN)/python -m tests.perf
