@@ -523,6 +523,18 @@ def test_a_refused_gtag_hit_names_its_event_and_visitor(client: TestClient) -> N
     assert rejections(client)[0]["event"] == "x"
 
 
+def test_a_refused_gtag_get_hit_keeps_its_query_as_the_body(
+    client: TestClient,
+) -> None:
+    hit = "v=2&tid=G-1&en=scroll&epn.percent=ninety&cid=123.456"
+    r = client.get("/ga4/g/collect?" + hit)
+    assert r.status_code == 422
+    [record] = rejections(client)
+    assert record["body"] == hit
+    assert (record["event"], record["visitor_id"]) == ("scroll", "123.456")
+    assert record["path"] == "/ga4/g/collect"
+
+
 def test_configured_tokens_never_appear_even_in_a_body_that_is_no_json(
     tmp_path: Path,
 ) -> None:

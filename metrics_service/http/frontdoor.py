@@ -204,15 +204,12 @@ def quarantine(scope: Scope, path: str, error: ApiError) -> None:
             tag = test_id(scope)
         except ApiError:  # the tag itself was refused: the record goes without it
             tag = None
+        body = scope.get(BODY_KEY)
+        if body == b"" and scope["method"] == "GET":
+            # gtag's GET hits: the whole hit is the query string.
+            body = scope.get("query_string") or body
         kept.record(
-            Request(
-                path,
-                error.status_code,
-                error.detail,
-                scope["headers"],
-                scope.get(BODY_KEY),
-                tag,
-            )
+            Request(path, error.status_code, error.detail, scope["headers"], body, tag)
         )
     except Exception:
         logger.exception("could not record a refused request to %s", path)
