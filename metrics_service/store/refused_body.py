@@ -162,6 +162,8 @@ _BASE64 = re.compile(rb"[A-Za-z0-9+/=_-]+")
 def _decoded(raw: bytes) -> bytes:
     """The body as the SDK meant it: a form's `data=` base64 field (PostHog), a base64
     body, and gzip inside either, decoded. Anything else is returned as it is."""
+    if raw[:1] == b"{" or raw[:1] == b"[":
+        return raw  # JSON as sent: nothing to decode
     data = raw
     if raw[:5] == b"data=" or b"&data=" in raw:
         fields = dict(parse_qsl(raw.decode("latin-1"), keep_blank_values=True))
