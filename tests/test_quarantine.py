@@ -535,6 +535,14 @@ def test_a_refused_gtag_get_hit_keeps_its_query_as_the_body(
     assert record["path"] == "/ga4/g/collect"
 
 
+def test_a_json_body_holding_a_form_field_is_kept_as_sent(client: TestClient) -> None:
+    body = b'{"visitor_id":"visitor-1","event":"x","q":"a&data=eyJhIjoxfQ&b=c"}'
+    assert client.post(EVENT_URL, content=body, headers=JSON).status_code == 422
+    [record] = rejections(client)
+    assert record["body"] == body.decode()
+    assert record["event"] == "x"
+
+
 def test_configured_tokens_never_appear_even_in_a_body_that_is_no_json(
     tmp_path: Path,
 ) -> None:
