@@ -7,6 +7,7 @@ fields and where each came from, so a refusal names the foreign field.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple
 from urllib.parse import parse_qsl
@@ -236,17 +237,18 @@ class SdkLane:
         """The group of stored events and how many sampling dropped, as for our own
         events; a 422 names the foreign fields."""
         config = service.config
+        finish = functools.partial(
+            fast.finish,
+            max_event_bytes=config.max_event_bytes,
+            received=request.received,
+            header_user_agent=request.head.user_agent,
+            test_id=tag,
+        )
         if payload.premapped is not None:
             premapped, late = payload.premapped
             check_count(len(premapped), config.max_batch)
             if service.policy.plain:
-                group = fast.finish(
-                    premapped,
-                    max_event_bytes=config.max_event_bytes,
-                    received=request.received,
-                    header_user_agent=request.head.user_agent,
-                    test_id=tag,
-                )
+                group = finish(premapped)
                 if group is not None:
                     return group, 0
             payload = payload._replace(items=late(), premapped=None)
@@ -262,13 +264,7 @@ class SdkLane:
             # The one decoder's fast path, on events already decoded.
             plain = fast.convert(objs)
             if plain is not None:
-                group = fast.finish(
-                    plain,
-                    max_event_bytes=config.max_event_bytes,
-                    received=request.received,
-                    header_user_agent=request.head.user_agent,
-                    test_id=tag,
-                )
+                group = finish(plain)
                 if group is not None:
                     return group, 0
         try:
