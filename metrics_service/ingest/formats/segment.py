@@ -32,6 +32,10 @@ from metrics_service.ingest.formats.lane import (
     pick,
     user_agent,
 )
+from metrics_service.ingest.formats.segment_settings import (
+    SegmentSettings,
+    settings_document,
+)
 from metrics_service.store.writer import Outcome
 
 PREFIX = "/segment/v1"
@@ -316,43 +320,9 @@ class SegmentLane(SdkLane):
         )
 
 
-def settings_document(request: Request) -> dict[str, Any]:
-    """What analytics.js loads from its cdnURL to become ready: Segment.io pointing
-    back here. analytics-next takes the body's writeKey and its Basic auth user from
-    `apiKey`, not from load()."""
-    write_key = request.path_params["writeKey"]
-    host = request.headers.get("host") or "127.0.0.1"
-    root = request.scope.get("root_path", "")
-    return {
-        "integrations": {
-            "Segment.io": {
-                "apiKey": write_key,
-                "apiHost": f"{host}{root}{PREFIX}",
-                "protocol": request.url.scheme,
-                "unbundledIntegrations": [],
-                "addBundledMetadata": True,
-                "maybeBundledConfigIds": {},
-            }
-        },
-        "plan": {
-            "track": {"__default": {"enabled": True, "integrations": {}}},
-            "identify": {"__default": {"enabled": True}},
-            "group": {"__default": {"enabled": True}},
-        },
-        "edgeFunction": {},
-        "analyticsNextEnabled": True,
-        "middlewareSettings": {},
-        "enabledMiddleware": {},
-        # No client metrics: they would go to Segment's own host.
-        "metrics": {"sampleRate": 0, "host": f"{host}{root}{PREFIX}"},
-        "legacyVideoPluginsEnabled": False,
-        "remotePlugins": [],
-    }
-
-
 async def settings(request: Request) -> Response:
     return Response(
-        orjson.dumps(settings_document(request)), media_type="application/json"
+        orjson.dumps(settings_document(request, PREFIX)), media_type="application/json"
     )
 
 
@@ -361,10 +331,6 @@ class SegmentAnswer(BaseModel):
     stored: int
     duplicates: int
     sampled_out: int
-
-
-class SegmentSettings(BaseModel):
-    integrations: dict[str, Any]
 
 
 _CALL_DOC = Doc(
