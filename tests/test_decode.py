@@ -310,7 +310,7 @@ def test_the_fast_struct_is_derived_from_the_public_model() -> None:
     # test_id is the collector's: a body holding it is left to the full path's 422.
     for value in (b'"x"', b"null", b'""'):
         body = b'{"visitor_id":"visitor-1","event":"a","test_id":%s}' % value
-        assert plain.decode(body, batch=False, max_batch=1) is None
+        assert plain.one(body) is None
 
 
 def test_long_digits_finds_negatives_below_64_bits() -> None:

@@ -39,12 +39,9 @@ _new = tuple.__new__  # skips NamedTuple's keyword-handling __new__
 UNDECODABLE = (msgspec.DecodeError, ValueError, RecursionError)
 
 
-def decode(body: bytes, *, batch: bool, max_batch: int) -> list[PlainEvent] | None:
-    """The body's events when all are plain, else None: one object, or for a batch an
-    array or `{"events": [...]}` of 1 to max_batch objects."""
-    if not batch:
-        event = one(body)
-        return None if event is None else [event]
+def decode(body: bytes, *, max_batch: int) -> list[PlainEvent] | None:
+    """A batch body's events when all are plain, else None: an array or
+    `{"events": [...]}` of 1 to max_batch objects (one event: one())."""
     first = body[:1]
     try:
         if first == b"[":
@@ -158,7 +155,7 @@ def group(
         if event is None:
             return None
         return _single(event, max_event_bytes, received, header_user_agent, test_id)
-    events = decode(body, batch=True, max_batch=max_batch)
+    events = decode(body, max_batch=max_batch)
     if events is None:
         return None
     return finish(
