@@ -21,13 +21,20 @@ from starlette.testclient import TestClient
 from metrics_service import Config, create_app
 from metrics_service.app import App
 from metrics_service.cli import main
+from metrics_service.ingest.clock import received_now
 from metrics_service.read.filters import Filters
 from metrics_service.read.query import parse_filters
 from metrics_service.read.rejected import RejectionFilters
 from metrics_service.read.stream import events
 from metrics_service.settings import ConfigError
 from metrics_service.store import rotation
-from metrics_service.store.quarantine import Quarantine, Rejection, Request
+from metrics_service.store.quarantine import (
+    BATCH_BYTES,
+    BATCH_COUNT,
+    Quarantine,
+    Rejection,
+    Request,
+)
 from metrics_service.store.refused_body import BODY_LIMIT
 
 BATCH_URL = "/api/metrics/events"
@@ -340,6 +347,64 @@ def test_memory_budget_holds_for_large_details() -> None:
     assert quarantine.bytes == len(quarantine.records[0].line)
 
 
+def test_refusals_are_recorded_in_batches_that_every_read_settles(
+    tmp_path: Path,
+) -> None:
+    async def body() -> None:
+        path = tmp_path / "m.rejected.jsonl"
+        quarantine = Quarantine(100, path)
+        seen: list[int] = []
+        quarantine.listeners.append(lambda found: seen.append(found.id))
+        for _ in range(3):
+            quarantine.defer(Request("/p", 422, "bad", [], b"{}", None))
+        # Not recorded yet: a read settles them first, in order.
+        assert seen == []
+        assert [found.id for found in quarantine.records] == [1, 2, 3]
+        assert seen == [1, 2, 3]
+        quarantine.defer(Request("/p", 422, "bad", [], b"{}", None))
+        assert seen == [1, 2, 3]
+        # Without a read, the next drain records it and writes every line.
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if path.exists() and len(read_lines(path)) == 4:
+                break
+        assert seen == [1, 2, 3, 4]
+        assert [line["id"] for line in read_lines(path)] == [1, 2, 3, 4]
+        quarantine.close()
+
+    asyncio.run(body())
+
+
+def test_a_batch_is_recorded_at_once_when_full() -> None:
+    async def body() -> None:
+        quarantine = Quarantine(500, None)
+        seen: list[int] = []
+        quarantine.listeners.append(lambda found: seen.append(found.id))
+        for _ in range(BATCH_COUNT):
+            quarantine.defer(Request("/p", 422, "bad", [], b"{}", None))
+        assert len(seen) == BATCH_COUNT
+        # Large bodies: the batch holds no more than BATCH_BYTES of them.
+        big = b"x" * (BATCH_BYTES // 2)
+        for _ in range(3):
+            quarantine.defer(Request("/p", 400, "bad", [], big, None))
+        assert len(seen) == BATCH_COUNT + 3
+        assert quarantine.deferred == []
+
+    asyncio.run(body())
+
+
+def test_a_refusal_keeps_the_time_it_was_received() -> None:
+    async def body() -> None:
+        quarantine = Quarantine(10, None)
+        quarantine.defer(Request("/p", 422, "bad", [], b"{}", None))
+        before = received_now().text
+        await asyncio.sleep(0.02)
+        (found,) = quarantine.records
+        assert orjson.loads(found.line)["received_at"] <= before
+
+    asyncio.run(body())
+
+
 def test_capacity_zero_turns_it_off(tmp_path: Path) -> None:
     config = Config(jsonl=tmp_path / "m.jsonl", reject_capacity=0)
     with TestClient(create_app(config)) as c:
@@ -384,20 +449,26 @@ def test_a_file_that_cannot_be_written_never_fails_the_answer(tmp_path: Path) ->
     assert quarantine.write_errors == 3
 
 
+@pytest.mark.parametrize("step", ["defer", "_record"])
 def test_a_recording_bug_never_fails_the_answer(
     client: TestClient,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    step: str,
 ) -> None:
-    def broken(request: Request) -> None:
+    # defer() runs in the request, _record() in the batch a later read settles.
+    def broken(*args: object) -> None:
         raise RuntimeError("boom")
 
     quarantine = client.app.service.quarantine  # type: ignore[attr-defined]
-    monkeypatch.setattr(quarantine, "record", broken)
+    monkeypatch.setattr(quarantine, step, broken)
     r = client.post(EVENT_URL, content=b"{", headers=JSON)
     assert r.status_code == 400
     assert r.json()["detail"].startswith("malformed JSON")
-    assert "could not record a refused request" in caplog.text
+    r = client.get(REJECTED_URL)
+    assert r.status_code == 200
+    assert r.json()["total"] == 0
+    assert "could not record a refused request to /api/metrics/event" in caplog.text
 
 
 @pytest.mark.parametrize("name", ["m.jsonl", "m-20260101T000000-1.jsonl"])

@@ -193,8 +193,9 @@ class FrontDoor:
 
 
 def quarantine(scope: Scope, path: str, error: ApiError) -> None:
-    """Record a refused ingest request, before it is answered (so a client that reads
-    the quarantine after its 4xx finds it). Never raises: the answer comes first."""
+    """Record a refused ingest request, before it is answered: with the quarantine's
+    next batch, which every read settles first, so a client that reads the quarantine
+    after its 4xx finds it. Never raises: the answer comes first."""
     service = getattr(scope.get("app"), "service", None)
     kept = getattr(service, "quarantine", None)
     if kept is None or not kept.enabled:
@@ -208,7 +209,7 @@ def quarantine(scope: Scope, path: str, error: ApiError) -> None:
         if body == b"" and scope["method"] == "GET":
             # gtag's GET hits: the whole hit is the query string.
             body = scope.get("query_string") or body
-        kept.record(
+        kept.defer(
             Request(path, error.status_code, error.detail, scope["headers"], body, tag)
         )
     except Exception:

@@ -112,6 +112,7 @@ class Hub:
     def _listen_rejections(self) -> None:
         quarantine = self._quarantine
         if quarantine is not None and not self._on_quarantine and not self.closed:
+            quarantine.settle()  # what was refused before is not news to a listener
             quarantine.listeners.append(self._on_rejection)
             self._on_quarantine = True
 
@@ -155,6 +156,10 @@ class Hub:
         return predicate
 
     def _on_entries(self, entries: list[Entry]) -> None:
+        if self._rejection_subs and self._quarantine is not None:
+            # A stream shows refusals and events in the order they came: the ones
+            # refused before these events were stored go first.
+            self._quarantine.settle()
         matches = _Matches(entries)
         if self._waiters:
             for key, (predicate, waiters) in list(self._waiters.items()):
