@@ -80,7 +80,8 @@ class BodyReader:
         escapes, holding none of their names (str.lower() of some non-ASCII letters
         gives ASCII ones, so anything else is parsed and walked)."""
         names = self.names
-        # find(), not `in`: bytes.__contains__ raises and clears a TypeError first.
+        # find(), not `in`: on CPython 3.11 bytes.__contains__ first tries its
+        # argument as an int, raising and clearing a TypeError.
         if names is None or not raw.isascii() or raw.find(b"\\u") >= 0:
             return False
         lowered = raw.lower()
