@@ -389,6 +389,12 @@ def test_a_batch_is_recorded_at_once_when_full() -> None:
             quarantine.defer(Request("/p", 400, "bad", [], big, None))
         assert len(seen) == BATCH_COUNT + 3
         assert quarantine.deferred == []
+        # And a batch's problems: the detail of 1,000 refused events counts too.
+        detail = [{"index": i, "loc": ["event"], "msg": "bad"} for i in range(1000)]
+        quarantine.defer(Request("/p", 422, detail, [], b"[]", None))
+        assert len(seen) == BATCH_COUNT + 3
+        quarantine.defer(Request("/p", 422, detail, [], b"[]", None))
+        assert len(seen) == BATCH_COUNT + 5
 
     asyncio.run(body())
 

@@ -34,7 +34,8 @@ STATUSES = frozenset({400, 413, 415, 422})
 # in a row, sixty records cost a third of what they cost each between its neighbours'
 # requests, which leave the cache cold. Every read of the quarantine settles first.
 FLUSH_EVERY = 0.01
-# A batch is recorded at once when it reaches this many refusals or body bytes.
+# A batch is recorded at once when it reaches this many refusals, or this many bytes
+# of their bodies and problems.
 BATCH_COUNT = 64
 BATCH_BYTES = 1 << 20
 # Memory holds at most `capacity` records and capacity x this many bytes: a 422's
@@ -178,6 +179,8 @@ class Quarantine:
         deferred.append((request, received_now().text))
         if request.body is not None:
             self.deferred_bytes += len(request.body)
+        if type(request.detail) is list:  # a batch's problems: ~1 KiB each in memory
+            self.deferred_bytes += len(request.detail) << 10
         if len(deferred) >= BATCH_COUNT or self.deferred_bytes > BATCH_BYTES:
             self.settle()  # bounds the memory a flood of large bodies holds
         else:
