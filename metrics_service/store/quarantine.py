@@ -30,9 +30,9 @@ logger = logging.getLogger("metrics_service")
 
 STATUSES = frozenset({400, 413, 415, 422})
 # Refusals are recorded, and their lines written, at most once per this many seconds:
-# a flood of refusals costs one write per batch, a lone one is recorded at once. Made
-# in a row, sixty records cost a third of what they cost each between its neighbours'
-# requests, which leave the cache cold. Every read of the quarantine settles first.
+# a flood of refusals costs one write per batch, a lone one is recorded at once.
+# Recorded in a row, sixty refusals cost about a third of what each costs recorded
+# between other requests, which leave the cache cold. Every read settles them first.
 FLUSH_EVERY = 0.01
 # A batch is recorded at once when it reaches this many refusals, or this many bytes
 # of their bodies and problems.
