@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, Dialog, Error, Page, Route, expect
 
 from metrics_service.testing import MetricsServer
 
+from . import module_fixtures
 from .conftest import Collector
 
 XSS = "<img src=x onerror=alert(1)>"
@@ -26,19 +27,7 @@ PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 860}
 
 
-@pytest.fixture(scope="module")
-def module_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
-    path = tmp_path_factory.mktemp("dashboard") / "metrics.jsonl"
-    with MetricsServer(path) as server:
-        yield Collector(server)
-
-
-@pytest.fixture
-def collector(module_collector: Collector) -> Collector:
-    """The module's collector, emptied (ring and rejected list; seqs go on)."""
-    cleared = httpx.delete(module_collector.url + "/api/metrics/behavior")
-    assert cleared.status_code == 200, cleared.text
-    return module_collector
+collector = module_fixtures.emptied_collector
 
 
 @pytest.fixture

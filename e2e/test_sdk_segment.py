@@ -9,13 +9,11 @@ described in e2e/sdk/FINDINGS.md.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import pytest
 from playwright.sync_api import Page
 
-from . import sdks
+from . import module_fixtures
 from .sdk_wire import (
     Wire,
     burst_arrives_once_each,
@@ -29,16 +27,8 @@ if TYPE_CHECKING:
     from .conftest import Collector
 
 
-@pytest.fixture
-def collector(shared_collector: Collector) -> Collector:
-    # Every test isolates itself by the visitor id the SDK made up in a fresh context.
-    return shared_collector
-
-
-@pytest.fixture(scope="module")
-def site(shared_collector: Collector) -> Iterator[str]:
-    with sdks.demo_site(shared_collector.url) as url:
-        yield url
+collector = module_fixtures.unemptied_collector
+site = module_fixtures.sdk_site
 
 
 # Segment's analytics-next --------------------------------------------------------------

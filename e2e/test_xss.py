@@ -18,8 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect
 
-from metrics_service.testing import MetricsServer
-
+from . import module_fixtures
 from .conftest import Collector
 
 PAYLOADS = [
@@ -58,19 +57,7 @@ def hostile(name: str, i: int) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def module_collector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collector]:
-    path = tmp_path_factory.mktemp("xss") / "metrics.jsonl"
-    with MetricsServer(path) as server:
-        yield Collector(server)
-
-
-@pytest.fixture
-def collector(module_collector: Collector) -> Collector:
-    """The module's collector, emptied (ring and rejected list)."""
-    cleared = httpx.delete(module_collector.url + "/api/metrics/behavior")
-    assert cleared.status_code == 200, cleared.text
-    return module_collector
+collector = module_fixtures.emptied_collector
 
 
 @pytest.fixture
