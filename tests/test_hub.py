@@ -11,6 +11,7 @@ from metrics_service.read import hub as hub_module
 from metrics_service.read.filters import Filters
 from metrics_service.read.hub import Full, Hub, ShuttingDown
 from metrics_service.read.rejected import RejectionFilters
+from metrics_service.store import quarantine as quarantine_module
 from metrics_service.store.chunk import Entry
 from metrics_service.store.quarantine import Quarantine, Request
 
@@ -214,3 +215,38 @@ def test_a_subscriber_that_falls_behind_on_rejections_overflows() -> None:
 
     kept, overflowed, counts = asyncio.run(run())
     assert (kept, overflowed, counts) == (3, True, (0, 0))
+
+
+def deferred(quarantine: Quarantine, event: str) -> None:
+    """A refusal as the front door leaves it: for the next batch."""
+    body = b'{"visitor_id":"visitor-1","event":"%s"}' % event.encode()
+    quarantine.defer(Request("/api/metrics/event", 422, "bad", [], body, None))
+
+
+def slow_batches(monkeypatch: pytest.MonkeyPatch, quarantine: Quarantine) -> None:
+    """The next batch is recorded a second from now: what a refusal in the last 10 ms
+    of a wait, or just before a subscription, meets."""
+    monkeypatch.setattr(quarantine_module, "FLUSH_EVERY", 1.0)
+    quarantine.flushed = asyncio.get_running_loop().time()
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_refusal_deferred_before_the_wait_ends_is_seen_by_it(
+    monkeypatch: pytest.MonkeyPatch, count: int
+) -> None:
+    async def run() -> tuple[bool, list[str | None], int]:
+        quarantine = Quarantine(10, None)
+        hub = Hub(FakeWriter(), quarantine=quarantine)  # type: ignore[arg-type]
+        slow_batches(monkeypatch, quarantine)
+        waiting = asyncio.ensure_future(
+            hub.wait_rejections(RejectionFilters(), count, [], 0.05)
+        )
+        await asyncio.sleep(0.01)
+        for _ in range(count):
+            deferred(quarantine, "late")  # answered before the wait ends
+        done, records, seen = await waiting
+        return done, [r.event for r in records], seen
+
+    done, events, seen = asyncio.run(run())
+    assert done
+    assert events == ["late"] * count and seen == count

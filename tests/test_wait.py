@@ -12,6 +12,7 @@ from conftest import run_app
 
 from metrics_service.app import App
 from metrics_service.settings import Config
+from metrics_service.store import quarantine as quarantine_module
 
 WAIT = "/api/metrics/behavior/wait"
 STREAM = "/api/metrics/behavior/stream"
@@ -275,3 +276,40 @@ def test_invalid_combinations_are_422_naming_the_parameter(
     assert response.status_code == 422
     [error] = response.json()["detail"]
     assert error["loc"] == ["query", name]
+
+
+# --- rejected=true: refusals recorded in batches --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "status"),
+    [
+        ({"absent": "true"}, 409),
+        ({"count": 1}, 200),
+    ],
+)
+def test_a_refusal_answered_during_a_rejected_wait_counts_even_if_not_yet_batched(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    params: dict[str, Any],
+    status: int,
+) -> None:
+    # A refusal in a wait's last 10 ms is recorded after the wait's timeout: the wait
+    # settles the batch before it answers, as every read does.
+    async def body(app: App, c: httpx.AsyncClient) -> tuple[int, httpx.Response]:
+        quarantine = app.service.quarantine
+        monkeypatch.setattr(quarantine_module, "FLUSH_EVERY", 1.0)
+        quarantine.flushed = asyncio.get_running_loop().time()
+        query = {"rejected": "true", "timeout": 0.2, **params}
+        waiting = asyncio.ensure_future(c.get(WAIT, params=query))
+        while app.service.hub.counts[0] == 0:
+            await asyncio.sleep(0.01)
+        refused = await c.post("/api/metrics/event", json={"event": "x"})
+        return refused.status_code, await waiting
+
+    refused, response = run_app(Config(jsonl=tmp_path / "m.jsonl"), body)
+    assert refused == 422
+    assert response.status_code == status
+    body_ = response.json()
+    assert body_["matched"] == 1
+    assert [r["event"] for r in body_["rejections"]] == ["x"]

@@ -290,6 +290,10 @@ class Hub:
             await asyncio.wait(
                 waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
+            if not waiter.future.done() and quarantine is not None:
+                # Refusals answered before the timeout may still wait for their batch:
+                # recorded now, while the waiter is registered, they count.
+                quarantine.settle()
             done = waiter.future.done() and waiter.future.result()
         finally:
             self._drop_rejection_waiter(waiter)
