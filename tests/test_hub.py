@@ -250,3 +250,25 @@ def test_a_refusal_deferred_before_the_wait_ends_is_seen_by_it(
     done, events, seen = asyncio.run(run())
     assert done
     assert events == ["late"] * count and seen == count
+
+
+def test_a_new_subscriber_gets_no_refusal_made_before_it_subscribed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def run() -> tuple[list[str | None], list[str | None]]:
+        quarantine = Quarantine(10, None)
+        hub = Hub(FakeWriter(), quarantine=quarantine)  # type: ignore[arg-type]
+        slow_batches(monkeypatch, quarantine)
+        first = hub.subscribe(Filters(), rejections=RejectionFilters())
+        deferred(quarantine, "before")
+        second = hub.subscribe(Filters(), rejections=RejectionFilters())
+        deferred(quarantine, "after")
+        quarantine.settle()
+        return (
+            [r.event for r in first.take_rejections()],
+            [r.event for r in second.take_rejections()],
+        )
+
+    first, second = asyncio.run(run())
+    assert first == ["before", "after"]
+    assert second == ["after"]

@@ -330,6 +330,10 @@ class Hub:
             self._streaming += 1
             if rejections is not None:
                 self._listen_rejections()
+                if self._quarantine is not None:
+                    # Even with the listener already on: refusals still waiting for
+                    # their batch came before this stream, which sends only later ones.
+                    self._quarantine.settle()
                 self._rejection_subs[sub] = rejections
         return sub
 
