@@ -2,7 +2,8 @@
 
 The collector itself comes from the plugin (metrics_service.testing): `metrics_server`,
 one per pytest process, and `metrics`, the running test's view of it, which also tags
-pytest-playwright's `context` and `page` with the test's id.
+pytest-playwright's `context` and `page` with the test's id. The page helpers here
+(own_page, record_dialogs, rows) serve the dashboard and XSS tests alike.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, Dialog, Locator, Page
 
 from metrics_service.client import TEST_ID_HEADER
 from metrics_service.testing import MetricsClient, MetricsServer
@@ -58,6 +60,33 @@ def browser_type_launch_args(
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+def own_page(browser: Browser, **options: Any) -> Iterator[Page]:
+    """A page in a browser context of its own (`options` are the context's), closed
+    after: for a fixture to `yield from`."""
+    context = browser.new_context(**options)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+def record_dialogs(page: Page) -> list[Dialog]:
+    """The dialogs the page opens from now on, each dismissed."""
+    dialogs: list[Dialog] = []
+
+    def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
+    return dialogs
+
+
+def rows(page: Page) -> Locator:
+    """The dashboard's event rows."""
+    return page.locator("#events tbody tr.event-row")
 
 
 # The tracker comes from MetricsServer.tracker_tag(), with ?visitor=, ?flush= and ?test=

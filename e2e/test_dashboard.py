@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, Dialog, Error, Page, Route, expect
 from metrics_service.testing import MetricsServer
 
 from . import module_fixtures
-from .conftest import Collector
+from .conftest import Collector, own_page, record_dialogs, rows
 
 XSS = "<img src=x onerror=alert(1)>"
 PHONE = {"width": 390, "height": 844}
@@ -32,11 +32,7 @@ collector = module_fixtures.emptied_collector
 
 @pytest.fixture
 def phone(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(viewport=PHONE)
-    try:
-        yield context.new_page()
-    finally:
-        context.close()
+    yield from own_page(browser, viewport=PHONE)
 
 
 def event(name: str, visitor: str = "visitor-dash", **metadata: Any) -> dict[str, Any]:
@@ -68,10 +64,6 @@ def refuse(collector: Collector, body: str | bytes, **headers: str) -> httpx.Res
 
 def bar(page: Page, name: str) -> Any:
     return page.locator("#bars .bar").filter(has=page.locator(".name", has_text=name))
-
-
-def rows(page: Page) -> Any:
-    return page.locator("#events tbody tr.event-row")
 
 
 def open_live(page: Page, collector: Collector) -> None:
@@ -298,8 +290,7 @@ def test_reset_asks_first_and_empties_the_ring_but_not_the_file(
 def test_event_text_is_shown_as_text_and_runs_nothing(
     page: Page, collector: Collector, artifacts: Path
 ) -> None:
-    dialogs: list[Dialog] = []
-    page.on("dialog", lambda d: (dialogs.append(d), d.dismiss()))
+    dialogs = record_dialogs(page)
     open_live(page, collector)
 
     collector.post(

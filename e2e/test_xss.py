@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Dialog, Page, expect
 
 from . import module_fixtures
-from .conftest import Collector
+from .conftest import Collector, own_page, record_dialogs, rows
 
 PAYLOADS = [
     '<img src=x onerror="window.__pwned=1">',
@@ -62,16 +62,7 @@ collector = module_fixtures.emptied_collector
 
 @pytest.fixture
 def csp_off_page(browser: Browser) -> Iterator[Page]:
-    context = browser.new_context(bypass_csp=True)
-    page = context.new_page()
-    try:
-        yield page
-    finally:
-        context.close()
-
-
-def rows(page: Page) -> Any:
-    return page.locator("#events tbody tr.event-row")
+    yield from own_page(browser, bypass_csp=True)
 
 
 def assert_inert(page: Page, dialogs: list[Dialog]) -> None:
@@ -87,8 +78,7 @@ def test_hostile_names_and_metadata_render_as_text(
     csp_off_page: Page, collector: Collector, artifacts: Path
 ) -> None:
     page = csp_off_page
-    dialogs: list[Dialog] = []
-    page.on("dialog", lambda d: (dialogs.append(d), d.dismiss()))
+    dialogs = record_dialogs(page)
     half = len(PAYLOADS) // 2
     # The first half arrives in the initial snapshot, the rest through the live stream.
     collector.post([hostile(name, i) for i, name in enumerate(PAYLOADS[:half])])
@@ -128,8 +118,7 @@ def test_hostile_refusals_render_as_text(
 ) -> None:
     """Everything in a rejected record is the sender's: body, detail, names, headers."""
     page = csp_off_page
-    dialogs: list[Dialog] = []
-    page.on("dialog", lambda d: (dialogs.append(d), d.dismiss()))
+    dialogs = record_dialogs(page)
     page.goto(collector.url + "/")
     expect(page.locator("#connection-text")).to_have_text("live")
     bodies: list[tuple[str, dict[str, str]]] = [
@@ -179,8 +168,7 @@ def test_hostile_visitors_and_formats_in_the_trail_and_badges(
     csp_off_page: Page, collector: Collector, artifacts: Path
 ) -> None:
     page = csp_off_page
-    dialogs: list[Dialog] = []
-    page.on("dialog", lambda d: (dialogs.append(d), d.dismiss()))
+    dialogs = record_dialogs(page)
     visitor = "<img src=x onerror=window.__pwned=1>"
     collector.post(
         [
