@@ -411,6 +411,43 @@ def test_a_refusal_keeps_the_time_it_was_received() -> None:
     asyncio.run(body())
 
 
+def test_a_failing_write_of_a_batch_never_stops_the_next_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Not only OSError: a rotation's worker thread that cannot start raises a
+    # RuntimeError. Counted as not written, and later batches go on.
+    async def body() -> tuple[list[int], list[dict[str, Any]], int]:
+        path = tmp_path / "m.rejected.jsonl"
+        quarantine = Quarantine(100, path)
+        assert quarantine.sink is not None
+        write = quarantine.sink.write
+        calls = 0
+
+        def failing_once(data: bytes) -> int:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("can't start new thread")
+            return write(data)
+
+        monkeypatch.setattr(quarantine.sink, "write", failing_once)
+        seen: list[int] = []
+        quarantine.listeners.append(lambda found: seen.append(found.id))
+        quarantine.defer(Request("/p", 422, "bad", [], b"{}", None))
+        await asyncio.sleep(0.05)
+        quarantine.defer(Request("/p", 422, "bad", [], b"{}", None))
+        await asyncio.sleep(0.05)
+        lines = read_lines(path) if path.exists() else []
+        found, errors = list(seen), quarantine.write_errors
+        quarantine.close()
+        return found, lines, errors
+
+    seen, lines, errors = asyncio.run(body())
+    assert seen == [1, 2]
+    assert [line["id"] for line in lines] == [2]
+    assert errors == 1
+
+
 def test_capacity_zero_turns_it_off(tmp_path: Path) -> None:
     config = Config(jsonl=tmp_path / "m.jsonl", reject_capacity=0)
     with TestClient(create_app(config)) as c:

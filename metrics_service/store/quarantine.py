@@ -291,9 +291,11 @@ class Quarantine:
     def drain(self) -> None:
         with contextlib.suppress(RuntimeError):
             self.flushed = asyncio.get_running_loop().time()
-        self.settle()  # while `scheduled`: their lines wait for the flush below
-        self.flush()
-        self.scheduled = False
+        try:
+            self.settle()  # while `scheduled`: their lines wait for the flush below
+            self.flush()
+        finally:
+            self.scheduled = False  # whatever failed, the next refusal schedules again
 
     def flush(self) -> None:
         """Append the pending lines, whole, in one write."""
@@ -305,7 +307,7 @@ class Quarantine:
         pending.clear()
         try:
             self.sink.write(data)
-        except OSError as exc:
+        except Exception as exc:  # not only OSError: a rotation's thread may not start
             before, self.write_errors = self.write_errors, self.write_errors + count
             if before == 0 or before // 1000 != self.write_errors // 1000:
                 logger.warning(
