@@ -448,6 +448,30 @@ def test_a_failing_write_of_a_batch_never_stops_the_next_ones(
     assert errors == 1
 
 
+def test_a_batch_left_by_a_loop_that_ended_is_recorded_by_the_next_refusal(
+    tmp_path: Path,
+) -> None:
+    # An ASGI test client without its lifespan runs each request on a loop of its own:
+    # a batch scheduled on one that ended must not keep the next ones from coming.
+    path = tmp_path / "m.rejected.jsonl"
+    quarantine = Quarantine(100, path)
+    seen: list[int] = []
+    quarantine.listeners.append(lambda found: seen.append(found.id))
+
+    async def refuse() -> None:
+        for _ in range(2):
+            quarantine.defer(Request("/p", 422, "bad", [], b"{}", None))
+            await asyncio.sleep(0)
+
+    asyncio.run(refuse())
+    quarantine.defer(Request("/p", 422, "bad", [], b"{}", None))  # no loop: at once
+    assert seen == [1, 2, 3]
+    assert [line["id"] for line in read_lines(path)] == [1, 2, 3]
+    asyncio.run(refuse())
+    quarantine.close()
+    assert [line["id"] for line in read_lines(path)] == [1, 2, 3, 4, 5]
+
+
 def test_capacity_zero_turns_it_off(tmp_path: Path) -> None:
     config = Config(jsonl=tmp_path / "m.jsonl", reject_capacity=0)
     with TestClient(create_app(config)) as c:

@@ -128,7 +128,9 @@ class Quarantine:
         self.deferred_bytes = 0
         self.pending: list[bytes] = []
         self.flushed = float("-inf")  # the loop's time of the last write
-        self.scheduled = False
+        # The loop a drain is scheduled on, if any: one that has closed since (an ASGI
+        # test client without its lifespan runs each request on its own) never runs it.
+        self.scheduled: asyncio.AbstractEventLoop | None = None
         self.rotator: Rotator | None = None
         self.sink: Sink | None = None
         if path is not None and capacity > 0:
@@ -274,14 +276,15 @@ class Quarantine:
     def _schedule(self) -> None:
         """Drain once FLUSH_EVERY has passed since the last write (at once without
         a running loop: a direct call)."""
-        if self.scheduled:
+        scheduled = self.scheduled
+        if scheduled is not None and not scheduled.is_closed():
             return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             self.drain()
             return
-        self.scheduled = True
+        self.scheduled = loop
         wait = self.flushed + FLUSH_EVERY - loop.time()
         if wait > 0:
             loop.call_later(wait, self.drain)
@@ -295,7 +298,7 @@ class Quarantine:
             self.settle()  # while `scheduled`: their lines wait for the flush below
             self.flush()
         finally:
-            self.scheduled = False  # whatever failed, the next refusal schedules again
+            self.scheduled = None  # whatever failed, the next refusal schedules again
 
     def flush(self) -> None:
         """Append the pending lines, whole, in one write."""
