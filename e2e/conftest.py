@@ -13,6 +13,7 @@ import os
 import threading
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,12 +119,42 @@ NEXT_PAGE = """<!doctype html>
 """
 
 
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A local server's handler that logs nothing."""
+
+    def send_page(self, body: bytes, content_type: str) -> None:
+        """200 with `body`, which the browser must not cache."""
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serving(server: http.server.ThreadingHTTPServer) -> Iterator[str]:
+    """`server` (on 127.0.0.1) on a thread of its own until the block ends; yields its
+    URL."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @dataclass
 class DemoSite:
     url: str  # the demo shop's origin, not the collector's
 
 
-class _DemoHandler(http.server.BaseHTTPRequestHandler):
+class _DemoHandler(QuietHandler):
     pages: dict[str, bytes] = {}
     collector: MetricsServer
 
@@ -133,12 +164,7 @@ class _DemoHandler(http.server.BaseHTTPRequestHandler):
         if body is None:
             self.send_error(404)
             return
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_page(body, "text/html; charset=utf-8")
 
     def demo(self, query: str) -> bytes:
         params = urllib.parse.parse_qs(query)
@@ -151,9 +177,6 @@ class _DemoHandler(http.server.BaseHTTPRequestHandler):
             options["testId"] = params["test"][0]
         return DEMO_PAGE.format(tracker=self.collector.tracker_tag(**options)).encode()
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
 
 def serve(pages: dict[str, bytes], collector: MetricsServer) -> Iterator[DemoSite]:
     """`pages` (and the demo shop at /) on a port of their own: another origin."""
@@ -161,14 +184,8 @@ def serve(pages: dict[str, bytes], collector: MetricsServer) -> Iterator[DemoSit
         "DemoHandler", (_DemoHandler,), {"pages": pages, "collector": collector}
     )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield DemoSite(url=f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(server) as url:
+        yield DemoSite(url=url)
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,12 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from .conftest import QuietHandler, serving
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "sdk"
 PAGES = Path(__file__).resolve().parent / "sdk"
@@ -109,7 +109,7 @@ def _fetch(sdk: Sdk) -> None:
         os.replace(partial, target)
 
 
-class _SiteHandler(http.server.BaseHTTPRequestHandler):
+class _SiteHandler(QuietHandler):
     files: dict[str, tuple[bytes, str]] = {}
 
     def do_GET(self) -> None:
@@ -117,16 +117,7 @@ class _SiteHandler(http.server.BaseHTTPRequestHandler):
         if found is None:
             self.send_error(404)
             return
-        body, content_type = found
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+        self.send_page(*found)
 
 
 @contextmanager
@@ -142,11 +133,5 @@ def demo_site(collector_url: str) -> Iterator[str]:
         files[f"/{page.name}"] = (text.encode(), "text/html; charset=utf-8")
     handler = type("SiteHandler", (_SiteHandler,), {"files": files})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(server) as url:
+        yield url

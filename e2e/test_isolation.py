@@ -16,14 +16,14 @@ import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 from playwright.sync_api import Browser, Page
 
 from metrics_service.testing import MetricsClient, MetricsServer
 
-from .conftest import CHROMIUM, CHROMIUM_ARGS
+from .conftest import CHROMIUM, CHROMIUM_ARGS, QuietHandler, serving
 
 if TYPE_CHECKING:
     from .conftest import DemoSite
@@ -169,7 +169,7 @@ class Proxy(http.server.ThreadingHTTPServer):
             self.counts[name] += 1
 
 
-class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+class _ProxyHandler(QuietHandler):
     server: Proxy
 
     def do_GET(self) -> None:
@@ -225,22 +225,16 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
 
 @pytest.fixture
 def proxy(metrics_server: MetricsServer) -> Iterator[Proxy]:
     server = Proxy(metrics_server.url)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.released.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(server):
+        try:
+            yield server
+        finally:
+            # A request still held would otherwise wait out its 30 s.
+            server.released.set()
 
 
 UNLOADING_PAGE = """<!doctype html><title>N</title><script>
