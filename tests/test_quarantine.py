@@ -27,6 +27,7 @@ from metrics_service.read.query import parse_filters
 from metrics_service.read.rejected import RejectionFilters
 from metrics_service.read.stream import events
 from metrics_service.settings import ConfigError
+from metrics_service.store import quarantine as quarantine_module
 from metrics_service.store import rotation
 from metrics_service.store.quarantine import (
     BATCH_BYTES,
@@ -514,6 +515,26 @@ def test_a_file_that_cannot_be_written_never_fails_the_answer(tmp_path: Path) ->
         quarantine = c.app.service.quarantine  # type: ignore[attr-defined]
     # Written (and failed) by the time the service stopped, in one or more writes.
     assert quarantine.write_errors == 3
+
+
+def test_metrics_counts_every_refusal_answered_before_the_scrape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = Config(jsonl=tmp_path / "m.jsonl", reject_jsonl=Path("/dev/full"))
+
+    async def body(app: App, c: httpx.AsyncClient) -> str:
+        monkeypatch.setattr(quarantine_module, "FLUSH_EVERY", 1.0)
+        app.service.quarantine.flushed = asyncio.get_running_loop().time()
+        for _ in range(2):
+            r = await c.post(EVENT_URL, content=b"{", headers=JSON)
+            assert r.status_code == 400
+        scraped = await c.get("/metrics")
+        assert scraped.status_code == 200
+        return scraped.text
+
+    text = run_app(config, body)
+    assert "metrics_quarantine_size 2.0" in text
+    assert "metrics_quarantine_write_errors_total 2.0" in text
 
 
 @pytest.mark.parametrize("step", ["defer", "_record"])

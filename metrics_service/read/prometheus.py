@@ -38,6 +38,10 @@ class ServiceMetrics(PromCollector):
     def collect(self) -> Iterator[Metric]:
         service = self.service
         collector = service.writer
+        # Refusals answered before the scrape, still waiting for their batch: recorded
+        # and written now, so the quarantine's size and write errors count them.
+        service.quarantine.settle()
+        service.quarantine.flush()
         accepted = CounterMetricFamily(
             "metrics_events_accepted", "Events written to the sink and the ring."
         )
