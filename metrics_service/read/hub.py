@@ -111,10 +111,13 @@ class Hub:
 
     def _listen_rejections(self) -> None:
         quarantine = self._quarantine
-        if quarantine is not None and not self._on_quarantine and not self.closed:
-            quarantine.settle()  # what was refused before is not news to a listener
-            quarantine.listeners.append(self._on_rejection)
-            self._on_quarantine = True
+        if quarantine is not None and not self.closed:
+            # What was refused before is no news to a new waiter or stream, whether or
+            # not the hub already listens: it gets only refusals recorded after this.
+            quarantine.settle()
+            if not self._on_quarantine:
+                quarantine.listeners.append(self._on_rejection)
+                self._on_quarantine = True
 
     def _on_rejection(self, rejection: Rejection) -> None:
         for waiter, predicate in list(self._rejection_waiters.items()):
@@ -330,10 +333,6 @@ class Hub:
             self._streaming += 1
             if rejections is not None:
                 self._listen_rejections()
-                if self._quarantine is not None:
-                    # Even with the listener already on: refusals still waiting for
-                    # their batch came before this stream, which sends only later ones.
-                    self._quarantine.settle()
                 self._rejection_subs[sub] = rejections
         return sub
 
