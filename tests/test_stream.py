@@ -15,8 +15,10 @@ import pytest
 
 from metrics_service.read.filters import Filters
 from metrics_service.read.hub import Hub
+from metrics_service.read.rejected import RejectionFilters
 from metrics_service.read.stream import events as sse_events
 from metrics_service.store.chunk import Entry
+from metrics_service.store.quarantine import Quarantine, Request
 from metrics_service.store.ring import Ring
 from metrics_service.testing import MetricsServer
 
@@ -304,3 +306,30 @@ def test_refusals_arrive_as_rejected_messages_unless_opted_out(
             seq = post(http, "signup")
             [only] = next_events(stream, 1)
         assert (only["event"], only["id"]) == ("behavior", str(seq))
+
+
+def test_refusals_and_events_are_sent_in_the_order_they_came() -> None:
+    # Both queue while the stream is busy sending (or not yet woken): it sends them in
+    # the order they came, not all refusals first.
+    async def run() -> list[str]:
+        collector = FakeCollector()
+        quarantine = Quarantine(10, None)
+        hub = Hub(collector, quarantine=quarantine)  # type: ignore[arg-type]
+        body = sse_events(hub, Ring(10), Filters(), rejections=RejectionFilters())
+        await body.__anext__()  # connected: subscribed
+        order: list[str] = []
+        for seq in (1, 2):
+            quarantine.record(Request("/p", 422, f"r{seq}", [], None, None))
+            for listener in collector.listeners:
+                listener([Entry(seq, 0.0, "x", "v", None, b'{"seq":%d}' % seq)])
+        quarantine.record(Request("/p", 422, "r3", [], None, None))
+        while len(order) < 5:
+            chunk = await body.__anext__()
+            for message in chunk.split(b"\n\n")[:-1]:
+                data = orjson.loads(message.split(b"data: ")[1])
+                order.append(data["detail"] if "detail" in data else f"e{data['seq']}")
+        hub.close()
+        await body.aclose()
+        return order
+
+    assert asyncio.run(run()) == ["r1", "e1", "r2", "e2", "r3"]

@@ -36,6 +36,23 @@ def rejected_message(found: Rejection) -> bytes:
     return b"event: rejected\ndata: %s\n\n" % found.line
 
 
+def _in_order(
+    refused: list[Rejection], places: list[int], entries: list[Entry]
+) -> bytes:
+    """Refusals and entries in the order they came: `places[i]` entries came before
+    `refused[i]` (a refusal without a place goes after the entries sent before it)."""
+    parts: list[bytes] = []
+    sent = 0
+    for i, found in enumerate(refused):
+        place = places[i] if i < len(places) else sent
+        if place > sent:
+            parts.append(_join(entries[sent:place]))
+            sent = place
+        parts.append(rejected_message(found))
+    parts.append(_join(entries[sent:]))
+    return b"".join(parts)
+
+
 async def events(
     hub: Hub,
     ring: Ring,
@@ -70,11 +87,13 @@ async def events(
                     yield b": heartbeat\n\n"
                     continue
             refused = sub.take_rejections()
+            places = hub.places(sub)
             entries = sub.take()
             if refused:
-                yield b"".join(rejected_message(found) for found in refused)
-            if entries:
+                yield _in_order(refused, places, entries)
+            elif entries:
                 yield _join(entries)
+            if entries:
                 last_sent = entries[-1].seq
             if sub.overflowed:
                 note = f"fell {limit} events behind; reconnect with Last-Event-ID"
