@@ -211,7 +211,7 @@ def test_a_subscriber_that_falls_behind_on_rejections_overflows() -> None:
         sub = hub.subscribe(Filters(), 3, rejections=RejectionFilters())
         for _ in range(5):
             refusal(quarantine, "a")
-        return len(sub.take_rejections()), sub.overflowed, hub.counts
+        return len(sub.take_rejections()[0]), sub.overflowed, hub.counts
 
     kept, overflowed, counts = asyncio.run(run())
     assert (kept, overflowed, counts) == (3, True, (0, 0))
@@ -265,8 +265,8 @@ def test_a_new_subscriber_gets_no_refusal_made_before_it_subscribed(
         deferred(quarantine, "after")
         quarantine.settle()
         return (
-            [r.event for r in first.take_rejections()],
-            [r.event for r in second.take_rejections()],
+            [r.event for r in first.take_rejections()[0]],
+            [r.event for r in second.take_rejections()[0]],
         )
 
     first, second = asyncio.run(run())

@@ -91,8 +91,6 @@ class Hub:
         self._quarantine = quarantine
         self._rejection_waiters: dict[Waiter[Rejection], RejectionPredicate] = {}
         self._rejection_subs: dict[Subscriber, RejectionPredicate] = {}
-        # Per stream, how many of its queued entries came before each queued refusal.
-        self._places: dict[Subscriber, list[int]] = {}
         self._on_quarantine = False
         self._subscribers: dict[Hashable, tuple[Predicate, set[Subscriber]]] = {}
         self._waiting = 0
@@ -132,10 +130,9 @@ class Hub:
                 continue
             if len(sub.rejections) >= sub.limit:
                 sub.overflowed = True
-                self._unregister(sub)
+                self.unsubscribe(sub)
             else:
-                sub.rejections.append(rejection)
-                self._places.setdefault(sub, []).append(len(sub.queue))
+                sub.add_rejection(rejection)
             sub.wakeup.set()
 
     def _drop_rejection_waiter(self, waiter: Waiter[Rejection]) -> None:
@@ -188,7 +185,7 @@ class Hub:
                     if len(found) > room:
                         queue.extend(found[:room])
                         sub.overflowed = True
-                        self._unregister(sub)
+                        self.unsubscribe(sub)
                     else:
                         queue.extend(found)
                     sub.wakeup.set()
@@ -339,16 +336,7 @@ class Hub:
                 self._rejection_subs[sub] = rejections
         return sub
 
-    def places(self, sub: Subscriber) -> list[int]:
-        """Taken with `sub.take_rejections()`: for each refusal, how many of the
-        entries queued with it came before it."""
-        return self._places.pop(sub, [])
-
     def unsubscribe(self, sub: Subscriber) -> None:
-        self._places.pop(sub, None)
-        self._unregister(sub)
-
-    def _unregister(self, sub: Subscriber) -> None:
         """Hand it nothing more; what it has queued stays for it to send."""
         self._rejection_subs.pop(sub, None)
         group = self._subscribers.get(sub.key)
@@ -379,7 +367,6 @@ class Hub:
         self._waiting -= len(self._rejection_waiters)
         self._rejection_waiters.clear()
         self._rejection_subs.clear()
-        self._places.clear()
         for _, waiters in self._waiters.values():
             for waiter in waiters:
                 if not waiter.future.done():

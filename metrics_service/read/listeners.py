@@ -50,6 +50,7 @@ class Subscriber:
         "key",
         "limit",
         "overflowed",
+        "places",
         "predicate",
         "queue",
         "rejections",
@@ -62,6 +63,8 @@ class Subscriber:
         self.limit = limit
         self.queue: deque[Entry] = deque()
         self.rejections: deque[Rejection] = deque()
+        # For each queued refusal, how many queued entries came before it.
+        self.places: list[int] = []
         self.overflowed = False
         self.closed = False
         self.wakeup = asyncio.Event()
@@ -72,10 +75,17 @@ class Subscriber:
         self.wakeup.clear()
         return items
 
-    def take_rejections(self) -> list[Rejection]:
-        items = list(self.rejections)
+    def add_rejection(self, rejection: Rejection) -> None:
+        self.rejections.append(rejection)
+        self.places.append(len(self.queue))
+
+    def take_rejections(self) -> tuple[list[Rejection], list[int]]:
+        """The queued refusals, each with how many of the entries queued with it (to
+        be taken next) came before it."""
+        items, places = list(self.rejections), self.places
         self.rejections.clear()
-        return items
+        self.places = []
+        return items, places
 
 
 class Full(Exception):

@@ -40,11 +40,10 @@ def _in_order(
     refused: list[Rejection], places: list[int], entries: list[Entry]
 ) -> bytes:
     """Refusals and entries in the order they came: `places[i]` entries came before
-    `refused[i]` (a refusal without a place goes after the entries sent before it)."""
+    `refused[i]`."""
     parts: list[bytes] = []
     sent = 0
-    for i, found in enumerate(refused):
-        place = places[i] if i < len(places) else sent
+    for found, place in zip(refused, places, strict=True):
         if place > sent:
             parts.append(_join(entries[sent:place]))
             sent = place
@@ -86,8 +85,7 @@ async def events(
                 except TimeoutError:
                     yield b": heartbeat\n\n"
                     continue
-            refused = sub.take_rejections()
-            places = hub.places(sub)
+            refused, places = sub.take_rejections()
             entries = sub.take()
             if refused:
                 yield _in_order(refused, places, entries)
