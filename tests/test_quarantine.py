@@ -376,6 +376,24 @@ def test_refusals_are_recorded_in_batches_that_every_read_settles(
     asyncio.run(body())
 
 
+def test_a_failing_listener_leaves_the_record_and_the_other_listeners(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    quarantine = Quarantine(10, None)
+    heard: list[int] = []
+
+    def broken(found: Rejection) -> None:
+        raise RuntimeError("boom")
+
+    quarantine.listeners += [broken, lambda found: heard.append(found.id)]
+    found = quarantine.record(Request("/p", 422, "bad", [], b"{}", None))
+    assert found is not None
+    assert heard == [1]
+    assert [r.id for r in quarantine.records] == [1]
+    assert "a quarantine listener failed on record 1" in caplog.text
+    assert "could not record" not in caplog.text
+
+
 def test_a_batch_is_recorded_at_once_when_full() -> None:
     async def body() -> None:
         quarantine = Quarantine(500, None)

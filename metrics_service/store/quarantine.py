@@ -247,7 +247,10 @@ class Quarantine:
         self._keep(found)
         self._write(line)
         for listener in list(self.listeners):
-            listener(found)
+            try:
+                listener(found)
+            except Exception:  # recorded all the same; the other listeners still hear
+                logger.exception("a quarantine listener failed on record %d", found.id)
         return found
 
     def clear(self) -> int:
