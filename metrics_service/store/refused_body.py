@@ -47,11 +47,12 @@ class BodyReader:
         if all(key.isascii() for key in self.hidden):
             self.names = tuple(key.encode() for key in sorted(self.hidden))
         # The keys an event's name and visitor are read from, less the hidden ones.
-        self.event_keys = tuple(k for k in _EVENT_KEYS if k.lower() not in self.hidden)
-        self.visitor_keys = tuple(
-            k for k in _VISITOR_KEYS if k.lower() not in self.hidden
-        )
-        self.client_keys = tuple(k for k in ("client_id",) if k not in self.hidden)
+        self.event_keys = self._shown(_EVENT_KEYS)
+        self.visitor_keys = self._shown(_VISITOR_KEYS)
+        self.client_keys = self._shown(("client_id",))
+
+    def _shown(self, keys: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(key for key in keys if key.lower() not in self.hidden)
 
     def read(
         self, raw: bytes | None, detail: Any
@@ -60,10 +61,8 @@ class BodyReader:
         `detail` (the answer's) says which event of a batch was refused."""
         if raw is None:
             return None, False, None, None
-        first = raw[:1]
-        if first != b"{" and first != b"[":
-            raw = _decoded(raw)
-        index = _first_index(detail) if type(detail) is list else 0
+        raw = _decoded(raw)
+        index = _first_index(detail)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
